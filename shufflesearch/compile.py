@@ -1,0 +1,91 @@
+"""Arch → nn.Module, the training form → the inference form, and torchvision's weights."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from .arch import Arch, resolve_arch
+from .errors import UserError
+from .units import ShuffleNet, ShuffleNetInference
+
+
+def build(arch: Arch | str, inference: bool = False, num_classes: int | None = None) -> nn.Module:
+    """The network of ``arch`` (an Arch, preset name or arch file).
+
+    ``inference=False`` gives the training form (conv, BN and ReLU modules whose paths match
+    the OpGraph's node names). ``inference=True`` gives the eval-mode inference form of a
+    freshly initialised network; use ``to_inference`` to convert a trained one.
+    ``num_classes`` overrides the Arch's classifier width (e.g. for the proxy task).
+    """
+    model = ShuffleNet(resolve_arch(arch), num_classes)
+    return to_inference(model) if inference else model
+
+
+def to_inference(model: ShuffleNet) -> nn.Module:
+    """The inference form of a training-form model: same outputs as ``model.eval()``, with
+    BN folded into the convs and the V2 concat + shuffle merged into one copy."""
+    if not isinstance(model, ShuffleNet):
+        raise TypeError(f"expected a training-form ShuffleNet, got {type(model).__name__}")
+    with torch.no_grad():
+        return ShuffleNetInference(model.eval()).eval()
+
+
+# --- torchvision weights ---------------------------------------------------------------------
+
+_TV_RULES = [  # torchvision ShuffleNetV2 key → ours (applied in order, first match wins)
+    (r"^conv1\.0\.", "stem.conv."),
+    (r"^conv1\.1\.", "stem.bn."),
+    (r"^conv5\.0\.", "head.conv."),
+    (r"^conv5\.1\.", "head.bn."),
+    (r"^fc\.", "fc."),
+]
+_TV_BRANCH = {  # index inside torchvision's branch Sequential → our module
+    ("branch1", "0"): "proj.dw.conv", ("branch1", "1"): "proj.dw.bn",
+    ("branch1", "2"): "proj.pw.conv", ("branch1", "3"): "proj.pw.bn",
+    ("branch2", "0"): "main.pw1.conv", ("branch2", "1"): "main.pw1.bn",
+    ("branch2", "3"): "main.dw.conv", ("branch2", "4"): "main.dw.bn",
+    ("branch2", "5"): "main.pw2.conv", ("branch2", "6"): "main.pw2.bn",
+}
+
+
+def torchvision_key(key: str) -> str:
+    """Our parameter path for one key of torchvision's ShuffleNetV2 state_dict."""
+    m = re.match(r"^stage(\d)\.(\d+)\.(branch[12])\.(\d+)\.(.+)$", key)
+    if m:
+        stage, unit, branch, idx, rest = m.groups()
+        return f"stages.{int(stage) - 2}.{unit}.{_TV_BRANCH[(branch, idx)]}.{rest}"
+    for pat, rep in _TV_RULES:
+        if re.match(pat, key):
+            return re.sub(pat, rep, key)
+    raise KeyError(key)
+
+
+def convert_torchvision_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state_dict.items():
+        try:
+            out[torchvision_key(k)] = v
+        except KeyError:
+            raise UserError(f"not a torchvision ShuffleNetV2 state_dict: unexpected key '{k}'") from None
+    return out
+
+
+def load_torchvision_weights(model: ShuffleNet, state_dict: dict[str, torch.Tensor]) -> ShuffleNet:
+    """Load torchvision's ``shufflenet_v2_x*`` weights into the matching preset's training form
+    (e.g. ``build("shufflenet_v2_x1_0")``). Shapes are checked; returns ``model``."""
+    ours = convert_torchvision_state_dict(state_dict)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(ours))
+    extra = sorted(set(ours) - set(own))
+    if missing or extra:
+        raise UserError(
+            f"torchvision weights do not fit this architecture: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    for k, v in ours.items():
+        if own[k].shape != v.shape:
+            raise UserError(f"torchvision weights do not fit: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    model.load_state_dict(ours)
+    return model
