@@ -1,0 +1,250 @@
+"""Proxy-task datasets: small, offline, deterministic.
+
+A proxy task is what the accuracy proxies (proxies.py) and short training see. It is not the
+deployment target: ShuffleNets are fully convolutional with global pooling, so the same Arch
+runs on both and only the classifier width and the input size differ (DESIGN.md).
+
+Sources (``DataSpec.name``):
+  "digits"      scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes);
+                ships inside the scikit-learn wheel, so nothing is downloaded.
+  "folder:PATH" one sub-folder per class, image files inside (read with Pillow).
+  "npz:PATH"    a NumPy .npz with images under ``x`` (or ``images``) and integer labels
+                under ``y`` (or ``labels``); images (N,H,W), (N,H,W,C) or (N,C,H,W).
+
+Every source gives the same thing: a stratified, seeded train/val split of float32 tensors
+(N, 3, R, R), normalised with the *training* split's per-channel mean and std. Greyscale is
+replicated to 3 channels because an Arch's stem expects ``in_channels = 3``.
+
+Why 32 px by default: the digits hold 8x8 of information, so a larger canvas adds cost, not
+signal. With the papers' stem (conv stride 2 + max-pool) and three stride-2 stages the last
+map at 32 px is 1x1; the network still trains (the stage-4 depthwise conv reduces to its centre
+tap), but stage-4 kernel sizes become invisible. Spaces that search stage-4 kernels, or use
+the paper's stem on real photos, should set ``resolution: 64`` (last map 2x2, ~4x the cost).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str = "digits"  # "digits", "folder:PATH" or "npz:PATH"
+    resolution: int = 32  # square input side in pixels (see the module docstring for why 32)
+    batch: int = 64  # batch for zero-cost proxies and short training
+    val_fraction: float = 0.2  # share of every class held out for validation
+    seed: int = 0  # seeds the split, nothing else
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not (
+            self.name == "digits" or self.name.startswith(("folder:", "npz:"))
+        ):
+            raise UserError(f"proxy.name: '{self.name}' is not 'digits', 'folder:PATH' or 'npz:PATH'")
+        if not isinstance(self.resolution, int) or not 8 <= self.resolution <= 1024:
+            raise UserError(f"proxy.resolution: {self.resolution!r} must be an integer in 8..1024")
+        if not isinstance(self.batch, int) or self.batch < 2:
+            raise UserError(f"proxy.batch: {self.batch!r} must be an integer >= 2 (BN needs 2 samples)")
+        if not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
+            raise UserError(f"proxy.val_fraction: {self.val_fraction!r} must be in (0, 1)")
+        if not isinstance(self.seed, int):
+            raise UserError(f"proxy.seed: {self.seed!r} must be an integer")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | DataSpec | None, where: str = "proxy") -> DataSpec:
+        """A DataSpec from a YAML mapping; unknown keys are an error naming ``where``.
+
+        Keys the data layer does not own (e.g. ``proxies``, ``train_steps`` read by the search)
+        are ignored when listed in ``DataSpec.FOREIGN_KEYS``.
+        """
+        if d is None:
+            return cls()
+        if isinstance(d, DataSpec):
+            return d
+        if not isinstance(d, Mapping):
+            d = {k: getattr(d, k) for k in _FIELDS if hasattr(d, k)}  # a space's proxy object
+        unknown = sorted(set(d) - set(_FIELDS) - FOREIGN_KEYS)
+        if unknown:
+            raise UserError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(_FIELDS)})")
+        try:
+            return cls(**{k: d[k] for k in _FIELDS if k in d})
+        except UserError as e:
+            raise UserError(str(e).replace("proxy.", f"{where}.", 1)) from None
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(DataSpec))
+# Keys a search space's `proxy:` block may hold for other modules (proxies.py, search.py).
+FOREIGN_KEYS = frozenset({"proxies", "ensemble", "weights", "train_steps", "steps", "lr", "short_train"})
+
+
+class Split(NamedTuple):
+    x: torch.Tensor  # (N, 3, R, R) float32, normalised
+    y: torch.Tensor  # (N,) int64 class indices
+
+
+@dataclass(frozen=True)
+class ProxyData:
+    train: Split
+    val: Split
+    num_classes: int
+    classes: tuple[str, ...]  # class names, index order
+    spec: DataSpec
+    mean: tuple[float, ...]  # per-channel training mean used to normalise
+    std: tuple[float, ...]
+
+    @property
+    def resolution(self) -> int:
+        return self.spec.resolution
+
+    def batch(self, which: str = "train", n: int | None = None, seed: int = 0) -> Split:
+        """A seeded random batch of ``n`` (default ``spec.batch``) samples from one split."""
+        s = self.train if which == "train" else self.val
+        n = min(n or self.spec.batch, len(s.y))
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(s.y), generator=g)[:n]
+        return Split(s.x[idx], s.y[idx])
+
+    def batches(self, which: str = "train", seed: int = 0, shuffle: bool = True,
+                n: int | None = None) -> Iterator[Split]:
+        """One pass over a split in batches of ``n`` (default ``spec.batch``), seeded order."""
+        s = self.train if which == "train" else self.val
+        n = n or self.spec.batch
+        idx = (torch.randperm(len(s.y), generator=torch.Generator().manual_seed(seed))
+               if shuffle else torch.arange(len(s.y)))
+        for i in range(0, len(idx), n):
+            j = idx[i:i + n]
+            yield Split(s.x[j], s.y[j])
+
+
+# --- sources: each returns images (N, C, H, W) float in [0, 1], labels (N,), class names ------
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+
+    d = load_digits()
+    x = d.images.astype(np.float32)[:, None] / 16.0  # pixel values are 0..16
+    return x, d.target.astype(np.int64), [str(c) for c in d.target_names]
+
+
+def _folder(path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_dir():
+        raise UserError(f"proxy.name: folder '{path}' does not exist")
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise UserError(f"proxy.name: folder '{path}' needs at least 2 class sub-folders, found {len(classes)}")
+    xs, ys = [], []
+    for ci, c in enumerate(classes):
+        files = sorted(f for f in (path / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"proxy.name: class folder '{path / c}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    # Resize here so that images of different sizes can be stacked.
+                    im = im.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
+                    xs.append(np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+            except (UnidentifiedImageError, OSError) as e:
+                raise UserError(f"proxy.name: cannot read image '{f}': {e}") from None
+            ys.append(ci)
+    return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
+
+
+def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if not path.is_file():
+        raise UserError(f"proxy.name: file '{path}' does not exist")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"proxy.name: '{path}' is not a readable .npz file: {e}") from None
+    xk = next((k for k in ("x", "images") if k in z.files), None)
+    yk = next((k for k in ("y", "labels") if k in z.files), None)
+    if xk is None or yk is None:
+        raise UserError(f"{path}: needs arrays 'x' (or 'images') and 'y' (or 'labels'); has {z.files}")
+    x, y = np.asarray(z[xk]), np.asarray(z[yk])
+    if y.ndim != 1 or len(y) != len(x):
+        raise UserError(f"{path}: '{yk}' must be 1-D with one label per image ({len(x)}), got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        raise UserError(f"{path}: '{yk}' must hold non-negative integer class indices")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)  # (N, H, W, C) → (N, C, H, W)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise UserError(f"{path}: '{xk}' must be (N,H,W), (N,H,W,C) or (N,C,H,W) with 1 or 3 channels, got {x.shape}")
+    x = x.astype(np.float32)
+    if np.issubdtype(z[xk].dtype, np.integer) or x.max() > 1.0:
+        x = x / 255.0 if x.max() > 16 else x / max(float(x.max()), 1.0)
+    n = int(y.max()) + 1
+    return x, y.astype(np.int64), [str(i) for i in range(n)]
+
+
+# --- the split and the tensors ---------------------------------------------------------------
+
+
+def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded per-class split: each class contributes round(val_fraction·n_c) (≥1 when it has
+    ≥2 samples) to validation, so class balance is the same in both halves."""
+    rng = np.random.default_rng(seed)
+    tr, va = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        k = int(round(val_fraction * len(idx)))
+        k = min(max(k, 1 if len(idx) >= 2 else 0), len(idx) - 1)
+        va.append(idx[:k])
+        tr.append(idx[k:])
+    return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))
+
+
+def load_data(spec: DataSpec | Mapping[str, Any] | None = None) -> ProxyData:
+    """The proxy task of ``spec``: a seeded stratified split, resized to ``spec.resolution``,
+    replicated to 3 channels and normalised with the training split's statistics."""
+    spec = DataSpec.from_dict(spec)
+    if spec.name == "digits":
+        x, y, classes = _digits()
+    elif spec.name.startswith("folder:"):
+        x, y, classes = _folder(Path(spec.name[len("folder:"):]).expanduser(), spec.resolution)
+    else:
+        x, y, classes = _npz(Path(spec.name[len("npz:"):]).expanduser())
+    num_classes = max(len(classes), int(y.max()) + 1)
+    if len(np.unique(y)) < 2:
+        raise UserError(f"proxy.name: {spec.name} has fewer than 2 classes")
+    tr, va = stratified_split(y, spec.val_fraction, spec.seed)
+    if len(va) == 0 or len(tr) < 2:
+        raise UserError(f"proxy.name: {spec.name} has too few images ({len(y)}) to split")
+
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    if t.shape[-1] != spec.resolution or t.shape[-2] != spec.resolution:
+        # Bilinear up/down-sampling; antialias only matters when shrinking.
+        t = F.interpolate(t, size=(spec.resolution, spec.resolution), mode="bilinear",
+                          align_corners=False, antialias=t.shape[-1] > spec.resolution)
+    if t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)  # greyscale → 3 channels for in_channels = 3
+    t = t.contiguous()
+    tr_t, va_t = torch.from_numpy(tr), torch.from_numpy(va)
+    mean = t[tr_t].mean(dim=(0, 2, 3))
+    std = t[tr_t].std(dim=(0, 2, 3)).clamp_min(1e-6)
+    t = (t - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    yt = torch.from_numpy(y)
+    return ProxyData(
+        train=Split(t[tr_t].contiguous(), yt[tr_t]),
+        val=Split(t[va_t].contiguous(), yt[va_t]),
+        num_classes=num_classes,
+        classes=tuple(classes) if len(classes) == num_classes else tuple(str(i) for i in range(num_classes)),
+        spec=spec,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+    )
