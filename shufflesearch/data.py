@@ -73,7 +73,12 @@ class DataSpec:
         if isinstance(d, DataSpec):
             return d
         if not isinstance(d, Mapping):
-            d = {k: getattr(d, k) for k in _FIELDS if hasattr(d, k)}  # a space's proxy object
+            d = {k: getattr(d, k) for k in (*_FIELDS, "dataset") if hasattr(d, k)}
+        d = dict(d)
+        if "dataset" in d:  # the search-space YAML calls the source `dataset`
+            if "name" in d:
+                raise UserError(f"{where}: give either 'dataset' or 'name', not both")
+            d["name"] = d.pop("dataset")
         unknown = sorted(set(d) - set(_FIELDS) - FOREIGN_KEYS)
         if unknown:
             raise UserError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(_FIELDS)})")
@@ -85,7 +90,8 @@ class DataSpec:
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(DataSpec))
 # Keys a search space's `proxy:` block may hold for other modules (proxies.py, search.py).
-FOREIGN_KEYS = frozenset({"proxies", "ensemble", "weights", "train_steps", "steps", "lr", "short_train"})
+FOREIGN_KEYS = frozenset({"proxies", "ensemble", "weights", "train_steps", "steps", "lr", "short_train",
+                          "short_train_top_k"})
 
 
 class Split(NamedTuple):

@@ -98,6 +98,12 @@ def test_bad_sources_are_user_errors(tmp_path):
         DataSpec.from_dict({"colour": 1})
 
 
+def test_from_search_space_proxy_block():
+    s = DataSpec.from_dict({"dataset": "digits", "resolution": 16, "batch": 32, "proxies": None,
+                            "short_train_top_k": 0})
+    assert s == DataSpec(resolution=16, batch=32)
+
+
 def test_batch_helpers():
     d = load_data(DataSpec(resolution=8, batch=50))
     b = d.batch("train", seed=1)
