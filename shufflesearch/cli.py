@@ -45,11 +45,53 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- latency --------------------------------------------------------------------------------
+
+
+def _add_latency(p: argparse.ArgumentParser) -> None:
+    p.add_argument("arch", help="a preset name or an arch file; or `build-table` / `validate` (the predictor)")
+    p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--max-seconds", type=float, default=1.0, help="time cap per measurement (default 1)")
+    p.add_argument("--remeasure", action="store_true", help="ignore the cache and time again")
+    p.add_argument("--n", type=int, default=50, help="validate: random architectures (default 50)")
+    p.add_argument("--space", help="build-table/validate: sample from this search space YAML")
+    p.add_argument("--seed", type=int, default=0, help="build-table/validate: sampling seed")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    from .latency import LatencyCache, TargetSpec, measure_arch
+
+    spec = TargetSpec(args.resolution, args.batch, args.threads, args.channels_last, args.backend)
+    if args.max_seconds <= 0:
+        raise UserError(f"--max-seconds: must be > 0, got {args.max_seconds}")
+    if args.arch in ("build-table", "validate"):
+        from .predictor import cli_predictor
+
+        return cli_predictor(args, spec)
+    lat = measure_arch(args.arch, spec, cache=LatencyCache(), remeasure=args.remeasure,
+                       max_seconds=args.max_seconds)
+    if args.json:
+        _print_json(lat.to_dict())
+    else:
+        src = "cached" if lat.cached else "measured"
+        print(f"{lat.median_ms:.3f} ms median, IQR {lat.iqr_ms:.3f} ms ({100 * lat.rel_iqr:.1f}%), "
+              f"n={lat.n}, {src}; {spec.resolution}x{spec.resolution} batch {spec.batch}, "
+              f"{spec.threads} thread(s), {spec.backend}; {lat.fingerprint['cpu']}")
+    return 0
+
+
 # --- the table ------------------------------------------------------------------------------
 
 # name -> (help, add_arguments, run)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "show": ("per-unit channels, params, MACs and MAC of one architecture", _add_show, cmd_show),
+    "latency": ("measured latency of one architecture (median, IQR, n), and the latency predictor", _add_latency, cmd_latency),
 }
 
 
