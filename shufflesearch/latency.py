@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,7 +352,8 @@ def measure_onnxruntime(
         raise UserError("target.backend: onnxruntime is not installed (pip install 'shufflesearch[onnx]')") from None
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation/tracer notes
             torch.onnx.export(model.eval(), (torch.randn(*input_shape),), path, dynamo=False,
                               input_names=["x"], output_names=["y"])
         code = (
