@@ -86,10 +86,53 @@ def cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- run / validate ---------------------------------------------------------------------------
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("space", help="a search-space YAML file, e.g. search_spaces/v2.yaml")
+    p.add_argument("--budget", type=int, default=200, help="completed search trials to reach (default 200)")
+    p.add_argument("--name", help="run name: the folder runs/NAME (default: the space file's stem)")
+    p.add_argument("--runs", default="runs", help="where run folders live (default runs/)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--storage", help="an RDB URL (e.g. postgresql://...) shared by many machines")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .search import search
+
+    run = search(args.space, args.budget, name=args.name, runs_root=args.runs,
+                 storage=args.storage, workers=args.workers, quiet=args.quiet)
+    if not args.quiet:
+        print(f"done: {run.root}  (review: shufflesearch pareto {run.root})")
+    return 0
+
+
+def _add_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("space", help="a search-space YAML file")
+    p.add_argument("--sample", type=int, default=20, help="also sample this many architectures (default 20)")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .space import load_space
+
+    space = load_space(args.space)
+    archs = space.sample_random(args.sample, space.seed) if args.sample else []
+    print(f"{args.space}: ok")
+    print(f"  objectives: {', '.join(f'{n} ({d})' for n, d in space.objectives)}")
+    print(f"  stages: {len(space.stages)}; baselines: {', '.join(space.baselines) or 'none'}")
+    if args.sample:
+        print(f"  sampled {len(archs)} distinct valid architectures out of {args.sample} asked")
+    return 0
+
+
 # --- the table ------------------------------------------------------------------------------
 
 # name -> (help, add_arguments, run)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "run": ("search a space: shufflesearch run search_spaces/v2.yaml --budget 200", _add_run, cmd_run),
+    "validate": ("check a search-space YAML file without running it", _add_validate, cmd_validate),
     "show": ("per-unit channels, params, MACs and MAC of one architecture", _add_show, cmd_show),
     "latency": ("measured latency of one architecture (median, IQR, n), and the latency predictor", _add_latency, cmd_latency),
 }
