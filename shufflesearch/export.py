@@ -1,0 +1,417 @@
+"""The export bundle: one architecture as files people can deploy, read and train.
+
+``export_arch`` writes, into one folder,
+
+    arch.yaml    the Arch (``load_arch`` and ``shufflesearch show`` read it back)
+    model.py     standalone PyTorch source of the training form (codegen.py)
+    weights.pt   a state_dict for model.py (the given weights, else the fresh ones tested)
+    model.pt2    torch.export program of the inference form (BN folded, shuffle fused)
+    model.onnx   the inference form as ONNX, run through onnxruntime
+    report.md    costs, guideline findings, latency and fingerprint, what was verified
+
+and verifies every artefact as it goes, against one reference: the compiled training form in
+eval mode, loaded with the weights, on a seeded random batch. The earlier exporters that users
+left behind never checked their files (issue 7); a failed check here is an ExportError.
+Everything is first written to a hidden staging folder and moved into place only when all
+checks pass, so a failed export leaves no half-verified bundle behind.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib.util
+import io
+import logging
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .arch import Arch, load_arch, preset_name, resolve_arch
+from .codegen import model_source
+from .compile import build, to_inference
+from .errors import UserError
+
+ARTEFACTS = ("arch.yaml", "model.py", "weights.pt", "model.pt2", "model.onnx", "report.md")
+# model.py may import these and nothing else: "depends only on torch" is checked, not hoped.
+_ALLOWED_IMPORTS = {"__future__", "os", "collections", "typing", "torch"}
+_BATCH = 2  # verification batch: 2 so that the dynamic batch dimension is exercised
+# Tolerances relative to the largest reference output (freshly initialised logits are ~1e-8,
+# so an absolute bound would pass anything).
+_EXACT_TOL = 1e-6  # model.py runs the very same ops as the compiled model
+_FOLDED_TOL = 1e-3  # BN folding and the exporters reorder float32 arithmetic
+
+
+class ExportError(UserError):
+    """An export that cannot be written or whose artefact failed verification."""
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    archid: str
+    files: dict[str, Path]  # artefact name → path
+    max_abs_diff: dict[str, float]  # artefact → max |output − training-form output|
+    skipped: dict[str, str] = field(default_factory=dict)  # artefact → why it is missing
+    params: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "archid": self.archid,
+            "params": self.params,
+            "files": {k: str(v) for k, v in self.files.items()},
+            "max_abs_diff": self.max_abs_diff,
+            "skipped": self.skipped,
+        }
+
+
+def export_arch(
+    arch: Arch | str,
+    out_dir: str | Path,
+    *,
+    state_dict: Mapping[str, torch.Tensor] | str | Path | None = None,
+    info: dict[str, Any] | None = None,
+    resolution: int = 224,
+    onnx: bool | None = None,
+    torch_export: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Write and verify the bundle of ``arch`` (an Arch, preset name or arch file) in ``out_dir``.
+
+    ``state_dict``: weights of the training form (a mapping or a .pt file); default: fresh ones.
+    ``info``: what the caller knows beyond the Arch, shown in report.md; recognised keys are
+    ``latency`` (a ``Latency.to_dict()``), ``fingerprint``, ``proxy``, ``trial``, ``run``; any
+    other key is listed as is. ``resolution``: input side for the verification batch and the
+    exported programs (ONNX and pt2 keep the batch dimension dynamic).
+    ``onnx``: None exports ONNX when onnx/onnxruntime are installed and notes the skip
+    otherwise; True makes their absence an error; False skips it.
+    """
+    say = log or (lambda _msg: None)
+    arch = resolve_arch(arch)
+    if not isinstance(resolution, int) or resolution < arch.total_stride:
+        raise ExportError(
+            f"resolution: {resolution!r} must be an integer >= the network's total stride {arch.total_stride}"
+        )
+    out = _prepare_out_dir(Path(out_dir))
+    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        result = _export_into(arch, stage, out, state_dict, info or {}, resolution, onnx, torch_export, say)
+        for old in ARTEFACTS + ("model.onnx.data",):  # no stale files from an earlier export
+            (out / old).unlink(missing_ok=True)
+        for f in stage.iterdir():
+            f.replace(out / f.name)
+        result.files = {k: out / v.name for k, v in result.files.items()}
+        return result
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _prepare_out_dir(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ExportError(f"--out {out}: cannot write there ({e.strerror or e.__class__.__name__})") from None
+    return out
+
+
+def _export_into(
+    arch: Arch, d: Path, out: Path, state_dict: Any, info: dict[str, Any], res: int,
+    onnx: bool | None, torch_export: bool, say: Callable[[str], None],
+) -> ExportResult:
+    from . import __version__
+
+    model = build(arch)
+    trained = state_dict is not None
+    if trained:
+        _load_weights(model, state_dict)
+    model.eval()
+    params = sum(p.numel() for p in model.parameters())
+    x = torch.randn(_BATCH, arch.in_channels, res, res, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x)  # (B, classes): the reference every artefact is compared with
+    scale = ref.abs().max().item() + 1e-30
+    result = ExportResult(out, arch.archid, {}, {}, params=params)
+
+    say("arch.yaml")
+    (d / "arch.yaml").write_text(arch.to_yaml())
+    back = load_arch(d / "arch.yaml")
+    if back.archid != arch.archid:
+        raise ExportError(f"arch.yaml: reads back as archid {back.archid}, expected {arch.archid}")
+    result.files["arch.yaml"] = d / "arch.yaml"
+
+    say("weights.pt")
+    torch.save(model.state_dict(), d / "weights.pt")
+    result.files["weights.pt"] = d / "weights.pt"
+
+    say("model.py")
+    (d / "model.py").write_text(model_source(arch, __version__))
+    result.max_abs_diff["model.py"] = _verify_source(d / "model.py", d / "weights.pt", arch, params, x, ref)
+    result.files["model.py"] = d / "model.py"
+
+    inf = to_inference(model)
+    if torch_export:
+        say("model.pt2")
+        result.max_abs_diff["model.pt2"] = _export_pt2(inf, x, ref, scale, d / "model.pt2")
+        result.files["model.pt2"] = d / "model.pt2"
+    else:
+        result.skipped["model.pt2"] = "not requested"
+
+    if onnx is False:
+        result.skipped["model.onnx"] = "not requested"
+    else:
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing and onnx:
+            raise ExportError(f"model.onnx: needs {' and '.join(missing)} (pip install 'shufflesearch[onnx]')")
+        if missing:
+            result.skipped["model.onnx"] = f"{' and '.join(missing)} not installed (pip install 'shufflesearch[onnx]')"
+            say(f"skipping model.onnx: {result.skipped['model.onnx']}")
+        else:
+            say("model.onnx")
+            result.max_abs_diff["model.onnx"] = _export_onnx(inf, x, ref, scale, d / "model.onnx")
+            result.files["model.onnx"] = d / "model.onnx"
+
+    say("report.md")
+    (d / "report.md").write_text(render_report(arch, result, info, res, trained, __version__))
+    result.files["report.md"] = d / "report.md"
+    return result
+
+
+def _load_weights(model: torch.nn.Module, state_dict: Any) -> None:
+    if isinstance(state_dict, (str, Path)):
+        try:
+            state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ExportError(f"{state_dict}: no such weights file") from None
+        except Exception as e:  # pickle, zip and torch errors all mean "not a state_dict file"
+            raise ExportError(f"{state_dict}: not a PyTorch state_dict file ({e.__class__.__name__})") from None
+    if not isinstance(state_dict, Mapping):
+        raise ExportError(f"weights: expected a state_dict (a mapping), got {type(state_dict).__name__}")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    extra = sorted(set(state_dict) - set(own))
+    if missing or extra:
+        raise ExportError(
+            f"weights do not fit this architecture: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    for k, v in state_dict.items():
+        if tuple(own[k].shape) != tuple(v.shape):
+            hint = " (the Arch's num_classes differs from the weights')" if k.startswith("fc.") else ""
+            raise ExportError(
+                f"weights: {k} has shape {tuple(v.shape)}, the architecture needs {tuple(own[k].shape)}{hint}"
+            )
+    model.load_state_dict(state_dict)
+
+
+def _max_diff(y: torch.Tensor, ref: torch.Tensor, what: str, tol: float) -> float:
+    """max |y − ref|, or an ExportError when it exceeds ``tol`` or the shapes differ."""
+    if tuple(y.shape) != tuple(ref.shape):
+        raise ExportError(f"{what}: output shape {tuple(y.shape)}, expected {tuple(ref.shape)}")
+    diff = (y.detach().float() - ref).abs().max().item()
+    if not diff <= tol:  # also catches NaN
+        raise ExportError(f"{what}: outputs differ from the compiled model by {diff:.3g} (tolerance {tol:.3g})")
+    return diff
+
+
+def _verify_source(path: Path, weights: Path, arch: Arch, params: int, x: torch.Tensor,
+                   ref: torch.Tensor) -> float:
+    """Import model.py on its own (from its path, not via our package), rebuild the network,
+    load weights.pt into it and compare parameter count and outputs."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or "."]
+        for n in names:
+            if n.split(".")[0] not in _ALLOWED_IMPORTS:
+                raise ExportError(f"model.py: imports '{n}'; it must depend on torch only")
+    name = f"_shufflesearch_export_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ExportError(f"model.py: cannot be imported from {path}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # NamedTuple and dataclass machinery look the module up by name
+    try:
+        spec.loader.exec_module(mod)
+        net = mod.shufflenet(arch.num_classes, weights=weights)
+    except Exception as e:
+        raise ExportError(f"model.py: does not build the network ({e.__class__.__name__}: {e})") from None
+    finally:
+        sys.modules.pop(name, None)
+    n = sum(p.numel() for p in net.parameters())
+    if n != params:
+        raise ExportError(f"model.py: {n:,} parameters, the compiled model has {params:,}")
+    with torch.no_grad():
+        y = net.eval()(x)
+    return _max_diff(y, ref, "model.py", _EXACT_TOL * (ref.abs().max().item() + 1e-30))
+
+
+@contextlib.contextmanager
+def _quiet_exporters():
+    """torch.export and torch.onnx log warnings (e.g. about torchvision ops) and deprecation
+    notices that say nothing about this model; keep them off the user's terminal."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _dynamic_batch() -> dict[str, dict[int, Any]]:
+    return {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
+
+
+def _export_pt2(inf: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, scale: float, path: Path) -> float:
+    try:
+        with _quiet_exporters():
+            prog = torch.export.export(inf, (x,), dynamic_shapes=_dynamic_batch())
+            torch.export.save(prog, path)
+            loaded = torch.export.load(path)
+    except Exception as e:
+        raise ExportError(f"model.pt2: torch.export failed ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    with torch.no_grad():
+        y = loaded.module()(x)
+    return _max_diff(y, ref, "model.pt2", _FOLDED_TOL * scale)
+
+
+def _export_onnx(inf: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, scale: float, path: Path) -> float:
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        with _quiet_exporters():
+            torch.onnx.export(
+                inf, (x,), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
+                dynamic_shapes=_dynamic_batch(), verbose=False,
+                external_data=False,  # one self-contained file to deploy
+            )
+        onnx.checker.check_model(str(path))
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (y,) = sess.run(["logits"], {"input": x.numpy()})
+    except Exception as e:
+        raise ExportError(f"model.onnx: export or onnxruntime check failed ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    return _max_diff(torch.from_numpy(y), ref, "model.onnx", _FOLDED_TOL * scale)
+
+
+# --- report.md --------------------------------------------------------------------------------
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)) and len(v) > 8:
+        return f"{len(v)} values"
+    return str(v)
+
+
+def _kv_table(d: Mapping[str, Any]) -> list[str]:
+    rows = ["| key | value |", "|---|---|"]
+    rows += [f"| {k} | {_fmt(v)} |" for k, v in d.items()]
+    return rows
+
+
+def _guideline_lines(arch: Arch, res: int) -> list[str]:
+    try:
+        from . import guidelines  # written by another module owner; optional here
+    except ImportError:
+        return ["Guideline checkers (shufflesearch.guidelines) are not available in this install."]
+    try:
+        rep = guidelines.check(arch, res)
+    except Exception as e:  # a checker bug must not cost the user an otherwise verified bundle
+        return [f"The guideline check failed: {e.__class__.__name__}: {e}"]
+    findings = list(getattr(rep, "findings", []))
+    penalties = getattr(rep, "penalties", {})
+    lines = []
+    if isinstance(penalties, Mapping) and penalties:
+        lines += ["Penalties: " + ", ".join(f"{k} {_fmt(v)}" for k, v in penalties.items()), ""]
+    if not findings:
+        return [*lines, "No findings: the network follows G1–G4 as the checkers see it."]
+    lines += ["| guideline | node | penalty | finding |", "|---|---|---|---|"]
+    for f in findings:
+        lines.append(
+            f"| {getattr(f, 'guideline', '')} | `{getattr(f, 'node', '')}` | "
+            f"{_fmt(getattr(f, 'penalty', ''))} | {getattr(f, 'message', '')} |"
+        )
+    return lines
+
+
+def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res: int,
+                  trained: bool, version: str = "") -> str:
+    """report.md: what the bundle holds, what was verified, and what the Arch costs."""
+    from .cost import costs, format_costs
+
+    name = preset_name(arch)
+    c = costs(arch, res)
+    what = {
+        "arch.yaml": "the architecture (`shufflesearch show arch.yaml`)",
+        "model.py": "standalone PyTorch source (training form), needs torch only",
+        "weights.pt": "state_dict for model.py: " + ("the given weights" if trained else "freshly initialised"),
+        "model.pt2": "`torch.export` program of the inference form (BN folded), dynamic batch",
+        "model.onnx": "the inference form as ONNX, dynamic batch; input `input`, output `logits`",
+        "report.md": "this file",
+    }
+    lines = [
+        f"# Export of {arch.archid}" + (f" ({name})" if name else ""),
+        "",
+        f"Written by shufflesearch {version} on {time.strftime('%Y-%m-%d %H:%M:%S')}. Every file was "
+        f"checked against the compiled training form (eval mode) on a seeded random batch of "
+        f"{_BATCH} at {res}x{res}.",
+        "",
+        "| file | what | check |",
+        "|---|---|---|",
+    ]
+    for art in ARTEFACTS:
+        if art in result.skipped:
+            lines.append(f"| {art} | skipped | {result.skipped[art]} |")
+            continue
+        if art == "arch.yaml":
+            check = "reads back with the same archid"
+        elif art == "model.py":
+            check = f"imported alone; {result.params:,} params; max abs diff {result.max_abs_diff[art]:.3g}"
+        elif art in result.max_abs_diff:
+            tool = "onnxruntime" if art == "model.onnx" else "saved, loaded, run"
+            check = f"{tool}; max abs diff {result.max_abs_diff[art]:.3g}"
+        elif art == "weights.pt":
+            check = "loaded into model.py"
+        else:
+            check = ""
+        lines.append(f"| {art} | {what[art]} | {check} |")
+    lines += ["", "## Costs", "", f"At {res}x{res}, batch 1: {c.params:,} params, "
+              f"{c.macs / 1e6:.2f}M MACs, MAC {c.mac / 1e6:.2f}M elements, peak activation "
+              f"{c.peak_activation / 1e6:.2f}M elements.", "", "```", format_costs(arch, c), "```"]
+    lines += ["", "## Guidelines (ShuffleNet V2, Sec. 2)", "", *_guideline_lines(arch, res)]
+    lines += ["", "## Latency", ""]
+    lat = info.get("latency")
+    if isinstance(lat, Mapping):
+        lines += _kv_table({k: v for k, v in lat.items() if k not in ("fingerprint", "runs_ms")})
+    else:
+        lines.append("Not measured for this export (see `shufflesearch export RUN` for a searched trial).")
+    fp = info.get("fingerprint") or (lat.get("fingerprint") if isinstance(lat, Mapping) else None)
+    if isinstance(fp, Mapping):
+        lines += ["", "Environment fingerprint:", "", *_kv_table(fp)]
+    rest = {k: v for k, v in info.items() if k not in ("latency", "fingerprint")}
+    if rest:
+        lines += ["", "## Provenance", "", *_kv_table(rest)]
+    return "\n".join(lines) + "\n"
