@@ -127,6 +127,128 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- export-arch ------------------------------------------------------------------------------
+
+
+def _add_export_arch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("arch", help="a preset name or an arch file (.yaml/.json)")
+    p.add_argument("--out", required=True, help="folder for the bundle (created if missing)")
+    p.add_argument("--weights", help="a state_dict file (.pt) of the training form, e.g. from `train`")
+    p.add_argument("--resolution", type=int, default=224, help="input size for checks and exported programs (default 224)")
+    onnx = p.add_mutually_exclusive_group()
+    onnx.add_argument("--onnx", dest="onnx", action="store_true", default=None,
+                      help="require model.onnx (default: written when onnx/onnxruntime are installed)")
+    onnx.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip model.onnx")
+    p.add_argument("--no-pt2", action="store_true", help="skip model.pt2 (torch.export)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def cmd_export_arch(args: argparse.Namespace) -> int:
+    from .export import export_arch
+
+    quiet = args.quiet or args.json
+
+    def log(msg: str) -> None:
+        print(f"export: {msg}", file=sys.stderr, flush=True)
+
+    res = export_arch(args.arch, args.out, state_dict=args.weights, resolution=args.resolution,
+                      onnx=args.onnx, torch_export=not args.no_pt2, log=None if quiet else log)
+    if args.json:
+        _print_json(res.to_dict())
+        return 0
+    print(f"exported {res.archid} ({res.params:,} params) to {res.out_dir}/")
+    for name, path in res.files.items():
+        diff = res.max_abs_diff.get(name)
+        note = f"verified, max abs diff {diff:.3g}" if diff is not None else "verified"
+        print(f"  {path.name:<11} {note}")
+    for name, why in res.skipped.items():
+        print(f"  {name:<11} skipped: {why}")
+    return 0
+
+
+# --- check / guidelines ---------------------------------------------------------------------
+
+
+def _add_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("arch", help="a preset name or an arch file (.yaml/.json)")
+    p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
+    p.add_argument("--settings", help="a YAML/JSON file of GuidelineSettings fields")
+    p.add_argument("--all", action="store_true", help="list every finding, not the worst 8")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .guidelines import GuidelineSettings, check, format_report, load_calibration
+
+    settings = None
+    if args.settings:
+        import yaml
+
+        try:
+            d = yaml.safe_load(open(args.settings))
+        except (OSError, yaml.YAMLError) as e:
+            raise UserError(f"{args.settings}: cannot read settings ({e.__class__.__name__})") from None
+        settings = GuidelineSettings.from_dict(d or {})
+    r = check(args.arch, args.resolution, settings, load_calibration())
+    if args.json:
+        _print_json(r.to_dict())
+    else:
+        print(format_report(args.arch, r, limit=10**9 if args.all else 8))
+    return 0
+
+
+def _add_guidelines(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="x1 and x2 widths, 2 rounds (< 2 min)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, like ARM)")
+    p.add_argument("--out", help="also write the JSON results here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_guidelines(args: argparse.Namespace) -> int:
+    from .calibration import save
+    from .microbench import bench, format_tables, n_measurements
+
+    if args.threads < 1:
+        raise UserError(f"--threads: must be >= 1, got {args.threads}")
+    bar = None
+    if not (args.quiet or args.json):
+        from tqdm import tqdm
+
+        from .microbench import FULL, QUICK
+
+        cfg = QUICK if args.quick else FULL
+        bar = tqdm(total=n_measurements(cfg["scales"], cfg["rounds"]), desc="guideline bench",
+                   unit="run", file=sys.stderr)
+    try:
+        res = bench(args.quick, args.threads, progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    path = save(res.calibration)
+    d = res.to_dict()
+    bench_path = path.with_suffix(".bench.json")
+    bench_path.write_text(json.dumps(d, indent=2))
+    if args.out:
+        try:
+            with open(args.out, "w") as f:
+                json.dump(d, f, indent=2)
+        except OSError as e:
+            raise UserError(f"--out {args.out}: cannot write ({e.strerror})") from None
+    if args.json:
+        _print_json(d)
+        return 0
+    c = res.calibration
+    print(format_tables(res.results, res.comparisons))
+    print(f"calibration ({c.n_points} blocks, median fit error {c.median_rel_error:.0%}): "
+          f"{c.ms_per_gmac:.3f} ms/GMAC compute, {c.ms_per_melem:.3f} ms per M elements moved, "
+          f"{c.ms_per_op * 1e3:.1f} us per op")
+    print(f"saved {path} (used by `check` and the search) and {bench_path}"
+          + (f" and {args.out}" if args.out else ""))
+    return 0
+
+
 # --- the table ------------------------------------------------------------------------------
 
 # name -> (help, add_arguments, run)
@@ -135,6 +257,9 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "validate": ("check a search-space YAML file without running it", _add_validate, cmd_validate),
     "show": ("per-unit channels, params, MACs and MAC of one architecture", _add_show, cmd_show),
     "latency": ("measured latency of one architecture (median, IQR, n), and the latency predictor", _add_latency, cmd_latency),
+    "check": ("G1-G4 guideline findings of one architecture, worst first", _add_check, cmd_check),
+    "guidelines": ("device bench: the V2 paper's Tables 1-4 here, and calibration", _add_guidelines, cmd_guidelines),
+    "export-arch": ("write and verify a deployable bundle of one architecture", _add_export_arch, cmd_export_arch),
 }
 
 
