@@ -272,3 +272,70 @@ def test_cli_bad_input_is_one_line(argv: list[str], needle: str, capsys: pytest.
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and needle in err and "\n" not in err
+
+
+# --- the predictor ------------------------------------------------------------------------------
+
+
+def test_unit_entries_key_fused_units_by_shapes() -> None:
+    from shufflesearch.arch import preset
+    from shufflesearch.predictor import unit_entries
+
+    es = unit_entries(preset("shufflenet_v2_x1_0"), L.TargetSpec(resolution=64))
+    assert [e.name for e in es][:3] == ["stem", "stages.0.0", "stages.0.1"]
+    assert len(es) == 1 + 16 + 1 + 1  # stem, 4+8+4 units (paper Table 5), conv5, classifier
+    kinds = [e.kind for e in es]
+    assert kinds.count("v2_down") == 3 and kinds.count("v2") == 13
+    by_name = {e.name: e for e in es}
+    # Units 1..3 of stage 2 have the same ops and shapes: one table entry serves them all.
+    assert len({by_name[f"stages.0.{j}"].key for j in (1, 2, 3)}) == 1
+    assert by_name["stages.0.1"].key != by_name["stages.1.1"].key
+    assert by_name["stages.1.0"].in_shape == (116, 8, 8)  # 64 px / 4 (stem) / 2 (stage 2)
+    v1 = unit_entries(preset("shufflenet_v1_g3_x1_0"), L.TargetSpec(resolution=64))
+    assert [e.kind for e in v1][1:3] == ["v1_down", "v1"]
+
+
+def test_predictor_sums_table_entries_and_validates(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shufflesearch import predictor as P
+
+    spec = L.TargetSpec(resolution=32)
+    archs = P.random_archs(2, seed=3)
+    fake_ms = {"stem": 1.0, "v1": 2.0, "v1_down": 3.0, "v2": 2.0, "v2_down": 3.0, "head": 0.5, "classifier": 0.25}
+    units = {a.archid: P.unit_entries(a, spec) for a in archs}
+
+    def fake_model(model: nn.Module, s: L.TargetSpec, **kw):  # type: ignore[no-untyped-def]
+        # the "measured" model is 2x its units, so the calibrated scale must come out as 2
+        total = 2 * sum(fake_ms[e.kind] for e in units[model.arch.archid])
+        return L.Latency(total, 0.0, 10, [total] * 10, L.fingerprint(), s.to_dict())
+
+    monkeypatch.setattr(P, "_time_module", lambda m, shape, s, sec: fake_ms[_kind_of(m)])
+    monkeypatch.setattr(P, "measure_model", fake_model)
+    t = P.build_table(archs, spec, calibrate=2, progress=False)
+    assert t.scale == pytest.approx(2.0)
+    expect = 2 * sum(fake_ms[e.kind] for e in units[archs[0].archid])
+    assert t.predict(archs[0]) == pytest.approx(expect) and t.hit_rate(archs[0]) == 1.0
+    v = P.validate(t, archs, progress=False)
+    assert v.within_10 == 1.0 and v.median_abs_err_pct == pytest.approx(0, abs=1e-9)
+    t.save(L.cache_dir() / "t.json")
+    assert P.LatencyTable.load(L.cache_dir() / "t.json").predict(archs[1]) == pytest.approx(t.predict(archs[1]))
+
+
+def _kind_of(m: nn.Module) -> str:
+    from shufflesearch.predictor import _Classifier
+    from shufflesearch.units import V1UnitInference, V2UnitInference
+
+    if isinstance(m, _Classifier):
+        return "classifier"
+    if isinstance(m, V2UnitInference):
+        return "v2_down" if m.proj is not None else "v2"
+    if isinstance(m, V1UnitInference):
+        return "v1_down" if m.down else "v1"
+    return "stem" if isinstance(m, nn.Sequential) else "head"
+
+
+def test_random_archs_are_valid_and_seeded() -> None:
+    from shufflesearch.predictor import random_archs
+
+    a, b = random_archs(6, seed=1), random_archs(6, seed=1)
+    assert [x.archid for x in a] == [x.archid for x in b]
+    assert len({x.archid for x in a}) == 6 and {"v1", "v2"} <= {x.families[0] for x in random_archs(20, 2)}
