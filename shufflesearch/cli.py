@@ -249,6 +249,52 @@ def cmd_guidelines(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- proxies ------------------------------------------------------------------------------
+
+
+def _add_proxies(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["validate"], help="validate: rank proxies against short training")
+    p.add_argument("space", help="a search-space YAML, or {proxy: {...}, archs: [...]}")
+    p.add_argument("--n", type=int, default=30, help="architectures to sample (default 30)")
+    p.add_argument("--seeds", type=int, default=2, help="short-training seeds per arch (default 2)")
+    p.add_argument("--steps", type=int, default=60, help="short-training SGD steps (default 60)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the architecture sample")
+    p.add_argument("--out", default=None, help="folder for validation.json and validation.png")
+    p.add_argument("--json", action="store_true", help="print the JSON report")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def cmd_proxies(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data import DataSpec, load_data
+    from .proxies import format_report, load_validation_set, plot_report, validate_proxies
+
+    if args.n < 3:
+        raise UserError(f"--n: {args.n} must be >= 3")
+    archs, proxy = load_validation_set(args.space, args.n, args.sample_seed)
+    data = load_data(DataSpec.from_dict(proxy))
+    names = proxy.get("proxies") or None
+    quiet = args.quiet or args.json
+    report = validate_proxies(archs, data, seeds=args.seeds, names=names, steps=args.steps,
+                              progress=None if quiet else lambda m: print(m, file=sys.stderr, flush=True))
+    if args.out:
+        out = Path(args.out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "validation.json").write_text(json.dumps(report, indent=2))
+            plot_report(report, str(out / "validation.png"))
+        except OSError as e:
+            raise UserError(f"--out {args.out}: cannot write ({e.strerror})") from None
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_report(report))
+        if args.out:
+            print(f"wrote {Path(args.out) / 'validation.json'} and {Path(args.out) / 'validation.png'}")
+    return 0
+
+
 # --- the table ------------------------------------------------------------------------------
 
 # name -> (help, add_arguments, run)
@@ -260,6 +306,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "check": ("G1-G4 guideline findings of one architecture, worst first", _add_check, cmd_check),
     "guidelines": ("device bench: the V2 paper's Tables 1-4 here, and calibration", _add_guidelines, cmd_guidelines),
     "export-arch": ("write and verify a deployable bundle of one architecture", _add_export_arch, cmd_export_arch),
+    "proxies": ("accuracy proxies: `proxies validate SPACE.yaml` ranks them against short training", _add_proxies, cmd_proxies),
 }
 
 
