@@ -199,7 +199,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _add_guidelines(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="x1 and x2 widths, 2 rounds (< 2 min)")
+    p.add_argument("--quick", action="store_true", help="x1 and x2 widths, 3 rounds (< 2 min)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, like ARM)")
     p.add_argument("--out", help="also write the JSON results here")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")

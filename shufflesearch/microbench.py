@@ -315,7 +315,7 @@ def format_tables(results: list[Measured], comps: list[Comparison]) -> str:
     return "\n".join(lines)
 
 
-QUICK = {"scales": (1, 2), "rounds": 2, "max_seconds": 0.25}
+QUICK = {"scales": (1, 2), "rounds": 3, "max_seconds": 0.3}
 FULL = {"scales": SCALES, "rounds": 3, "max_seconds": 0.5}
 
 
