@@ -295,6 +295,40 @@ def cmd_proxies(args: argparse.Namespace) -> int:
     return 0
 
 
+
+# --- train ------------------------------------------------------------------------------------
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("arch", help="an arch file (e.g. an exported arch.yaml) or a preset name")
+    p.add_argument("--data", default="digits", help="proxy task: digits, folder:PATH or npz:PATH (default digits)")
+    p.add_argument("--epochs", type=int, required=True, help="passes over the training split")
+    p.add_argument("--out", required=True, help="folder for weights.pt, arch.yaml and metrics.json")
+    p.add_argument("--resolution", type=int, default=32, help="input size of the proxy task (default 32)")
+    p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--lr", type=float, default=0.05, help="initial learning rate, cosine decay (default 0.05)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights and batch order (default 0)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import DataSpec
+    from .train import train_arch
+
+    spec = DataSpec.from_dict({"name": args.data, "resolution": args.resolution, "batch": args.batch}, "--data")
+    m = train_arch(args.arch, spec, args.epochs, args.out, lr=args.lr, seed=args.seed,
+                   quiet=args.quiet or args.json)
+    if args.json:
+        _print_json(m)
+        return 0
+    f = m["final"]
+    print(f"trained {m['archid']} for {args.epochs} epoch(s) on {args.data}: val_acc {f['val_acc']:.4f} "
+          f"(best {f['best_val_acc']:.4f}), train_acc {f['train_acc']:.4f}, {m['seconds']:.1f}s")
+    print(f"wrote {args.out}/weights.pt, arch.yaml, metrics.json "
+          f"(bundle it: shufflesearch export-arch {args.out}/arch.yaml --weights {args.out}/weights.pt --out DIR)")
+    return 0
+
 # --- the table ------------------------------------------------------------------------------
 
 # name -> (help, add_arguments, run)
@@ -306,6 +340,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "check": ("G1-G4 guideline findings of one architecture, worst first", _add_check, cmd_check),
     "guidelines": ("device bench: the V2 paper's Tables 1-4 here, and calibration", _add_guidelines, cmd_guidelines),
     "export-arch": ("write and verify a deployable bundle of one architecture", _add_export_arch, cmd_export_arch),
+    "train": ("train one architecture on a proxy task; writes weights and metrics", _add_train, cmd_train),
     "proxies": ("accuracy proxies: `proxies validate SPACE.yaml` ranks them against short training", _add_proxies, cmd_proxies),
 }
 

@@ -102,7 +102,7 @@ def export_arch(
         raise ExportError(
             f"resolution: {resolution!r} must be an integer >= the network's total stride {arch.total_stride}"
         )
-    out = _prepare_out_dir(Path(out_dir))
+    out = prepare_out_dir(Path(out_dir))
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         result = _export_into(arch, stage, out, state_dict, info or {}, resolution, onnx, torch_export, say)
@@ -116,16 +116,17 @@ def export_arch(
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _prepare_out_dir(out: Path) -> Path:
+def prepare_out_dir(out: Path, error: type[UserError] = ExportError) -> Path:
+    """Create ``out`` if needed and prove it writable, or raise ``error`` naming it."""
     if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out}: exists and is not a directory")
+        raise error(f"--out {out}: exists and is not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{uuid.uuid4().hex[:8]}"
         probe.touch()
         probe.unlink()
     except OSError as e:
-        raise ExportError(f"--out {out}: cannot write there ({e.strerror or e.__class__.__name__})") from None
+        raise error(f"--out {out}: cannot write there ({e.strerror or e.__class__.__name__})") from None
     return out
 
 
