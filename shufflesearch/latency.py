@@ -140,6 +140,7 @@ def fingerprint(threads: int = 1, backend: str = "torch") -> dict:
         "torch": torch.__version__,
         "threads": threads,
         "backend": backend,
+        "clock": clock_for(threads),  # a CPU-time figure and a wall-time one are not comparable
     }
     if backend == "onnxruntime":
         try:
@@ -237,16 +238,30 @@ MIN_RUNS = 10  # fewest timed runs a median is taken from
 SETTLE = 0.05  # warm-up ends when two consecutive medians of 3 agree within 5%
 
 
+def clock_for(threads: int) -> str:
+    """Which clock times a run. With one thread every op runs inline on the calling thread, so
+    its CPU time is the run's latency on an otherwise idle core; unlike wall time it does not
+    count the slices the scheduler gives to other processes on a shared machine. With more
+    threads the wall clock is the only honest one. ``SHUFFLESEARCH_CLOCK=wall`` forces wall."""
+    if os.environ.get("SHUFFLESEARCH_CLOCK") == "wall" or threads != 1:
+        return "wall"
+    return "thread_cpu"
+
+
+_CLOCKS = {"wall": time.perf_counter, "thread_cpu": time.thread_time}
+
+
 def _time_runs(
-    run: Any, *, max_seconds: float, target_rel_iqr: float, min_runs: int = MIN_RUNS
+    run: Any, *, max_seconds: float, target_rel_iqr: float, min_runs: int = MIN_RUNS,
+    clock_name: str = "wall",
 ) -> tuple[list[float], int]:
     """Warm up, then time ``run()`` until the spread is small or the cap is hit.
 
     Returns per-forward times in ms and the number of forwards per timed sample (tiny models
     are repeated inside a sample so that each sample lasts >= ~2 ms and timer jitter fades).
     """
-    clock = time.perf_counter
-    start = clock()
+    wall, clock = time.perf_counter, _CLOCKS[clock_name]
+    start = wall()
     warm_cap = 0.3 * max_seconds
     warm: list[float] = []
     while True:  # warm-up: the first runs pay for allocation and kernel selection
@@ -257,7 +272,7 @@ def _time_runs(
             a, b = statistics.median(warm[-6:-3]), statistics.median(warm[-3:])
             if abs(a - b) <= SETTLE * max(a, b):
                 break
-        if clock() - start > warm_cap and len(warm) >= 2:
+        if wall() - start > warm_cap and len(warm) >= 2:
             break
     per_run = min(warm[-3:])
     inner = max(1, int(0.002 / max(per_run, 1e-6)))
@@ -269,9 +284,9 @@ def _time_runs(
         runs.append((clock() - t0) / inner * 1e3)
         if len(runs) >= min_runs:
             med = statistics.median(runs)
-            if _iqr(runs) <= target_rel_iqr * med or clock() - start > max_seconds:
+            if _iqr(runs) <= target_rel_iqr * med or wall() - start > max_seconds:
                 break
-        elif clock() - start > 4 * max_seconds:  # a model far too slow for the cap: stop
+        elif wall() - start > 4 * max_seconds:  # a model far too slow for the cap: stop
             if len(runs) >= 3:
                 break
     return runs, inner
@@ -302,7 +317,8 @@ def measure(
         try:
             with torch.inference_mode():
                 runs, _ = _time_runs(
-                    lambda: model(x), max_seconds=max_seconds, target_rel_iqr=target_rel_iqr
+                    lambda: model(x), max_seconds=max_seconds, target_rel_iqr=target_rel_iqr,
+                    clock_name=clock_for(threads),
                 )
         finally:
             torch.set_num_threads(old_threads)
@@ -337,7 +353,8 @@ def _ort_child(path: str, shape: list[int], threads: int, max_seconds: float, ta
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    runs, _ = _time_runs(lambda: sess.run(None, {name: x}), max_seconds=max_seconds, target_rel_iqr=target)
+    runs, _ = _time_runs(lambda: sess.run(None, {name: x}), max_seconds=max_seconds, target_rel_iqr=target,
+                         clock_name=clock_for(threads))
     print(json.dumps({"runs_ms": runs, "onnxruntime": ort.__version__}))
 
 
