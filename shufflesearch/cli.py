@@ -308,6 +308,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--lr", type=float, default=0.05, help="initial learning rate, cosine decay (default 0.05)")
     p.add_argument("--seed", type=int, default=0, help="seeds the initial weights and batch order (default 0)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: small proxy nets gain little from more, and "
+                        "threads that spin against other processes on a busy machine cost a lot)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -318,7 +321,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     spec = DataSpec.from_dict({"name": args.data, "resolution": args.resolution, "batch": args.batch}, "--data")
     m = train_arch(args.arch, spec, args.epochs, args.out, lr=args.lr, seed=args.seed,
-                   quiet=args.quiet or args.json)
+                   threads=args.threads, quiet=args.quiet or args.json)
     if args.json:
         _print_json(m)
         return 0

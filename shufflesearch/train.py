@@ -49,10 +49,12 @@ def train_arch(
     lr: float = 0.05,
     weight_decay: float = 5e-4,
     seed: int = 0,
+    threads: int | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Train ``arch`` for ``epochs`` epochs on the proxy task ``data``; write the weights,
-    arch and metrics into ``out_dir`` and return the metrics."""
+    arch and metrics into ``out_dir`` and return the metrics. ``threads``: torch intra-op
+    threads while training (None: leave torch's setting)."""
     from .latency import compute_lock
     from .proxies import evaluate, train_model
 
@@ -60,6 +62,8 @@ def train_arch(
         raise UserError(f"--epochs: {epochs!r} must be an integer >= 1")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise UserError(f"--lr: {lr!r} must be a positive number")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise UserError(f"--threads: {threads!r} must be an integer >= 1")
     arch = resolve_arch(arch)
     spec = DataSpec(name=data) if isinstance(data, str) else DataSpec.from_dict(data, "--data")
     out = prepare_out_dir(Path(out_dir), UserError)
@@ -95,15 +99,20 @@ def train_arch(
             bar.update(1)
             if step % 10 == 0 or step % spe == 0:
                 val = f", val_acc {history[-1]['val_acc']:.3f}" if history else ""
-                bar.set_postfix_str(f"epoch {len(history) + 1}, loss {loss:.3f}{val}", refresh=False)
+                bar.set_postfix_str(f"epoch {(step - 1) // spe + 1}, loss {loss:.3f}{val}", refresh=False)
 
     t0 = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         with compute_lock():
             h = train_model(model, pd, steps=total, lr=lr, weight_decay=weight_decay, seed=seed,
                             on_step=on_step)
             train_acc = evaluate(model, pd, "train")
+        threads_used = torch.get_num_threads()
     finally:
+        torch.set_num_threads(threads_before)
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
@@ -121,7 +130,7 @@ def train_arch(
         "final": {"val_acc": history[-1]["val_acc"], "best_val_acc": max(e["val_acc"] for e in history),
                   "train_acc": train_acc, "train_loss_sum": h["train_loss_sum"]},
         "seconds": seconds,
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+        "environment": {"torch": torch.__version__, "threads": threads_used,
                         "python": platform.python_version()},
     }
     torch.save(model.state_dict(), out / "weights.pt")
