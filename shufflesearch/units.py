@@ -191,28 +191,50 @@ def fold_conv_bn(m: nn.Module, out_perm: torch.Tensor | None = None) -> FoldedCo
     return FoldedConv(new, relu=hasattr(m, "relu"))
 
 
-def shuffle_concat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """channel_shuffle(cat(a, b), 2) in one copy when a and b are equally wide."""
-    if a.shape[1] == b.shape[1]:
-        return torch.stack((a, b), dim=2).flatten(1, 2)
-    return channel_shuffle(torch.cat((a, b), dim=1), 2)
+def shuffle_concat(a: torch.Tensor, b: torch.Tensor, nhwc: bool = False) -> torch.Tensor:
+    """channel_shuffle(cat(a, b), 2) in one copy when a and b are equally wide: stacking on a
+    new innermost axis writes a[i], b[i] next to each other, which is the shuffled order.
+    ``nhwc`` writes the result in channels_last memory format."""
+    if a.shape[1] != b.shape[1]:
+        return channel_shuffle(torch.cat((a, b), dim=1), 2)
+    if nhwc:
+        # NHWC: channels are innermost, so interleave there and view back as NCHW.
+        y = torch.stack((a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)), dim=-1)  # (B, H, W, C, 2)
+        return y.flatten(-2).permute(0, 3, 1, 2)  # (B, 2C, H, W), channels_last strides
+    return torch.stack((a, b), dim=2).flatten(1, 2)  # (B, 2C, H, W)
 
 
 class V2UnitInference(nn.Module):
-    def __init__(self, unit: V2Unit) -> None:
+    """Folded V2 unit. When the next unit is a V2 basic unit with an even split, this one hands
+    it the two halves its split would cut, each written contiguously by the merged
+    concat-shuffle copy, so the next branch's 1x1 conv reads a dense tensor (no reorder)."""
+
+    def __init__(self, unit: V2Unit, nhwc: bool) -> None:
         super().__init__()
         self.split_sizes = unit.split_sizes
+        self.nhwc = nhwc
+        self.emit_halves = False  # set by ShuffleNetInference, which knows the next unit
         self.proj = (
             nn.Sequential(fold_conv_bn(unit.proj.dw), fold_conv_bn(unit.proj.pw))
             if unit.proj is not None else None
         )
         self.main = nn.Sequential(*(fold_conv_bn(m) for m in unit.main))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor]):
         if self.proj is not None:
-            return shuffle_concat(self.proj(x), self.main(x))
-        ident, z = torch.split(x, self.split_sizes, dim=1)
-        return shuffle_concat(ident, self.main(z))
+            a, b = self.proj(x), self.main(x)
+        elif isinstance(x, tuple):
+            a, b = x[0], self.main(x[1])
+        else:
+            ident, z = torch.split(x, self.split_sizes, dim=1)
+            a, b = ident, self.main(z)
+        if not self.emit_halves:
+            return shuffle_concat(a, b, self.nhwc)
+        # shuffle(cat(a, b)) is a0 b0 a1 b1 ...: its first half interleaves the first halves
+        # of a and b, its second half the second halves.
+        q = a.shape[1] // 2
+        return (shuffle_concat(a[:, :q], b[:, :q], self.nhwc),
+                shuffle_concat(a[:, q:], b[:, q:], self.nhwc))
 
 
 class V1UnitInference(nn.Module):
@@ -241,19 +263,33 @@ class V1UnitInference(nn.Module):
 
 
 class ShuffleNetInference(nn.Module):
-    def __init__(self, net: ShuffleNet) -> None:
+    def __init__(self, net: ShuffleNet, channels_last: bool = True) -> None:
         super().__init__()
         self.arch = net.arch
+        self.channels_last = channels_last
         stem: list[nn.Module] = [fold_conv_bn(net.stem)]  # conv/bn/relu children, like a ConvBN
         if hasattr(net.stem, "pool"):
             stem.append(net.stem.pool)
         self.stem = nn.Sequential(*stem)
-        inf = {V1Unit: V1UnitInference, V2Unit: V2UnitInference}
-        self.stages = nn.ModuleList(nn.Sequential(*(inf[type(u)](u) for u in s)) for s in net.stages)
+        units: list[list[nn.Module]] = [
+            [V2UnitInference(u, channels_last) if isinstance(u, V2Unit) else V1UnitInference(u) for u in s]
+            for s in net.stages
+        ]
+        flat = [u for s in units for u in s]
+        for u, nxt in zip(flat, flat[1:]):
+            if isinstance(u, V2UnitInference) and isinstance(nxt, V2UnitInference):
+                out = u.main[-1].conv.out_channels
+                u.emit_halves = (
+                    nxt.proj is None and nxt.split_sizes[0] == nxt.split_sizes[1]
+                    and out % 2 == 0 and 2 * out == sum(nxt.split_sizes)
+                )
+        self.stages = nn.ModuleList(nn.Sequential(*s) for s in units)
         self.head = fold_conv_bn(net.head) if net.head is not None else None
         self.fc = net.fc
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)

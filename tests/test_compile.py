@@ -160,3 +160,15 @@ def test_same_logits_as_torchvision(name):
     with torch.no_grad():
         assert torch.allclose(ours(x), ref(x), atol=1e-5)
         assert torch.allclose(to_inference(ours)(x), ref(x), atol=1e-4)
+
+
+def test_merged_halves_path_is_used_and_exact():
+    m = _warm_bn(build("shufflenet_v2_x1_0"), 64)
+    inf = to_inference(m)
+    units = [u for s in inf.stages for u in s]
+    # every unit but the last of each stage hands halves to the next basic unit
+    assert sum(getattr(u, "emit_halves", False) for u in units) == 13
+    for cl in (True, False):
+        x = torch.randn(1, 3, 96, 96)
+        with torch.no_grad():
+            assert (to_inference(m, channels_last=cl)(x) - m(x)).abs().max().item() < 1e-5
