@@ -140,6 +140,8 @@ def _add_export_arch(p: argparse.ArgumentParser) -> None:
                       help="require model.onnx (default: written when onnx/onnxruntime are installed)")
     onnx.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip model.onnx")
     p.add_argument("--no-pt2", action="store_true", help="skip model.pt2 (torch.export)")
+    p.add_argument("--latency", action="store_true",
+                   help="measure latency (batch 1, 1 thread, at --resolution) for report.md")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -152,7 +154,15 @@ def cmd_export_arch(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(f"export: {msg}", file=sys.stderr, flush=True)
 
-    res = export_arch(args.arch, args.out, state_dict=args.weights, resolution=args.resolution,
+    info = {}
+    if args.latency:
+        from .latency import LatencyCache, TargetSpec, measure_arch
+
+        if not quiet:
+            log("measuring latency")
+        lat = measure_arch(args.arch, TargetSpec(resolution=args.resolution), cache=LatencyCache())
+        info = {"latency": lat.to_dict()}
+    res = export_arch(args.arch, args.out, state_dict=args.weights, info=info, resolution=args.resolution,
                       onnx=args.onnx, torch_export=not args.no_pt2, log=None if quiet else log)
     if args.json:
         _print_json(res.to_dict())

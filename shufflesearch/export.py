@@ -63,6 +63,7 @@ class ExportResult:
     max_abs_diff: dict[str, float]  # artefact → max |output − training-form output|
     skipped: dict[str, str] = field(default_factory=dict)  # artefact → why it is missing
     params: int = 0
+    output_scale: float = 0.0  # max |reference output|: the yardstick for the diffs above
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +72,7 @@ class ExportResult:
             "params": self.params,
             "files": {k: str(v) for k, v in self.files.items()},
             "max_abs_diff": self.max_abs_diff,
+            "output_scale": self.output_scale,
             "skipped": self.skipped,
         }
 
@@ -146,7 +148,7 @@ def _export_into(
     with torch.no_grad():
         ref = model(x)  # (B, classes): the reference every artefact is compared with
     scale = ref.abs().max().item() + 1e-30
-    result = ExportResult(out, arch.archid, {}, {}, params=params)
+    result = ExportResult(out, arch.archid, {}, {}, params=params, output_scale=scale)
 
     say("arch.yaml")
     (d / "arch.yaml").write_text(arch.to_yaml())
@@ -378,7 +380,8 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
         "",
         f"Written by shufflesearch {version} on {time.strftime('%Y-%m-%d %H:%M:%S')}. Every file was "
         f"checked against the compiled training form (eval mode) on a seeded random batch of "
-        f"{_BATCH} at {res}x{res}.",
+        f"{_BATCH} at {res}x{res}; its outputs reach {result.output_scale:.3g} in absolute value"
+        + (" (fresh weights: logits are tiny, so are the diffs)." if not trained else "."),
         "",
         "| file | what | check |",
         "|---|---|---|",

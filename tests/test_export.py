@@ -217,8 +217,10 @@ def test_cli_export_arch_json(tmp_path, capsys):
     import json
 
     assert main(["export-arch", "shufflenet_v1_g3_x0_5", "--out", str(tmp_path), "--resolution", "32",
-                 "--no-onnx", "--no-pt2", "--json"]) == 0
+                 "--no-onnx", "--no-pt2", "--latency", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["archid"] == ss.preset("shufflenet_v1_g3_x0_5").archid
     assert set(d["files"]) == {"arch.yaml", "model.py", "weights.pt", "report.md"}
     assert set(d["skipped"]) == {"model.onnx", "model.pt2"}
+    report = (tmp_path / "report.md").read_text()
+    assert "median_ms" in report and "Environment fingerprint" in report
