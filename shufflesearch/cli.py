@@ -286,12 +286,17 @@ def cmd_proxies(args: argparse.Namespace) -> int:
     data = load_data(DataSpec.from_dict(proxy))
     names = proxy.get("proxies") or None
     quiet = args.quiet or args.json
-    report = validate_proxies(archs, data, seeds=args.seeds, names=names, steps=args.steps,
-                              progress=None if quiet else lambda m: print(m, file=sys.stderr, flush=True))
-    if args.out:
-        out = Path(args.out)
+    out = Path(args.out) if args.out else None
+    if out is not None:
         try:
             out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {args.out}: cannot create ({e.strerror})") from None
+    report = validate_proxies(archs, data, seeds=args.seeds, names=names, steps=args.steps,
+                              progress=None if quiet else lambda m: print(m, file=sys.stderr, flush=True),
+                              rows_path=str(out / "rows.jsonl") if out else None)
+    if out is not None:
+        try:
             (out / "validation.json").write_text(json.dumps(report, indent=2))
             plot_report(report, str(out / "validation.png"))
         except OSError as e:

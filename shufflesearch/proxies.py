@@ -375,17 +375,33 @@ def rank_report(scores: dict[str, np.ndarray], truth: np.ndarray, params: np.nda
 def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
                      names: Sequence[str] | None = None, steps: int = 150, lr: float = 0.05,
                      n_boot: int = 1000, progress: Callable[[str], None] | None = None,
-                     ) -> dict[str, Any]:
+                     rows_path: str | None = None) -> dict[str, Any]:
     """The validity report: every proxy (seed 0) and ``seeds`` short trainings per architecture,
-    then ``rank_report`` of each proxy (and the default score) against the mean accuracy."""
+    then ``rank_report`` of each proxy (and the default score) against the mean accuracy.
+
+    With ``rows_path`` each finished architecture is appended there as one JSON line, and rows
+    already present (same archid, steps, seeds, lr) are reused: an interrupted run resumes."""
+    import json
+    import os
+
     if len(archs) < 3:
         raise UserError(f"validate needs at least 3 architectures, got {len(archs)}")
     if seeds < 1:
         raise UserError(f"--seeds: {seeds} must be >= 1")
     names = list(names or PROXIES)
+    done: dict[str, dict[str, Any]] = {}
+    if rows_path and os.path.exists(rows_path):
+        with open(rows_path) as f:
+            for line in f:
+                r = json.loads(line)
+                if (r.get("steps"), r.get("lr"), len(r["val_acc"])) == (steps, lr, seeds):
+                    done[r["archid"]] = r
     rows = []
     resolved = [resolve_arch(a) for a in archs]
     for i, a in enumerate(resolved):
+        if a.archid in done and set(names) <= set(done[a.archid]["scores"]):
+            rows.append(done[a.archid])
+            continue
         t0 = time.perf_counter()
         sc = compute_proxies(a, data, names)
         zc = time.perf_counter() - t0
@@ -393,19 +409,30 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
         rows.append({
             "archid": a.archid,
             "arch": a.to_dict(),
+            "steps": steps,
+            "lr": lr,
             "scores": sc,
             "zero_cost_seconds": zc,
             "val_acc": [r["val_acc"] for r in runs],
             "train_loss_sum": [r["train_loss_sum"] for r in runs],
             "train_seconds": [r["seconds"] for r in runs],
         })
+        if rows_path:
+            with open(rows_path, "a") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
         if progress is not None:
-            progress(f"[{i + 1}/{len(archs)}] {a.archid} acc={np.mean(rows[-1]['val_acc']):.3f}")
+            progress(f"[{i + 1}/{len(archs)}] {a.archid} acc={np.mean(rows[-1]['val_acc']):.3f} "
+                     f"proxies {zc:.1f}s train {sum(rows[-1]['train_seconds']):.0f}s")
+    return report_from_rows(rows, data, n_boot=n_boot)
+
+
+def report_from_rows(rows: list[dict[str, Any]], data: ProxyData, n_boot: int = 1000) -> dict[str, Any]:
+    """``rank_report`` over per-architecture rows (as written by ``validate_proxies``)."""
     truth = np.array([np.mean(r["val_acc"]) for r in rows])
     seed_accs = np.array([r["val_acc"] for r in rows]).T  # (seeds, archs)
-    params = np.array([costs(a.replace(num_classes=data.num_classes), data.resolution).params
-                       for a in resolved], dtype=np.float64)
-    score_names = [n for n in rows[0]["scores"]]
+    params = np.array([costs(Arch.from_dict(r["arch"]).replace(num_classes=data.num_classes),
+                             data.resolution).params for r in rows], dtype=np.float64)
+    score_names = [n for n in rows[0]["scores"] if all(n in r["scores"] for r in rows)]
     scores = {n: np.array([r["scores"][n] for r in rows]) for n in score_names}
     # Training-speed proxy (Ru et al. 2021): lower loss sum is better, so negate it.
     scores["neg_train_loss_sum"] = -np.array([np.mean(r["train_loss_sum"]) for r in rows])
@@ -413,7 +440,8 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
     report.update({
         "data": {"name": data.spec.name, "resolution": data.resolution, "batch": data.spec.batch,
                  "num_classes": data.num_classes, "train": len(data.train.y), "val": len(data.val.y)},
-        "short_train": {"steps": steps, "lr": lr, "seeds": seeds},
+        "short_train": {"steps": rows[0].get("steps"), "lr": rows[0].get("lr"),
+                        "seeds": len(rows[0]["val_acc"])},
         "default_ensemble": list(DEFAULT_ENSEMBLE),
         "archs": rows,
     })
