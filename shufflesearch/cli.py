@@ -324,8 +324,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=0.05, help="initial learning rate, cosine decay (default 0.05)")
     p.add_argument("--seed", type=int, default=0, help="seeds the initial weights and batch order (default 0)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: small proxy nets gain little from more, and "
-                        "threads that spin against other processes on a busy machine cost a lot)")
+                   help="torch threads (default 1: on shared cores extra threads wait on each "
+                        "other; see bench/train_threads.py)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

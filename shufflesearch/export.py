@@ -177,11 +177,13 @@ def _export_into(
     if onnx is False:
         result.skipped["model.onnx"] = "not requested"
     else:
-        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        # torch.onnx's exporter needs onnxscript; the check needs onnx and onnxruntime.
+        missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+        hint = f"pip install {' '.join(missing)}, or the package's [onnx] extra"
         if missing and onnx:
-            raise ExportError(f"model.onnx: needs {' and '.join(missing)} (pip install 'shufflesearch[onnx]')")
+            raise ExportError(f"model.onnx: needs {', '.join(missing)} ({hint})")
         if missing:
-            result.skipped["model.onnx"] = f"{' and '.join(missing)} not installed (pip install 'shufflesearch[onnx]')"
+            result.skipped["model.onnx"] = f"{', '.join(missing)} not installed ({hint})"
             say(f"skipping model.onnx: {result.skipped['model.onnx']}")
         else:
             say("model.onnx")
