@@ -221,7 +221,7 @@ if __name__ == "__main__":
 
 
 def _unit_row(u: UnitSpec) -> str:
-    args = [repr(u.family), u.c_in, u.c_out, u.stride, u.kernel, u.down, u.mid, u.main_out]
+    args = [f'"{u.family}"', u.c_in, u.c_out, u.stride, u.kernel, u.down, u.mid, u.main_out]
     row = ", ".join(str(a) for a in args)
     if u.family == "v1":
         row += f", groups={u.groups}, first_groups={u.first_groups}"
@@ -233,7 +233,7 @@ def _stage_line(i: int, arch: Arch) -> str:
     ks = s.kernels()
     k = str(ks[0]) if len(set(ks)) == 1 else "/".join(map(str, ks))
     extra = f"split {s.split:g}, {s.layout} layout" if s.family == "v2" else f"groups {s.groups}"
-    return f"  {i}: {s.family}, {s.channels} channels, {s.depth} units, stride {s.stride}, kernel {k}, {extra}"
+    return f"  {i}: {s.family}, {s.channels} channels, {s.depth} unit{'s' if s.depth > 1 else ''}, stride {s.stride}, kernel {k}, {extra}"
 
 
 def model_source(arch: Arch, version: str = "") -> str:
@@ -254,7 +254,8 @@ def model_source(arch: Arch, version: str = "") -> str:
     )
     rows = []
     for i in range(len(arch.stages)):
-        rows.append(f"    [  # stage {i}")
+        s = arch.stages[i]
+        rows.append(f"    [  # stage {i}: {s.family}, {s.channels} channels")
         rows += [_unit_row(u) for u in specs if u.stage == i]
         rows.append("    ],")
     data = "\n".join([

@@ -4,6 +4,8 @@ own verification (own import of model.py, own onnxruntime session, own torch.exp
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -118,6 +120,17 @@ def test_standalone_model_is_plain_torch(tmp_path):
     assert "shufflesearch" not in text.split('"""', 2)[2]  # only the docstring names us
     assert "def channel_shuffle" in text and "class V2Unit" in text and "def shufflenet" in text
     assert "class V1Unit" not in text  # a V2-only network carries no V1 code
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed")
+def test_generated_source_is_lint_clean(tmp_path):
+    from shufflesearch.codegen import model_source
+
+    for i, arch in enumerate((ss.preset("shufflenet_v1_g8_x1_0"), ODD)):
+        (tmp_path / f"m{i}.py").write_text(model_source(arch))
+    r = subprocess.run(["ruff", "check", "--no-cache", "--isolated", "--select", "E,F,W,I,UP,B",
+                        "--line-length", "100", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
 
 
 def test_bundle_has_every_artefact(tmp_path, capsys):
