@@ -1,0 +1,186 @@
+"""The search end to end on a tiny space: budget, resume, workers, baselines, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from shufflesearch import Arch, UserError
+from shufflesearch.search import load_run, search
+from shufflesearch.space import load_space
+
+HERE = Path(__file__).parent
+TINY = HERE / "spaces" / "tiny.yaml"
+
+
+def _search_trials(study: optuna.Study, state=TrialState.COMPLETE):
+    return [t for t in study.get_trials(states=(state,)) if not t.user_attrs.get("baseline")]
+
+
+def _cli(*args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "shufflesearch.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600, **kw)
+
+
+def test_tiny_search_stores_everything_and_resumes_to_exactly_the_budget(tmp_path):
+    run = search(TINY, 3, runs_root=tmp_path, quiet=True)
+    _, study = load_run(run.root)
+    assert len(_search_trials(study)) == 3
+    t = _search_trials(study)[0]
+    for key in ("arch", "archid", "latency", "latency_ms", "proxies", "proxy", "params", "macs",
+                "mac", "guidelines", "timings"):
+        assert key in t.user_attrs, key
+    assert Arch.from_dict(t.user_attrs["arch"]).archid == t.user_attrs["archid"]
+    assert t.user_attrs["latency"]["fingerprint"]
+    assert t.values == [t.user_attrs["proxy"], t.user_attrs["latency_ms"]]
+    assert (run.root / "config.yaml").exists() and (run.root / "run.log").exists()
+    # re-running with a larger budget resumes; with the same budget it does nothing
+    search(TINY, 5, runs_root=tmp_path, quiet=True)
+    search(TINY, 5, runs_root=tmp_path, quiet=True)
+    _, study = load_run(run.root)
+    done = _search_trials(study)
+    assert len(done) == 5
+    # an architecture is measured once: repeats are recognised by archid and copied
+    measured = [t.user_attrs["archid"] for t in done if "duplicate_of" not in t.user_attrs]
+    assert len(measured) == len(set(measured))
+    for t in done:
+        if "duplicate_of" in t.user_attrs:
+            src = study.trials[t.user_attrs["duplicate_of"]]
+            assert src.user_attrs["archid"] == t.user_attrs["archid"] and src.values == t.values
+
+
+def test_baselines_are_evaluated_first_and_not_counted(tmp_path):
+    text = TINY.read_text().replace("baselines: []", "baselines: [shufflenet_v2_x0_5]")
+    space = tmp_path / "withbase.yaml"
+    space.write_text(text)
+    run = search(space, 2, runs_root=tmp_path / "runs", quiet=True)
+    _, study = load_run(run.root)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert trials[0].user_attrs["baseline"] == "shufflenet_v2_x0_5"
+    assert trials[0].user_attrs["arch"]["stages"][0]["channels"] == 48
+    assert len(_search_trials(study)) == 2 and len(trials) == 3
+
+
+def test_two_workers_reach_exactly_the_budget(tmp_path):
+    run = search(TINY, 6, runs_root=tmp_path, workers=2, quiet=True)
+    _, study = load_run(run.root)
+    done = _search_trials(study)
+    assert len(done) == 6
+    assert len({t.number for t in done}) == 6
+    pids = {t.user_attrs.get("worker_pid") for t in done}
+    assert len(pids) == 2  # both workers did work
+    measured = [t.user_attrs["archid"] for t in done if "duplicate_of" not in t.user_attrs]
+    assert len(measured) == len(set(measured))
+
+
+def test_kill_9_then_rerun_reaches_exactly_the_budget(tmp_path):
+    args = ("run", str(TINY), "--budget", "4", "--runs", str(tmp_path), "--quiet")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    p = subprocess.Popen([sys.executable, "-m", "shufflesearch.cli", *args], env=env)
+    db = tmp_path / "tiny" / "study.db"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait for the first completed trial, then kill mid-run
+        if db.exists():
+            try:
+                s = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
+                if _search_trials(s):
+                    break
+            except Exception:
+                pass
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr
+    _, study = load_run(tmp_path / "tiny")
+    assert len(_search_trials(study)) == 4
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_changed_space_under_the_same_name_is_refused(tmp_path):
+    search(TINY, 1, runs_root=tmp_path, quiet=True)
+    changed = tmp_path / "tiny.yaml"
+    changed.write_text(TINY.read_text().replace("seed: 0", "seed: 1"))
+    with pytest.raises(UserError, match="different search space"):
+        search(changed, 1, runs_root=tmp_path, quiet=True)
+    search(changed, 1, name="tiny-seed1", runs_root=tmp_path, quiet=True)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "/abs", "", ".hidden", "x" * 200])
+def test_names_cannot_leave_runs(tmp_path, name):
+    with pytest.raises(UserError, match="--name"):
+        search(TINY, 1, name=name, runs_root=tmp_path, quiet=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+GOOD = TINY.read_text()
+BAD_YAML = [
+    ("", "empty"),
+    ("space: [", "not valid YAML"),
+    ("- a\n- b\n", "must be a YAML mapping"),
+    (GOOD.replace("target:", "targte:"), "did you mean 'target'"),
+    (GOOD.replace("width: {low: 16, high: 32, step: 8}", "width: {low: 16, high: 32, stp: 8}"), "space.stages[0].width.stp: unknown key (did you mean 'step'"),
+    (GOOD.replace("width: {low: 16, high: 32, step: 8}", "width: {low: 32, high: 16}"), "space.stages[0].width: high (16) is below low (32)"),
+    (GOOD.replace("depth: [1, 2], split", "depth: [0, 2], split"), "space.stages[0].depth[0]: 0 is out of range"),
+    (GOOD.replace("kernel: [3, 5]", "kernel: [3, 4]"), "space.stages[0].kernel[1]: must be one of 3, 5, 7"),
+    (GOOD.replace("family: [v1, v2]", "family: [v1, v9]"), "space.stages[1].family[1]: must be one of v1, v2"),
+    (GOOD.replace("resolution: 32, batch: 1", "resolution: 'big', batch: 1"), "target.resolution: must be an integer"),
+    (GOOD.replace("objectives: [proxy, latency]", "objectives: [proxy, speed]"), "objectives[1]: unknown objective 'speed'"),
+    (GOOD.replace("objectives: [proxy, latency]", "objectives: [proxy, proxy]"), "listed twice"),
+    (GOOD.replace("sampler: {name: tpe", "sampler: {name: cmaes"), "sampler.name: must be one of"),
+    (GOOD.replace("baselines: []", "baselines: [shufflenet_v9]"), "baselines[0]: unknown preset"),
+    (GOOD.replace("baselines: []", "constraints: {latency_ms: -1}\nbaselines: []"), "constraints.latency_ms: -1 is out of range"),
+    (GOOD.replace("baselines: []", "constraints: {latnecy_ms: 5}\nbaselines: []"), "did you mean 'latency_ms'"),
+    (GOOD.replace("split: [0.5]", "split: [1.5]"), "space.stages[0].split[0]: 1.5 is out of range"),
+    (GOOD.replace("width: {low: 16, high: 32, step: 8}", "width: {low: 16, high: 99999999999, step: 1}"), "out of range"),
+    ("space: {stages: []}", "space.stages: required: a non-empty list"),
+]
+
+
+@pytest.mark.parametrize("text, needle", BAD_YAML)
+def test_invalid_yaml_gets_a_clear_error(tmp_path, text, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(UserError) as e:
+        load_space(p)
+    assert needle in str(e.value)
+    assert str(e.value).startswith(str(p))
+
+
+def test_errors_name_the_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(GOOD.replace("kernel: [3, 5]", "kernel: [3, 4]"))
+    line = next(i for i, s in enumerate(p.read_text().splitlines(), 1) if "kernel: [3, 4]" in s)
+    with pytest.raises(UserError, match=rf"bad.yaml:{line}: space.stages\[0\].kernel\[1\]"):
+        load_space(p)
+
+
+def test_cli_validate_and_run_errors_exit_2_without_traceback(tmp_path):
+    r = _cli("validate", str(TINY), "--sample", "5")
+    assert r.returncode == 0 and "ok" in r.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"\x00\x01binary")
+    for args in (("validate", str(bad)), ("run", str(bad)), ("run", str(tmp_path / "missing.yaml")),
+                 ("run", str(TINY), "--name", "../x", "--runs", str(tmp_path))):
+        r = _cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("f", sorted((HERE.parent / "search_spaces").glob("*.yaml")))
+def test_shipped_spaces_validate_and_sample(f):
+    space = load_space(f)
+    archs = space.sample_random(10, seed=0)
+    assert len(archs) == 10
+    for name in space.baselines:
+        assert name.startswith("shufflenet_")
