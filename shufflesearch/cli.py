@@ -334,7 +334,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .data import DataSpec
     from .train import train_arch
 
-    spec = DataSpec.from_dict({"name": args.data, "resolution": args.resolution, "batch": args.batch}, "--data")
+    try:
+        spec = DataSpec(name=args.data, resolution=args.resolution, batch=args.batch)
+    except UserError as e:  # name the flag the user typed, not the search space's field
+        msg = str(e)
+        for field, flag in (("proxy.name", "--data"), ("proxy.resolution", "--resolution"),
+                            ("proxy.batch", "--batch")):
+            msg = msg.replace(field, flag, 1)
+        raise UserError(msg) from None
     m = train_arch(args.arch, spec, args.epochs, args.out, lr=args.lr, seed=args.seed,
                    threads=args.threads, quiet=args.quiet or args.json)
     if args.json:

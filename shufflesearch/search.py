@@ -30,16 +30,15 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from .arch import Arch, ArchError
+from .errors import UserError
+from .space import SearchSpace, load_space
+
 # The heartbeat API is marked experimental, and using it outside Study.optimize warns; both
 # are deliberate here (ask/tell is how we keep the budget exact across workers).
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-warnings.filterwarnings("ignore", message="Argument ``group`` is an experimental")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-from .arch import Arch, ArchError
-from .errors import UserError
-from .space import SearchSpace, load_space
 
 log = logging.getLogger("shufflesearch.search")
 

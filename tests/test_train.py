@@ -77,10 +77,11 @@ def test_cli_errors(tmp_path, capsys):
     arch = tmp_path / "tiny.yaml"
     arch.write_text(TINY.to_yaml())
     cases = [
-        (["--data", "mnist"], "mnist"),
+        (["--data", "mnist"], "--data: 'mnist'"),
         (["--data", f"npz:{tmp_path / 'missing.npz'}"], "missing.npz"),
         (["--epochs", "0"], "--epochs"),
-        (["--resolution", "4"], "resolution"),
+        (["--resolution", "4"], "--resolution: 4"),
+        (["--batch", "1"], "--batch: 1"),
     ]
     for extra, needle in cases:
         argv = ["train", str(arch), "--epochs", "1", "--out", str(tmp_path / "o"), "--quiet", *extra]
