@@ -267,7 +267,7 @@ def _add_proxies(p: argparse.ArgumentParser) -> None:
     p.add_argument("space", help="a search-space YAML, or {proxy: {...}, archs: [...]}")
     p.add_argument("--n", type=int, default=30, help="architectures to sample (default 30)")
     p.add_argument("--seeds", type=int, default=2, help="short-training seeds per arch (default 2)")
-    p.add_argument("--steps", type=int, default=60, help="short-training SGD steps (default 60)")
+    p.add_argument("--steps", type=int, default=150, help="short-training SGD steps (default 150)")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the architecture sample")
     p.add_argument("--out", default=None, help="folder for validation.json and validation.png")
     p.add_argument("--json", action="store_true", help="print the JSON report")
