@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import signal
 import threading
 import time
 import warnings
@@ -46,6 +47,24 @@ HEARTBEAT_S = 2.0  # a worker records a heartbeat this often while a trial runs
 GRACE_S = 8.0  # a RUNNING trial without heartbeat for this long belongs to a dead worker
 MAX_CONSECUTIVE_FAILURES = 50
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+FAULT_ENV = "SHUFFLESEARCH_FAULT"  # fault injection for the reliability tests, see fault_point
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(name: str, hold: Any = None) -> None:
+    """``SHUFFLESEARCH_FAULT=NAME:N[,NAME:N...]`` kills this process with SIGKILL (as kill -9 or
+    the OOM killer would) the Nth time it reaches point NAME: ``sample``, ``latency`` (holding
+    the timing lock, as a measurement does), ``proxies`` (holding the compute lock),
+    ``storage`` (half of a trial's results written). A no-op unless the variable is set."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    _fault_hits[name] = n = _fault_hits.get(name, 0) + 1
+    if f"{name}:{n}" not in spec.replace(" ", "").split(","):
+        return
+    log.warning("fault injection: SIGKILL at %s #%d", name, n)
+    with hold() if hold is not None else contextlib.nullcontext():
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --- run folder -----------------------------------------------------------------------------
@@ -209,7 +228,7 @@ class Evaluator:
         from .compile import build
         from .cost import costs
         from .guidelines import check
-        from .latency import compute_lock, measure_arch
+        from .latency import compute_lock, measure_arch, timing_lock
         from .proxies import compute_proxies, default_score
 
         res = self.space.target["resolution"]
@@ -218,9 +237,11 @@ class Evaluator:
         rep = check(arch, res, self.settings, self.calibration)
         build(arch)  # fail fast (and cheaply) on anything torch refuses
         t1 = time.perf_counter()
+        fault_point("latency", hold=timing_lock)
         lat = measure_arch(arch, self.spec, cache=self.cache, max_seconds=self.space.target["max_seconds"])
         t2 = time.perf_counter()
         with compute_lock():
+            fault_point("proxies")
             scores = compute_proxies(arch, self.data, names=self.space.proxy["proxies"], seed=self.space.seed)
         score = default_score(scores)
         t3 = time.perf_counter()
@@ -354,6 +375,7 @@ def run_trial(study: optuna.Study, space: SearchSpace, evaluate: Evaluator,
             return None
         timings["sample"] = time.perf_counter() - t_ask
         trial.set_user_attr("archid", arch.archid)
+        fault_point("sample")
         # Exact budget with concurrent workers: if more search trials run than the budget
         # leaves room for, the highest-numbered ones step back.
         if on_done is not None and on_done.over_budget(study, trial.number):
@@ -385,7 +407,9 @@ def run_trial(study: optuna.Study, space: SearchSpace, evaluate: Evaluator,
             return None
         t_store = time.perf_counter()
         rec["constraints"] = constraint_values(space, rec)
-        for k, v in rec.items():
+        for i, (k, v) in enumerate(rec.items()):
+            if i == len(rec) // 2:
+                fault_point("storage")
             trial.set_user_attr(k, v)
         values = objective_values(space, rec)
         timings["storage"] = time.perf_counter() - t_store
