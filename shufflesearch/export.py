@@ -44,6 +44,7 @@ from .errors import UserError
 ARTEFACTS = ("arch.yaml", "model.py", "weights.pt", "model.pt2", "model.onnx", "report.md")
 # model.py may import these and nothing else: "depends only on torch" is checked, not hoped.
 _ALLOWED_IMPORTS = {"__future__", "os", "collections", "typing", "torch"}
+_MAX_FINDINGS = 15  # rows of guideline findings in report.md
 _BATCH = 2  # verification batch: 2 so that the dynamic batch dimension is exercised
 # Tolerances relative to the largest reference output (freshly initialised logits are ~1e-8,
 # so an absolute bound would pass anything).
@@ -353,12 +354,17 @@ def _guideline_lines(arch: Arch, res: int) -> list[str]:
         lines += ["Penalties: " + ", ".join(f"{k} {_fmt(v)}" for k, v in penalties.items()), ""]
     if not findings:
         return [*lines, "No findings: the network follows G1–G4 as the checkers see it."]
+    # Worst first, and not hundreds of rows: `shufflesearch check arch.yaml` lists them all.
+    findings.sort(key=lambda f: -float(getattr(f, "penalty", 0) or 0))
+    shown = findings[:_MAX_FINDINGS]
     lines += ["| guideline | node | penalty | finding |", "|---|---|---|---|"]
-    for f in findings:
+    for f in shown:
         lines.append(
             f"| {getattr(f, 'guideline', '')} | `{getattr(f, 'node', '')}` | "
             f"{_fmt(getattr(f, 'penalty', ''))} | {getattr(f, 'message', '')} |"
         )
+    if len(findings) > len(shown):
+        lines += ["", f"... and {len(findings) - len(shown)} more (`shufflesearch check arch.yaml` lists all)."]
     return lines
 
 

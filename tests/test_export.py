@@ -237,3 +237,4 @@ def test_cli_export_arch_json(tmp_path, capsys):
     assert set(d["skipped"]) == {"model.onnx", "model.pt2"}
     report = (tmp_path / "report.md").read_text()
     assert "median_ms" in report and "Environment fingerprint" in report
+    assert "| G2 |" in report  # V1's grouped 1x1 convs are what G2 is about
