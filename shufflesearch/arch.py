@@ -297,14 +297,14 @@ def validate(a: Arch) -> None:
                 err(f"{p}.groups", f"must be >= 1, got {g}")
             if s.split != 0.5:
                 err(f"{p}.split", "v1 units do not split channels; leave it at 0.5")
+            if c % g:
+                err(f"{p}.groups", f"{g} does not divide {c}")
             mid = c * s.bottleneck
             if not _integral(mid) or mid < 1:
                 err(f"{p}.bottleneck", f"{s.bottleneck} of {c} channels is {mid:g}, not a whole number >= 1")
             mid = round(mid)
             if mid % g:
                 err(f"{p}.groups", f"{g} does not divide the bottleneck width {mid}")
-            if c % g:
-                err(f"{p}.groups", f"{g} does not divide {c}")
             if i > 0 and c_in % g:  # the very first 1x1 (on the stem's output) is ungrouped
                 err(f"{p}.groups", f"{g} does not divide the stage's input width {c_in}")
             if s.stride == 2 or c != c_in:

@@ -143,6 +143,6 @@ def format_costs(arch: Arch, c: Costs) -> str:
             f"{_m(nc.params):>10}{_m(nc.macs):>10}{_m(nc.mac):>10}"
         )
     rows.append("-" * len(head))
-    rows.append(f"{'total':<36}  {_m(c.params):>10}{_m(c.macs):>10}{_m(c.mac):>10}")
+    rows.append(f"{'total':<40}  {_m(c.params):>10}{_m(c.macs):>10}{_m(c.mac):>10}")
     rows.append(f"peak activation {c.peak_activation / 1e6:.3f}M elements ({c.peak_activation * 4 / 2**20:.2f} MiB fp32)")
     return "\n".join(rows)
