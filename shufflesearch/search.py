@@ -205,6 +205,18 @@ def _space_from_config(doc: dict, root: Path) -> SearchSpace:
 # --- evaluation -------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 class Evaluator:
     """Scores one Arch on everything the space asks for; loaded once per worker."""
 
@@ -240,7 +252,9 @@ class Evaluator:
         fault_point("latency", hold=timing_lock)
         lat = measure_arch(arch, self.spec, cache=self.cache, max_seconds=self.space.target["max_seconds"])
         t2 = time.perf_counter()
-        with compute_lock():
+        with compute_lock(), _torch_threads(1):
+            # One thread: proxies run on tiny proxy-task inputs where a second thread buys
+            # little, and on a busy machine extra threads oversubscribe the cores.
             fault_point("proxies")
             scores = compute_proxies(arch, self.data, names=self.space.proxy["proxies"], seed=self.space.seed)
         score = default_score(scores)
