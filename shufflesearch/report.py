@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+from .errors import UserError
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -43,3 +47,253 @@ def knee(front: list[dict[str, Any]]) -> dict[str, Any] | None:
     norm = math.hypot(bx - ax, by - ay) or 1.0
     dist = [abs((bx - ax) * (ay - py) - (ax - px) * (by - ay)) / norm for px, py in pts]
     return front[max(range(len(front)), key=dist.__getitem__)]
+
+
+# --- trial records ----------------------------------------------------------------------------
+
+GUIDELINES = ("G1", "G2", "G3", "G4")
+
+
+def trial_records(trials: Sequence[Any]) -> list[dict[str, Any]]:
+    """One flat dict per finished trial (Optuna FrozenTrials), sorted by trial number.
+
+    A COMPLETE trial's record is what the search stored in ``user_attrs`` (never recomputed)
+    plus ``trial`` and ``state``; a FAIL/PRUNED trial keeps ``fail_reason``. RUNNING and
+    WAITING trials are left out: nothing about them is known yet.
+    """
+    out = []
+    for t in sorted(trials, key=lambda t: t.number):
+        state = t.state.name
+        if state not in ("COMPLETE", "FAIL", "PRUNED"):
+            continue
+        rec = dict(t.user_attrs)
+        rec.update(trial=t.number, state=state)
+        if state == "COMPLETE":
+            rec.setdefault("baseline", None)
+        else:
+            rec.setdefault("fail_reason", "no reason recorded (the worker died?)")
+        out.append(rec)
+    return out
+
+
+def completed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("state", "COMPLETE") == "COMPLETE" and "proxy" in r]
+
+
+def failed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("state") in ("FAIL", "PRUNED")]
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ParetoRow:
+    trial: int
+    archid: str
+    proxy: float
+    latency_ms: float
+    iqr_ms: float
+    mac: int
+    macs: int
+    params: int
+    penalties: dict[str, float]  # G1..G4
+    penalty: float  # combined
+    baseline: str | None
+    on_front: bool
+    knee: bool
+    duplicate_of: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pareto_rows(records: list[dict[str, Any]], all_trials: bool = False) -> list[ParetoRow]:
+    """The rows of `shufflesearch pareto`: the 2-D front on (proxy ↑, latency ↓), plus every
+    baseline (shown even when dominated, so the front is read against them), plus with
+    ``all_trials`` every other completed trial; sorted by latency."""
+    done = completed(records)
+    front = pareto_front(done)
+    on = {r["trial"] for r in front}
+    k = knee(front)
+    keep = [r for r in done if r["trial"] in on or r.get("baseline") or all_trials]
+    rows = []
+    for r in sorted(keep, key=lambda r: (r["latency_ms"], -r["proxy"], r["trial"])):
+        g = r.get("guidelines") or {}
+        rows.append(ParetoRow(
+            trial=r["trial"], archid=r.get("archid", ""), proxy=float(r["proxy"]),
+            latency_ms=float(r["latency_ms"]), iqr_ms=float((r.get("latency") or {}).get("iqr_ms", math.nan)),
+            mac=int(r["mac"]), macs=int(r["macs"]), params=int(r["params"]),
+            penalties={x: float((g.get("penalties") or {}).get(x, 0.0)) for x in GUIDELINES},
+            penalty=float(g.get("total", 0.0)), baseline=r.get("baseline"),
+            on_front=r["trial"] in on, knee=k is not None and r["trial"] == k["trial"],
+            duplicate_of=r.get("duplicate_of"),
+        ))
+    return rows
+
+
+def _m(x: float) -> str:
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k"
+
+
+def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "latency")) -> str:
+    """Fixed-width table; the legend says what the marks mean and which front is shown."""
+    head = ["", "trial", "archid", "proxy", "latency ms", "MAC", "MACs", "params",
+            *GUIDELINES, "baseline"]
+    body = []
+    for r in rows:
+        mark = ("K" if r.knee else "*" if r.on_front else " ") + ("B" if r.baseline else " ")
+        body.append([
+            mark, str(r.trial), r.archid, f"{r.proxy:.4f}", f"{r.latency_ms:.3f} ± {r.iqr_ms:.3f}",
+            _m(r.mac), _m(r.macs), _m(r.params), *(f"{r.penalties[g]:.2f}" for g in GUIDELINES),
+            r.baseline or "",
+        ])
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(c.ljust(w) if i in (0, 2, 12) else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+             for row in [head, *body]]
+    extra = [o for o in objectives if o not in ("proxy", "latency")]
+    note = (f"; the search also minimised {', '.join(extra)}, so trials off this 2-D front "
+            f"may still be Pareto-optimal there (see --all)" if extra else "")
+    lines += ["", "front on (proxy ↑, latency median ↓ ± IQR)" + note,
+              "* non-dominated   K knee (best trade-off)   B baseline (shown even when dominated); "
+              "MAC = memory access cost in elements, MACs = multiply-accumulates"]
+    return "\n".join(lines)
+
+
+def format_failed(records: list[dict[str, Any]]) -> str:
+    bad = failed(records)
+    if not bad:
+        return "no failed or pruned trials"
+    w = max(len(str(r["trial"])) for r in bad)
+    lines = [f"{str(r['trial']).rjust(w)}  {r['state'].lower():<7} {r.get('archid', '-'):<12}  "
+             f"{r['fail_reason']}" for r in bad]
+    return "\n".join(lines) + f"\n{len(bad)} failed/pruned trial(s)"
+
+
+# --- hypervolume and rank correlation ------------------------------------------------------------
+
+
+def hypervolume_2d(points: Sequence[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """Area dominated by ``points`` (both coordinates minimised) and bounded by ``ref``.
+
+    A sweep over x: after sorting, each point that lowers the running best y adds the strip
+    between it and the next x. Points not strictly better than ``ref`` in both add nothing.
+    """
+    pts = sorted((x, y) for x, y in points if x < ref[0] and y < ref[1])
+    area, best_y = 0.0, ref[1]
+    for x, y in pts:
+        if y >= best_y:
+            continue
+        # this point owns [x, ref_x) up to best_y; later points only cut below it
+        area += (ref[0] - x) * (best_y - y)
+        best_y = y
+    return area
+
+
+@dataclass
+class HypervolumeHistory:
+    trials: list[int]  # trial numbers, ascending
+    values: list[float]  # hypervolume of the completed trials up to each one
+    ref: tuple[float, float]  # (proxy, latency_ms) reference: worst seen, pushed outwards
+
+
+def hypervolume_history(records: list[dict[str, Any]], margin: float = 0.1) -> HypervolumeHistory:
+    """Hypervolume of (proxy ↑, latency ↓) after every completed trial, in trial order.
+
+    The reference point is the worst proxy and latency over the whole run moved outwards by
+    ``margin`` of their ranges, fixed for the whole history so values can be compared."""
+    done = [r for r in completed(records) if math.isfinite(r["proxy"]) and math.isfinite(r["latency_ms"])]
+    if not done:
+        return HypervolumeHistory([], [], (math.nan, math.nan))
+    ps = [r["proxy"] for r in done]
+    ls = [r["latency_ms"] for r in done]
+    ref = (min(ps) - margin * ((max(ps) - min(ps)) or 1.0), max(ls) + margin * ((max(ls) - min(ls)) or 1.0))
+    pts: list[tuple[float, float]] = []
+    trials, values = [], []
+    for r in sorted(done, key=lambda r: r["trial"]):
+        pts.append((-r["proxy"], r["latency_ms"]))
+        trials.append(r["trial"])
+        values.append(hypervolume_2d(pts, (-ref[0], ref[1])))
+    return HypervolumeHistory(trials, values, ref)
+
+
+@dataclass
+class RankCorrelation:
+    spearman: float
+    kendall: float
+    n: int
+
+
+def rank_correlation(xs: Sequence[float], ys: Sequence[float]) -> RankCorrelation:
+    """Spearman's rho and Kendall's tau-b (ties handled as scipy does); nan below 3 points."""
+    from scipy.stats import kendalltau, spearmanr
+
+    n = len(xs)
+    if n < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return RankCorrelation(math.nan, math.nan, n)
+    return RankCorrelation(float(spearmanr(xs, ys)[0]), float(kendalltau(xs, ys)[0]), n)
+
+
+# --- picking a trial for export ---------------------------------------------------------------
+
+
+def pick_trial(records: list[dict[str, Any]], *, trial: int | None = None, use_knee: bool = False,
+               max_latency: float | None = None) -> dict[str, Any]:
+    """The record that `export` bundles; UserError says why there is none."""
+    done = completed(records)
+    if trial is not None:
+        for r in records:
+            if r["trial"] == trial:
+                if r.get("state") != "COMPLETE":
+                    raise UserError(f"--trial {trial}: trial {r.get('state', '?').lower()} "
+                                    f"({r.get('fail_reason', 'no reason')}); pick a completed one")
+                return r
+        raise UserError(f"--trial {trial}: no such trial (the run has trials "
+                        f"{min(r['trial'] for r in records)}..{max(r['trial'] for r in records)})"
+                        if records else f"--trial {trial}: the run has no trials yet")
+    front = pareto_front(done)
+    if not front:
+        raise UserError("the run has no completed trials yet")
+    if use_knee:
+        k = knee(front)
+        assert k is not None
+        return k
+    if max_latency is not None:
+        under = [r for r in front if r["latency_ms"] <= max_latency]
+        if not under:
+            raise UserError(f"--max-latency {max_latency:g}: no trial on the front is that fast "
+                            f"(fastest: trial {front[0]['trial']} at {front[0]['latency_ms']:.3f} ms)")
+        return max(under, key=lambda r: (r["proxy"], -r["latency_ms"]))
+    raise UserError("pick a trial: --trial N, --knee or --max-latency MS")
+
+
+def export_info(rec: dict[str, Any], run_name: str) -> dict[str, Any]:
+    """What the run stored about a trial, handed to export_arch for report.md (not recomputed)."""
+    lat = dict(rec.get("latency") or {})
+    g = rec.get("guidelines") or {}
+    info: dict[str, Any] = {
+        "run": run_name,
+        "trial": rec["trial"],
+        "latency": lat,
+        "fingerprint": lat.get("fingerprint"),
+        "proxy": rec.get("proxy"),
+        "proxy_raw": rec.get("proxy_raw"),
+        "proxies": rec.get("proxies"),
+        "guideline_penalties": g.get("penalties"),
+        "guideline_total": g.get("total"),
+        "guideline_findings": g.get("n_findings"),
+    }
+    if rec.get("baseline"):
+        info["baseline"] = rec["baseline"]
+    if rec.get("duplicate_of") is not None:
+        info["duplicate_of"] = rec["duplicate_of"]
+    return {k: v for k, v in info.items() if v is not None}
+
+
+def load_records(path: str | Path) -> tuple[Any, list[dict[str, Any]]]:
+    """(Run, records) of a run folder; UserError for a bad path (I/O edge of this module)."""
+    from .search import load_run
+
+    run, study = load_run(path)
+    return run, trial_records(study.get_trials(deepcopy=False))

@@ -1,0 +1,401 @@
+"""`shufflesearch report`: one self-contained HTML page of a run, and PNGs of its main plots.
+
+``report_data`` is pure (records in, what to draw out, tested on its own); ``render_html`` and
+``write_report`` draw it with matplotlib and write files. The SVGs are inlined in the page, so
+it opens offline with nothing fetched. Every scatter's points sit in an SVG group with a known
+id (``pts-front`` ...); a small inline script counts the points the browser actually laid out
+into ``data-drawn`` attributes, which the headless-browser test reads back.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .arch import Arch
+from .report import (
+    GUIDELINES,
+    HypervolumeHistory,
+    ParetoRow,
+    RankCorrelation,
+    completed,
+    failed,
+    hypervolume_history,
+    pareto_rows,
+    rank_correlation,
+)
+
+# --- what to draw (pure) ----------------------------------------------------------------------
+
+
+@dataclass
+class UnitRow:
+    unit: str  # "stem", "stages.i.j", "head", "classifier"
+    params: int
+    macs: int
+    mac: int  # memory access cost, elements
+    predicted_ms: float | None  # from the latency table, when there is one
+
+
+@dataclass
+class Pick:
+    label: str  # "knee", "fastest", "best proxy"
+    trial: int
+    archid: str
+    latency_ms: float  # measured, as stored
+    units: list[UnitRow]
+
+
+@dataclass
+class ReportData:
+    title: str
+    meta: dict[str, str]  # run facts shown at the top
+    rows: list[ParetoRow]  # every completed trial (on_front/baseline/knee flags)
+    macs_corr: RankCorrelation  # MACs vs measured latency
+    mac_corr: RankCorrelation  # MAC vs measured latency
+    hv: HypervolumeHistory
+    picks: list[Pick]
+    predictor_note: str  # where predicted per-unit latency came from, or why there is none
+    n_failed: int
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+
+UnitMs = Callable[[Arch], dict[str, float] | None]  # arch -> predicted ms per unit, or None
+
+
+def _picks(rows: list[ParetoRow], records: dict[int, dict[str, Any]], resolution: int,
+           unit_ms: UnitMs | None) -> list[Pick]:
+    from .cost import costs
+
+    front = [r for r in rows if r.on_front]
+    if not front:
+        return []
+    chosen: list[tuple[str, ParetoRow]] = []
+    for label, r in (("knee", next((r for r in front if r.knee), None)),
+                     ("fastest", min(front, key=lambda r: r.latency_ms)),
+                     ("best proxy", max(front, key=lambda r: r.proxy))):
+        if r is None:
+            continue
+        if any(r.trial == c.trial for _, c in chosen):  # one table per trial, labels joined
+            chosen = [((f"{lab}, {label}" if c.trial == r.trial else lab), c) for lab, c in chosen]
+        else:
+            chosen.append((label, r))
+    picks = []
+    for label, r in chosen:
+        arch = Arch.from_dict(records[r.trial]["arch"])
+        c = costs(arch, resolution)
+        ms = unit_ms(arch) if unit_ms else None
+        units = [UnitRow(name, u.params, u.macs, u.mac, (ms or {}).get(name)) for name, u in c.units.items()]
+        picks.append(Pick(label, r.trial, r.archid, r.latency_ms, units))
+    return picks
+
+
+def report_data(records: list[dict[str, Any]], *, title: str, meta: dict[str, str],
+                resolution: int, unit_ms: UnitMs | None = None, predictor_note: str = "") -> ReportData:
+    """Everything the page shows, computed from the run's trial records."""
+    rows = pareto_rows(records, all_trials=True)
+    lat = [r.latency_ms for r in rows]
+    bad = failed(records)
+    return ReportData(
+        title=title, meta=meta, rows=rows,
+        macs_corr=rank_correlation([r.macs for r in rows], lat),
+        mac_corr=rank_correlation([r.mac for r in rows], lat),
+        hv=hypervolume_history(records),
+        picks=_picks(rows, {r["trial"]: r for r in completed(records)}, resolution, unit_ms),
+        predictor_note=predictor_note, n_failed=len(bad),
+        failures=[(r["trial"], r["fail_reason"]) for r in bad],
+    )
+
+
+# --- drawing ---------------------------------------------------------------------------------------
+
+FRONT, BASE, FADED, KNEE = "#1f6fb4", "#d62728", "#9aa3ad", "#ff9f1c"
+G_COLOURS = dict(zip(GUIDELINES, ("#4c78a8", "#f58518", "#54a24b", "#b279a2")))
+
+
+def _fig_pareto(d: ReportData):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    dom = [r for r in d.rows if not r.on_front and not r.baseline]
+    front = [r for r in d.rows if r.on_front and not r.baseline]
+    base = [r for r in d.rows if r.baseline]
+    ax.scatter([r.latency_ms for r in dom], [r.proxy for r in dom], s=22, c=FADED, alpha=0.35,
+               label="dominated", gid="pts-dominated")
+    on = sorted((r for r in d.rows if r.on_front), key=lambda r: r.latency_ms)
+    ax.step([r.latency_ms for r in on], [r.proxy for r in on], where="post", c=FRONT, lw=1, alpha=0.6)
+    ax.scatter([r.latency_ms for r in front], [r.proxy for r in front], s=34, c=FRONT,
+               label="non-dominated", gid="pts-front", zorder=3)
+    ax.scatter([r.latency_ms for r in base], [r.proxy for r in base], s=90, c=BASE, marker="*",
+               label="baseline", gid="pts-baseline", zorder=4)
+    for r in base:
+        ax.annotate(r.baseline, (r.latency_ms, r.proxy), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    k = [r for r in d.rows if r.knee]
+    ax.scatter([r.latency_ms for r in k], [r.proxy for r in k], s=160, facecolors="none",
+               edgecolors=KNEE, linewidths=2, label="knee", gid="pts-knee", zorder=5)
+    ax.set_xlabel("measured latency, median (ms)")
+    ax.set_ylabel("proxy score (penalised) ↑")
+    ax.set_title("Pareto front: proxy vs measured latency")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _fig_cost(d: ReportData, key: str):
+    import matplotlib.pyplot as plt
+
+    corr = d.macs_corr if key == "macs" else d.mac_corr
+    name = "MACs (multiply-accumulates, M)" if key == "macs" else "MAC (memory access cost, M elements)"
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    ax.scatter([getattr(r, key) / 1e6 for r in d.rows], [r.latency_ms for r in d.rows], s=20,
+               c=[BASE if r.baseline else FRONT if r.on_front else FADED for r in d.rows],
+               gid=f"pts-{key}")
+    ax.set_xlabel(name)
+    ax.set_ylabel("measured latency (ms)")
+    ax.set_title(f"{'MACs' if key == 'macs' else 'MAC'} vs latency: Spearman {corr.spearman:.2f}, "
+                 f"Kendall {corr.kendall:.2f}", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _fig_guidelines(d: ReportData):
+    import matplotlib.pyplot as plt
+
+    rows = sorted(d.rows, key=lambda r: r.trial)
+    fig, ax = plt.subplots(figsize=(6.4, 2.8))
+    xs = list(range(len(rows)))
+    bottom = [0.0] * len(rows)
+    for g in GUIDELINES:
+        v = [r.penalties[g] for r in rows]
+        bars = ax.bar(xs, v, bottom=bottom, color=G_COLOURS[g], label=g, width=0.8)
+        for r, b in zip(rows, bars):  # unique ids: one group per (guideline, trial)
+            b.set_gid(f"bar-{g}-{r.trial}")
+        bottom = [a + b for a, b in zip(bottom, v)]
+    step = max(1, len(rows) // 25)
+    ax.set_xticks(xs[::step], [str(r.trial) for r in rows][::step], fontsize=7)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("penalty (each in [0, 1])")
+    ax.set_title("Guideline penalties per trial (stacked G1–G4)", fontsize=9)
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    return fig
+
+
+def _fig_hv(d: ReportData):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    ax.step(d.hv.trials, d.hv.values, where="post", c=FRONT)
+    ax.scatter(d.hv.trials, d.hv.values, s=10, c=FRONT, gid="pts-hv")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("hypervolume (proxy × ms)")
+    ax.set_title(f"Hypervolume history (ref: proxy {d.hv.ref[0]:.3g}, {d.hv.ref[1]:.3g} ms)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = {"pareto": _fig_pareto, "macs_latency": lambda d: _fig_cost(d, "macs"),
+           "mac_latency": lambda d: _fig_cost(d, "mac"), "guidelines": _fig_guidelines,
+           "hypervolume": _fig_hv}
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    s = buf.getvalue()
+    return s[s.index("<svg"):]  # drop the XML prolog and DOCTYPE: inline SVG needs neither
+
+
+_SCRIPT = """
+// Count what the browser actually laid out, for tests and curious readers.
+window.addEventListener('load', () => {
+  document.querySelectorAll('g[id^="pts-"], g[id^="bar-"]').forEach(g => {
+    const n = [...g.querySelectorAll('use, path')].filter(e => {
+      if (e.closest('defs')) return false;
+      const b = e.getBoundingClientRect(); return b.width > 0 && b.height >= 0 && b.width < 500;
+    }).length;
+    g.setAttribute('data-drawn', String(n));
+  });
+  document.body.setAttribute('data-rendered', String(document.querySelectorAll('svg').length));
+});
+"""
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#222;font-size:14px}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:12px;margin:.5em 0}td,th{padding:2px 7px;text-align:right;border-bottom:1px solid #eee}
+td.l,th.l{text-align:left}tr.front td{background:#eef5fc}tr.base td{background:#fdeeee}tr.knee td{font-weight:bold}
+.grid{display:flex;flex-wrap:wrap;gap:12px}.fig svg{max-width:100%;height:auto}.note{color:#555;font-size:12px}
+code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _n(x: float) -> str:
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k"
+
+
+def _rows_table(rows: list[ParetoRow]) -> str:
+    head = ["trial", "archid", "proxy", "latency ms (± IQR)", "MAC", "MACs", "params", *GUIDELINES, "mark"]
+    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for r in rows:
+        cls = " ".join(c for c, on in (("front", r.on_front), ("base", bool(r.baseline)), ("knee", r.knee)) if on)
+        mark = ", ".join(m for m, on in (("knee", r.knee), ("front", r.on_front),
+                                         (f"baseline {r.baseline}", bool(r.baseline))) if on)
+        cells = [r.trial, r.archid, f"{r.proxy:.4f}", f"{r.latency_ms:.3f} ± {r.iqr_ms:.3f}", _n(r.mac),
+                 _n(r.macs), _n(r.params), *(f"{r.penalties[g]:.2f}" for g in GUIDELINES)]
+        out.append(f'<tr class="{cls}">' + "".join(f"<td>{_e(c)}</td>" for c in cells)
+                   + f'<td class="l">{_e(mark)}</td></tr>')
+    return "\n".join(out) + "</table>"
+
+
+def _pick_table(p: Pick) -> str:
+    pred = any(u.predicted_ms is not None for u in p.units)
+    head = ["unit", "params", "MACs", "MAC"] + (["predicted ms"] if pred else [])
+    out = [f"<h3>{_e(p.label)}: trial {p.trial} ({_e(p.archid)}), measured {p.latency_ms:.3f} ms</h3>",
+           "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for u in p.units:
+        cells = [u.unit, f"{u.params:,}", f"{u.macs:,}", f"{u.mac:,}"]
+        if pred:
+            cells.append("—" if u.predicted_ms is None else f"{u.predicted_ms:.4f}")
+        out.append("<tr>" + "".join(f'<td{" class=l" if i == 0 else ""}>{_e(c)}</td>'
+                                    for i, c in enumerate(cells)) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def render_html(d: ReportData, svgs: dict[str, str]) -> str:
+    """The page, given the inline SVG of each figure in FIGURES."""
+    meta = "".join(f"<tr><th class=l>{_e(k)}</th><td class=l>{_e(v)}</td></tr>" for k, v in d.meta.items())
+    front = [r for r in d.rows if r.on_front or r.baseline]
+
+    def corr(c: RankCorrelation) -> str:
+        return f"Spearman ρ = {c.spearman:.2f}, Kendall τ = {c.kendall:.2f} over {c.n} trials"
+
+    fails = "".join(f"<li>trial {t}: {_e(why)}</li>" for t, why in d.failures[:50])
+    parts = [
+        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{_e(d.title)}</title>"
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{_e(d.title)}</h1><table>{meta}</table>",
+        "<h2>Pareto front: proxy vs measured latency</h2>",
+        "<p class=note>The 2-D front on (proxy ↑, latency median ↓); baselines (red stars) are shown "
+        "even when dominated, dominated trials are faded, the knee is ringed. If the search had more "
+        "objectives (see above), trials off this front may still be optimal there.</p>",
+        f'<div class="fig" id="fig-pareto">{svgs["pareto"]}</div>',
+        _rows_table(front),
+        "<h2>Do FLOPs predict speed here?</h2>",
+        f"<p>MACs vs measured latency: <b>{corr(d.macs_corr)}</b>. MAC (memory access cost) vs measured "
+        f"latency: <b>{corr(d.mac_corr)}</b>. Rank correlations: 1 means the cheaper network by that "
+        "count is always the faster one here.</p>",
+        f'<div class="grid"><div class="fig" id="fig-macs">{svgs["macs_latency"]}</div>'
+        f'<div class="fig" id="fig-mac">{svgs["mac_latency"]}</div></div>',
+        "<h2>Guideline penalties per trial</h2>",
+        f'<div class="fig" id="fig-guidelines">{svgs["guidelines"]}</div>',
+        "<h2>Per-unit breakdown of the front's picks</h2>",
+        f"<p class=note>{_e(d.predictor_note)}</p>",
+        *(_pick_table(p) for p in d.picks),
+        "<h2>Hypervolume history</h2>",
+        "<p class=note>Area dominated by the completed trials so far on (proxy, latency), from a "
+        "reference point fixed for the whole run (worst proxy and latency, pushed out by 10% of "
+        "their ranges).</p>",
+        f'<div class="fig" id="fig-hv">{svgs["hypervolume"]}</div>',
+        f"<h2>All completed trials ({len(d.rows)})</h2>", _rows_table(d.rows),
+        f"<h2>Failed or pruned trials ({d.n_failed})</h2>",
+        f"<ul>{fails}</ul>" if fails else "<p>none</p>",
+        f"<script>{_SCRIPT}</script></body></html>",
+    ]
+    return "\n".join(parts)
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReportFiles:
+    html: Path
+    pngs: list[Path]
+
+
+def _unit_ms_from_table(spec: Any) -> tuple[UnitMs | None, str]:
+    """Predicted per-unit ms from this machine's latency table for the run's target, if any."""
+    from .predictor import LatencyTable, table_path, unit_entries
+
+    path = table_path(spec)
+    if not path.exists():
+        return None, ("Cost only: no latency table for this target on this machine "
+                      "(build one with `shufflesearch latency build-table`). The latency above "
+                      "each table is the measured whole-model median.")
+    table = LatencyTable.load(path)
+
+    def unit_ms(arch: Arch) -> dict[str, float]:
+        return {e.name: table.scale * table.unit_ms(e)[0] for e in unit_entries(arch, spec)}
+
+    return unit_ms, (f"Predicted per-unit latency from the table {path.name} (scaled by its "
+                     f"whole-model factor {table.scale:.2f}); the heading shows the measured total.")
+
+
+def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], None] | None = None) -> ReportFiles:
+    """Write OUT (the HTML page) and OUT's stem + _<figure>.png beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .errors import UserError
+    from .latency import TargetSpec
+    from .report import load_records
+
+    say = log or (lambda _m: None)
+    run, records = load_records(run_path)
+    if not completed(records):
+        raise UserError(f"{run.root}: no completed trials to report yet")
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory; give a file name such as report.html")
+    t = run.space.target
+    spec = TargetSpec(resolution=t["resolution"], batch=t["batch"], threads=t["threads"],
+                      channels_last=t["channels_last"], backend=t["backend"])
+    unit_ms, note = _unit_ms_from_table(spec)
+    fp = next((r["latency"].get("fingerprint") for r in completed(records) if r.get("latency")), None) or {}
+    meta = {
+        "run": str(run.root), "space": str(run.space.path or "-"),
+        "objectives": ", ".join(f"{n} ({d})" for n, d in run.space.objectives),
+        "target": f"{t['resolution']}x{t['resolution']}, batch {t['batch']}, {t['threads']} thread(s), {t['backend']}",
+        "trials": f"{len(completed(records))} completed, {len(failed(records))} failed/pruned",
+        "measured on": str(fp.get("cpu", "?")), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    say("computing")
+    d = report_data(records, title=f"shufflesearch report: {run.name}", meta=meta,
+                    resolution=int(t["resolution"]), unit_ms=unit_ms, predictor_note=note)
+    say("drawing")
+    svgs, pngs = {}, []
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "shufflesearch"}):
+            for name, draw in FIGURES.items():
+                fig = draw(d)
+                svgs[name] = _svg(fig)
+                png = out.with_name(f"{out.stem}_{name}.png")
+                fig.savefig(png, dpi=90)
+                pngs.append(png)
+                plt.close(fig)
+        page = render_html(d, svgs)
+        assert not re.search(r"""(src|href)=["']https?:""", page)  # self-contained: nothing fetched
+        out.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write ({e.strerror or e.__class__.__name__})") from None
+    return ReportFiles(out, pngs)
+
+
+__all__ = ["ReportData", "report_data", "render_html", "write_report", "FIGURES"]
