@@ -65,7 +65,9 @@ def test_protocol_reports_median_iqr_n_and_fixes_threads(threads: int) -> None:
     assert torch.get_num_threads() == before  # restored
 
 
-def test_protocol_stops_at_the_cap_when_noise_never_settles() -> None:
+def test_protocol_stops_at_the_cap_when_noise_never_settles(monkeypatch) -> None:
+    # sleep() uses no CPU, so time it with the wall clock (the 1-thread default is CPU time)
+    monkeypatch.setenv("SHUFFLESEARCH_CLOCK", "wall")
     calls = []
 
     class Noisy(nn.Module):
