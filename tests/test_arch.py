@@ -152,3 +152,25 @@ def test_to_yaml_is_plain_yaml():
     d = yaml.safe_load(preset("shufflenet_v1_g8_x0_5").to_yaml())
     assert d["archid"] == preset("shufflenet_v1_g8_x0_5").archid
     assert d["stem"]["channels"] == 16  # Megvii's stem for g=8 at 0.5x
+
+
+def _cli(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "shufflesearch.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_show_cli_table_json_and_bad_file(tmp_path):
+    r = _cli("show", "shufflenet_v2_x1_0")
+    assert r.returncode == 0 and "144.908M" in r.stdout and "2.279M" in r.stdout
+    r = _cli("show", "shufflenet_v2_x0_5", "--json", "--resolution", "160")
+    d = json.loads(r.stdout)
+    assert d["params"] == 1_366_792 and d["archid"] == preset("shufflenet_v2_x0_5").archid
+    assert {"params", "macs", "mac"} <= set(d) and "stages.0.0.main.pw1.conv" in d["nodes"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - {family: v1, channels: 240, depth: 4, groups: 3}\n"
+                   "  - {family: v1, channels: 116, depth: 8, groups: 3}\n")
+    r = _cli("show", str(bad))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"error: {bad}: stages[1].groups: 3 does not divide 116"
