@@ -1,0 +1,233 @@
+"""Review and export of a run: the pure Pareto/knee/hypervolume/rank maths on hand-made records
+with answers worked out by hand, then `pareto`, `report` (rendered in headless Chromium) and
+`export` on one small real run (tests/spaces/review.yaml: the tiny space plus one baseline)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from shufflesearch.cli import main
+from shufflesearch.report import (
+    format_failed,
+    hypervolume_2d,
+    hypervolume_history,
+    knee,
+    pareto_front,
+    pareto_rows,
+    pick_trial,
+    rank_correlation,
+)
+
+HERE = Path(__file__).parent
+
+
+def rec(trial: int, proxy: float, lat: float, **kw) -> dict:
+    r = {"trial": trial, "state": "COMPLETE", "archid": f"a{trial}", "proxy": proxy, "latency_ms": lat,
+         "latency": {"median_ms": lat, "iqr_ms": 0.1}, "mac": 100 + trial, "macs": 1000 + trial,
+         "params": 10 + trial, "guidelines": {"penalties": {"G1": 0.5}, "total": 0.1}, "baseline": None}
+    r.update(kw)
+    return r
+
+
+# Front by hand: t1 (1 ms, 0.2), t2 (2 ms, 0.8), t4 (10 ms, 0.9). t3 (3 ms, 0.5) is beaten by t2,
+# the baseline t0 (5 ms, 0.4) by t2 as well; t5 repeats t2's architecture.
+RECORDS = [
+    rec(0, 0.4, 5.0, baseline="shufflenet_v2_x0_5"),
+    rec(1, 0.2, 1.0),
+    rec(2, 0.8, 2.0),
+    rec(3, 0.5, 3.0),
+    rec(4, 0.9, 10.0),
+    {**rec(5, 0.8, 2.0), "archid": "a2", "duplicate_of": 2},
+    {"trial": 6, "state": "FAIL", "archid": "a6", "fail_reason": "out of memory"},
+    {"trial": 7, "state": "PRUNED", "fail_reason": "rejected: stages[1].groups: 3 does not divide 116"},
+]
+
+
+def test_front_knee_and_rows():
+    front = pareto_front(RECORDS)
+    assert [r["trial"] for r in front] == [1, 2, 4]  # t5 is t2's duplicate: listed once
+    # Scaled to [0, 1]: t1 (0, 0), t2 (1/9, 6/7), t4 (1, 1); t2 is farthest from the diagonal.
+    assert knee(front)["trial"] == 2
+    rows = pareto_rows(RECORDS)
+    assert [r.trial for r in rows] == [1, 2, 0, 4]  # by latency; the dominated baseline is kept
+    assert [r.on_front for r in rows] == [True, True, False, True]
+    assert [r.knee for r in rows] == [False, True, False, False]
+    assert rows[2].baseline == "shufflenet_v2_x0_5"
+    assert len(pareto_rows(RECORDS, all_trials=True)) == 6  # every completed trial
+    assert "out of memory" in format_failed(RECORDS) and "does not divide 116" in format_failed(RECORDS)
+
+
+def test_hypervolume_by_hand_and_against_optuna():
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume
+
+    # Unit squares dominated by (1,3), (2,2), (3,1) inside (4,4): 3 + 2 + 1.
+    assert hypervolume_2d([(1, 3), (2, 2), (3, 1)], (4, 4)) == 6
+    assert hypervolume_2d([(1, 3), (2, 2), (3, 1), (3, 3), (5, 0)], (4, 4)) == 6  # dominated, outside
+    assert hypervolume_2d([], (4, 4)) == 0
+    rng = np.random.default_rng(0)
+    pts = rng.random((40, 2))
+    assert hypervolume_2d([tuple(p) for p in pts], (1.1, 1.2)) == pytest.approx(
+        compute_hypervolume(pts, np.array([1.1, 1.2])))
+
+
+def test_hypervolume_history():
+    h = hypervolume_history(RECORDS)
+    assert h.trials == [0, 1, 2, 3, 4, 5]
+    # ref: proxy 0.2 - 0.1 * 0.7 = 0.13, latency 10 + 0.1 * 9 = 10.9
+    assert h.ref == pytest.approx((0.13, 10.9))
+    assert h.values[0] == pytest.approx((0.4 - 0.13) * (10.9 - 5))
+    assert all(b >= a for a, b in zip(h.values, h.values[1:]))  # never shrinks
+    assert h.values[-1] == h.values[-2]  # a duplicate adds nothing
+    full = (0.2 - 0.13) * (10.9 - 1) + (0.8 - 0.2) * (10.9 - 2) + (0.9 - 0.8) * (10.9 - 10)
+    assert h.values[-1] == pytest.approx(full)
+
+
+def test_rank_correlation_by_hand():
+    # d = -1, 1, -1, 1, 0: rho = 1 - 6*4/(5*24) = 0.8; 8 concordant, 2 discordant pairs: tau 0.6.
+    c = rank_correlation([1, 2, 3, 4, 5], [2, 1, 4, 3, 5])
+    assert (c.spearman, c.kendall, c.n) == (pytest.approx(0.8), pytest.approx(0.6), 5)
+    assert rank_correlation([1, 2], [2, 1]).spearman != rank_correlation([1, 2], [2, 1]).spearman  # nan
+
+
+def test_pick_trial():
+    from shufflesearch.errors import UserError
+
+    assert pick_trial(RECORDS, trial=3)["trial"] == 3
+    assert pick_trial(RECORDS, use_knee=True)["trial"] == 2
+    assert pick_trial(RECORDS, max_latency=5)["trial"] == 2
+    assert pick_trial(RECORDS, max_latency=1.5)["trial"] == 1
+    with pytest.raises(UserError, match="no trial on the front is that fast"):
+        pick_trial(RECORDS, max_latency=0.5)
+    with pytest.raises(UserError, match="out of memory"):
+        pick_trial(RECORDS, trial=6)
+    with pytest.raises(UserError, match="no such trial"):
+        pick_trial(RECORDS, trial=99)
+
+
+# --- one real run, shared by the CLI tests ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    assert main(["run", str(HERE / "spaces" / "review.yaml"), "--budget", "3", "--runs", str(root),
+                 "--quiet"]) == 0
+    return root / "review"
+
+
+def test_pareto_cli_json(run_dir, capsys):
+    assert main(["pareto", str(run_dir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows
+    for r in rows:
+        assert {"trial", "archid", "proxy", "latency_ms", "params", "macs", "mac", "baseline"} <= r.keys()
+    # The baseline is listed whether or not it is on the front, with its preset's size.
+    (b,) = [r for r in rows if r["baseline"]]
+    assert b["baseline"] == "shufflenet_v2_x0_5"
+    assert b["params"] == 341_792 + 1024 * 10 + 10  # features of REFERENCE.md's 1,366,792 + 10 classes
+    assert sum(r["knee"] for r in rows) == 1
+    assert main(["pareto", str(run_dir), "--all", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 4  # 3 trials + the baseline
+    assert main(["pareto", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "shufflenet_v2_x0_5" in out and "K" in out and "front on (proxy" in out
+
+
+def _chromium() -> str | None:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        msg = "chromium is not installed (apt-get install -y chromium); .ci/run installs it"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return exe
+
+
+def _browser(exe: str, *args: str) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", *args],
+            capture_output=True, text=True, timeout=120,
+        )
+
+
+def test_report_renders_in_chromium(run_dir, tmp_path, capsys):
+    exe = _chromium()
+    out = tmp_path / "rep" / "report.html"
+    assert main(["report", str(run_dir), "--out", str(out), "--quiet"]) == 0
+    page = out.read_text()
+    assert not re.search(r"""(src|href)=["']https?:""", page)  # nothing to fetch: works offline
+    for name in ("pareto", "macs_latency", "mac_latency", "guidelines", "hypervolume"):
+        assert (out.parent / f"report_{name}.png").stat().st_size > 1000
+
+    dom = _browser(exe, "--dump-dom", out.as_uri()).stdout
+    assert 'data-rendered="5"' in dom, "the page's script did not run or found no SVGs"
+    drawn = {m[0]: int(m[1]) for m in re.findall(r'<g id="(pts-[a-z]+)" data-drawn="(\d+)"', dom)}
+    rows = json.loads(_cli_json(capsys, "pareto", str(run_dir), "--all", "--json"))
+    n_front = sum(r["on_front"] and not r["baseline"] for r in rows)
+    assert drawn["pts-front"] == n_front
+    assert drawn["pts-baseline"] == 1
+    assert drawn["pts-front"] + drawn["pts-dominated"] + drawn["pts-baseline"] == 4
+    assert drawn["pts-knee"] == 1
+    assert drawn["pts-macs"] == drawn["pts-mac"] == drawn["pts-hv"] == 4
+    assert "Spearman" in dom and "Kendall" in dom
+
+    shot = tmp_path / "shot.png"
+    _browser(exe, "--hide-scrollbars", "--window-size=1000,1400", f"--screenshot={shot}", out.as_uri())
+    from PIL import Image
+
+    img = Image.open(shot).convert("L")
+    colours = img.getcolors(maxcolors=1 << 16)
+    assert colours is not None and len(colours) > 20, "the screenshot is blank"
+    # Plots put ink on the page: well over 2% of the pixels are not white.
+    assert sum(n for n, v in colours if v < 200) > 0.02 * img.width * img.height
+
+
+def _cli_json(capsys, *argv: str) -> str:
+    capsys.readouterr()
+    assert main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
+def test_export_of_a_trial(run_dir, tmp_path, capsys):
+    rows = json.loads(_cli_json(capsys, "pareto", str(run_dir), "--json"))
+    k = next(r for r in rows if r["knee"])
+    out = tmp_path / "bundle"
+    assert main(["export", str(run_dir), "--knee", "--out", str(out), "--quiet"]) == 0
+    for f in ("arch.yaml", "model.py", "weights.pt", "model.pt2", "model.onnx", "report.md"):
+        assert (out / f).stat().st_size > 0, f
+    from shufflesearch.arch import load_arch
+
+    assert load_arch(out / "arch.yaml").archid == k["archid"]
+    md = (out / "report.md").read_text()
+    # The run's own figures, not re-measured ones: median and fingerprint as stored.
+    stored = json.loads(_cli_json(capsys, "pareto", str(run_dir), "--json"))
+    lat = next(r for r in stored if r["trial"] == k["trial"])["latency_ms"]
+    assert f"| median_ms | {lat:.4g} |" in md
+    assert f"| trial | {k['trial']} |" in md and "Environment fingerprint" in md
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["pareto", "{missing}"], "no such run folder"),
+    (["report", "{missing}"], "no such run folder"),
+    (["export", "{missing}", "--knee", "--out", "{tmp}"], "no such run folder"),
+    (["export", "{run}", "--trial", "999", "--out", "{tmp}"], "--trial 999: no such trial"),
+    (["export", "{run}", "--max-latency", "0.000001", "--out", "{tmp}"], "no trial on the front is that fast"),
+    (["pareto", "{tmp}"], "not a shufflesearch run"),
+])
+def test_bad_input_is_one_line(run_dir, tmp_path, capsys, argv, msg):
+    sub = {"{missing}": str(tmp_path / "nope"), "{tmp}": str(tmp_path), "{run}": str(run_dir)}
+    assert main([sub.get(a, a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and msg in err and "\n" not in err
