@@ -249,7 +249,8 @@ def _n(x: float) -> str:
 
 def _rows_table(rows: list[ParetoRow]) -> str:
     head = ["trial", "archid", "proxy", "latency ms (± IQR)", "MAC", "MACs", "params", *GUIDELINES, "mark"]
-    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    out = ["<table><tr>" + "".join(f"<th{' class=l' if h in ('archid', 'mark') else ''}>{h}</th>"
+                                   for h in head) + "</tr>"]
     for r in rows:
         cls = " ".join(c for c, on in (("front", r.on_front), ("base", bool(r.baseline)), ("knee", r.knee)) if on)
         mark = ", ".join(m for m, on in (("knee", r.knee), ("front", r.on_front),
