@@ -268,16 +268,22 @@ def _add_proxies(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="folder for validation.json and validation.png")
     p.add_argument("--json", action="store_true", help="print the JSON report")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
 
 
 def cmd_proxies(args: argparse.Namespace) -> int:
     from pathlib import Path
+
+    import torch
 
     from .data import DataSpec, load_data
     from .proxies import format_report, load_validation_set, plot_report, validate_proxies
 
     if args.n < 3:
         raise UserError(f"--n: {args.n} must be >= 3")
+    if args.threads < 1:
+        raise UserError(f"--threads: must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     archs, proxy = load_validation_set(args.space, args.n, args.sample_seed)
     data = load_data(DataSpec.from_dict(proxy))
     names = proxy.get("proxies") or None
