@@ -231,3 +231,21 @@ def test_bad_input_is_one_line(run_dir, tmp_path, capsys, argv, msg):
     assert main([sub.get(a, a) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and msg in err and "\n" not in err
+
+
+def test_unit_breakdown_of_picks():
+    from shufflesearch.arch import PRESETS
+    from shufflesearch.report_html import FIGURES, render_html, report_data
+
+    arch = PRESETS["shufflenet_v2_x0_5"].to_dict()
+    recs = [{**rec(1, 0.2, 1.0), "arch": arch}, {**rec(2, 0.8, 2.0), "arch": arch}]
+    d = report_data(recs, title="t", meta={}, resolution=224,
+                    unit_ms=lambda a: {"stem": 0.25}, predictor_note="table x")
+    assert [(p.label, p.trial) for p in d.picks] == [("knee, best proxy", 2), ("fastest", 1)]
+    units = d.picks[0].units
+    # REFERENCE.md: V2 0.5x is 40.48M MACs and 1,366,792 params at 224x224.
+    assert sum(u.macs for u in units) / 1e6 == pytest.approx(40.48, abs=0.01)
+    assert sum(u.params for u in units) == 1_366_792
+    assert [u.predicted_ms for u in units if u.predicted_ms is not None] == [0.25]
+    page = render_html(d, {k: "<svg></svg>" for k in FIGURES})
+    assert "predicted ms" in page and "table x" in page
