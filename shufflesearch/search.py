@@ -101,16 +101,26 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite"):
         # Many local workers share one file: wait for the lock instead of failing.
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=int(HEARTBEAT_S),
-            grace_period=int(GRACE_S),
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-            **kwargs,
-        )
-    except Exception as e:  # bad URL, server down, missing driver
-        raise UserError(f"cannot open storage {url}: {str(e).splitlines()[0]}") from None
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=int(HEARTBEAT_S),
+                grace_period=int(GRACE_S),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                **kwargs,
+            )
+        except IntegrityError:
+            # Workers started together on an empty database race to create Optuna's tables;
+            # the loser finds them made on the next try.
+            if attempt == 4:
+                raise UserError(f"cannot open storage {url}: its tables could not be created") from None
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as e:  # bad URL, server down, missing driver
+            raise UserError(f"cannot open storage {url}: {str(e).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
 
 
 def _sqlite_wal(path: Path) -> None:
