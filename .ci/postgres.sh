@@ -21,7 +21,7 @@ fi
 _pg_as "$_pg_bin/initdb" -D "$SHUFFLESEARCH_PG_DIR/data" -A trust -U postgres >/dev/null
 _pg_as "$_pg_bin/pg_ctl" -D "$SHUFFLESEARCH_PG_DIR/data" -l "$SHUFFLESEARCH_PG_DIR/server.log" -w \
   -o "-p $_pg_port -k $SHUFFLESEARCH_PG_DIR -c listen_addresses=127.0.0.1" start >/dev/null
-"$_pg_bin/createuser" -h 127.0.0.1 -p "$_pg_port" -U postgres shufflesearch
+"$_pg_bin/createuser" -h 127.0.0.1 -p "$_pg_port" -U postgres --createdb shufflesearch  # tests make fresh databases
 "$_pg_bin/createdb" -h 127.0.0.1 -p "$_pg_port" -U postgres -O shufflesearch shufflesearch_test
 export SHUFFLESEARCH_PG_DIR
 export SHUFFLESEARCH_TEST_PG="postgresql+psycopg2://shufflesearch@127.0.0.1:$_pg_port/shufflesearch_test"

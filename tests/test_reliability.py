@@ -1,0 +1,279 @@
+"""Fault injection: kill -9 at named points of a trial, trials that raise, concurrent workers on
+SQLite and on a real PostgreSQL. Bad input is in test_bad_input.py.
+
+Kills use the SHUFFLESEARCH_FAULT hook in search.py (``point:N`` SIGKILLs the process the Nth
+time it reaches ``point``), so each kill lands exactly where it is named; the run log proves it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from shufflesearch import UserError
+from shufflesearch.search import MAX_CONSECUTIVE_FAILURES, load_run, search
+
+HERE = Path(__file__).parent
+TINY = HERE / "spaces" / "tiny.yaml"
+BUDGET = 4
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A private latency cache per test, so "measured once" can be read from it."""
+    env = {k: v for k, v in os.environ.items() if k != "SHUFFLESEARCH_FAULT"}
+    env.update(PYTHONWARNINGS="ignore", SHUFFLESEARCH_CACHE_DIR=str(tmp_path / "cache"), **extra)
+    return env
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shufflesearch.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def _search(study: optuna.Study, states=(TrialState.COMPLETE,)) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(states=states) if not t.user_attrs.get("baseline")]
+
+
+def _completed(study: optuna.Study) -> dict[int, tuple[list[float], str]]:
+    return {t.number: (t.values, t.user_attrs["archid"]) for t in _search(study)}
+
+
+def _cache_records(cache_dir: Path) -> dict[str, dict]:
+    con = sqlite3.connect(cache_dir / "latency.sqlite")
+    try:
+        rows = con.execute("SELECT archid, record FROM latency").fetchall()
+    finally:
+        con.close()
+    out: dict[str, dict] = {}
+    for archid, rec in rows:
+        assert archid not in out, f"{archid} cached under two specs/fingerprints"
+        out[archid] = json.loads(rec)
+    return out
+
+
+def _strip(lat: dict) -> dict:
+    return {k: v for k, v in lat.items() if k != "cached"}
+
+
+def check_invariants(root: Path, budget: int, before: dict[int, tuple[list[float], str]],
+                     cache_dir: Path) -> optuna.Study:
+    """Exactly the budget; every trial completed before a crash still there with its values;
+    every architecture measured once."""
+    _, study = load_run(root)
+    done = _search(study)
+    assert len(done) == budget, [(t.number, t.state) for t in study.trials]
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    for number, (values, archid) in before.items():
+        t = study.trials[number]
+        assert t.state == TrialState.COMPLETE and t.values == values and t.user_attrs["archid"] == archid
+    # Measured once: the cache holds one figure per architecture (a second measurement would
+    # replace it), and every completed trial of that architecture carries that very figure —
+    # its timed runs included, which no two measurements share.
+    cache = _cache_records(cache_dir)
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert _strip(t.user_attrs["latency"]) == _strip(cache[t.user_attrs["archid"]]), t.number
+    measured = [t.user_attrs["archid"] for t in done if "duplicate_of" not in t.user_attrs]
+    assert len(measured) == len(set(measured))
+    for t in done:
+        if "duplicate_of" in t.user_attrs:
+            src = study.trials[t.user_attrs["duplicate_of"]]
+            assert src.user_attrs["archid"] == t.user_attrs["archid"] and src.values == t.values
+    return study
+
+
+def check_review_works(root: Path, env: dict[str, str]) -> None:
+    """The run folder still serves its readers after a crash."""
+    from shufflesearch.report import pareto_front
+
+    _, study = load_run(root)
+    front = pareto_front([t.user_attrs for t in _search(study)])
+    assert front and all(math.isfinite(r["latency_ms"]) for r in front)
+
+
+# --- kill -9 at named points ------------------------------------------------------------------
+
+# point -> what the killed trial must look like in storage (proof of where it died)
+CRASH_POINTS = {
+    "sample": lambda a: "archid" in a and "params" not in a,
+    "latency": lambda a: "archid" in a and "params" not in a,
+    "proxies": lambda a: "archid" in a and "params" not in a,
+    "storage": lambda a: "params" in a and "proxy" not in a,  # half its results written
+}
+
+
+@pytest.mark.parametrize("point", sorted(CRASH_POINTS))
+def test_kill_9_at_a_named_point_then_rerun(tmp_path, point):
+    args = ["run", str(TINY), "--budget", str(BUDGET), "--runs", str(tmp_path / "runs"), "--quiet"]
+    root = tmp_path / "runs" / "tiny"
+    r = _cli(args, _env(tmp_path, SHUFFLESEARCH_FAULT=f"{point}:2"))
+    assert r.returncode == -9, r.stderr  # died by SIGKILL, not by an error
+    assert f"fault injection: SIGKILL at {point} #2" in (root / "run.log").read_text()
+    _, study = load_run(root)
+    before = _completed(study)
+    assert len(before) == 1  # the first trial completed, the second was killed ...
+    (killed,) = study.get_trials(states=(TrialState.RUNNING,))
+    assert CRASH_POINTS[point](killed.user_attrs), killed.user_attrs  # ... where it was named
+
+    r = _cli(args, _env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    study = check_invariants(root, BUDGET, before, tmp_path / "cache")
+    assert study.trials[killed.number].state == TrialState.FAIL  # went stale, was failed
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retried and retried[0].params == killed.params  # and retried
+    check_review_works(root, _env(tmp_path))
+
+
+def test_repeated_kills_at_every_point_lose_nothing(tmp_path):
+    """One run folder survives a kill at each point in turn (including the retries of earlier
+    victims), then one clean run completes it."""
+    args = ["run", str(TINY), "--budget", "5", "--runs", str(tmp_path / "runs"), "--quiet"]
+    root = tmp_path / "runs" / "tiny"
+    before: dict[int, tuple[list[float], str]] = {}
+    for fault in ("latency:1", "proxies:1", "storage:1"):
+        r = _cli(args, _env(tmp_path, SHUFFLESEARCH_FAULT=fault))
+        assert r.returncode == -9, (fault, r.stderr)
+        _, study = load_run(root)
+        now = _completed(study)
+        assert before.items() <= now.items()  # nothing completed earlier was lost or changed
+        before = now
+    r = _cli(args, _env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    check_invariants(root, 5, before, tmp_path / "cache")
+
+
+# --- trials that raise --------------------------------------------------------------------------
+
+
+def test_trials_that_raise_fail_with_their_reason_and_the_search_goes_on(tmp_path, monkeypatch):
+    import shufflesearch.compile as compile_mod
+    import shufflesearch.proxies as proxies_mod
+
+    real_build, real_proxies = compile_mod.build, proxies_mod.compute_proxies
+    calls = {"build": 0, "proxies": 0}
+
+    def build(arch, *a, **kw):
+        calls["build"] += 1
+        if calls["build"] == 1:
+            raise RuntimeError("Given groups=2, expected weight to be divisible by 2 (injected)")
+        return real_build(arch, *a, **kw)
+
+    def compute_proxies(*a, **kw):
+        calls["proxies"] += 1
+        n = calls["proxies"]
+        if n == 1:
+            return {**real_proxies(*a, **kw), "synflow": float("nan")}
+        if n == 2:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+        if n == 3:
+            raise MemoryError()
+        return real_proxies(*a, **kw)
+
+    monkeypatch.setattr(compile_mod, "build", build)
+    monkeypatch.setattr(proxies_mod, "compute_proxies", compute_proxies)
+    run = search(TINY, 3, runs_root=tmp_path, quiet=True)
+    _, study = load_run(run.root)
+    assert len(_search(study)) == 3
+    reasons = [t.user_attrs.get("fail_reason", "") for t in study.get_trials(states=(TrialState.FAIL,))]
+    assert len(reasons) == 4, reasons
+    assert reasons[0].startswith("RuntimeError: Given groups=2")
+    assert reasons[1].startswith("FloatingPointError: proxy score is not finite") and "synflow" in reasons[1]
+    assert reasons[2].startswith("out of memory: RuntimeError") and reasons[3] == "out of memory"
+    log = (run.root / "run.log").read_text()
+    assert "Given groups=2" in log and "proxy score is not finite" in log
+
+
+def test_a_search_where_every_trial_fails_stops_with_a_clear_error(tmp_path, monkeypatch):
+    import shufflesearch.compile as compile_mod
+
+    def build(arch, *a, **kw):
+        raise RuntimeError("injected build error")
+
+    monkeypatch.setattr(compile_mod, "build", build)
+    with pytest.raises(UserError, match=f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed"):
+        search(TINY, 3, runs_root=tmp_path, quiet=True)
+    _, study = load_run(tmp_path / "tiny")
+    fails = study.get_trials(states=(TrialState.FAIL,))
+    assert len(fails) == MAX_CONSECUTIVE_FAILURES
+    assert all(t.user_attrs["fail_reason"] == "RuntimeError: injected build error" for t in fails)
+
+
+# --- concurrency ----------------------------------------------------------------------------------
+
+
+def _no_lock_errors(study: optuna.Study, log: str) -> None:
+    reasons = [t.user_attrs.get("fail_reason", "") for t in study.trials]
+    assert not [r for r in reasons if "locked" in r.lower()]
+    assert "database is locked" not in log.lower() and "Traceback" not in log
+
+
+def test_three_local_workers_lose_and_duplicate_nothing(tmp_path):
+    args = ["run", str(TINY), "--budget", "6", "--workers", "3", "--runs", str(tmp_path / "runs"), "--quiet"]
+    r = _cli(args, _env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    root = tmp_path / "runs" / "tiny"
+    study = check_invariants(root, 6, {}, tmp_path / "cache")
+    _no_lock_errors(study, (root / "run.log").read_text() + r.stderr)
+    assert len({t.user_attrs["worker_pid"] for t in _search(study)}) >= 2
+    # every trial ended in a known state; a FAIL can only be a budget step-back
+    for t in study.trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.WAITING)
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs.get("fail_reason", "").startswith("over budget"), t.user_attrs
+
+
+def _pg_url() -> str:
+    url = os.environ.get("SHUFFLESEARCH_TEST_PG")
+    if not url:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("CI=true but SHUFFLESEARCH_TEST_PG is not set: .ci/run must start PostgreSQL")
+        pytest.skip("no PostgreSQL: `source .ci/postgres.sh` starts one and sets SHUFFLESEARCH_TEST_PG")
+    return url
+
+
+@pytest.fixture
+def fresh_pg_db():
+    """A new, empty database on the test server, dropped afterwards: workers starting together
+    on it also race to create Optuna's tables, as the first machines of a study do."""
+    import sqlalchemy as sa
+
+    base = sa.engine.make_url(_pg_url())
+    db = f"ss_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f"CREATE DATABASE {db}"))
+    yield base.set(database=db).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.execute(sa.text(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+    admin.dispose()
+
+
+def test_two_processes_share_one_postgresql_study(tmp_path, fresh_pg_db):
+    url = fresh_pg_db
+    name = "tiny-pg"
+    args = ["run", str(TINY), "--budget", "5", "--name", name, "--storage", url, "--quiet"]
+    env = _env(tmp_path)
+    procs = [subprocess.Popen([sys.executable, "-m", "shufflesearch.cli", *args, "--runs", str(tmp_path / f"m{i}")],
+                              env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    study = optuna.load_study(study_name=name, storage=url)
+    done = _search(study)
+    assert len(done) == 5 and len({t.number for t in done}) == 5
+    assert len({t.user_attrs["worker_pid"] for t in done}) == 2  # both machines did work
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    measured = [t.user_attrs["archid"] for t in done if "duplicate_of" not in t.user_attrs]
+    assert len(measured) == len(set(measured))
+    # each "machine" has its own run folder pointing at the one shared study
+    for i in range(2):
+        run, st = load_run(tmp_path / f"m{i}" / name)
+        assert run.storage_url == url and len(_search(st)) == 5
