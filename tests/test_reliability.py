@@ -8,7 +8,6 @@ time it reaches ``point``), so each kill lands exactly where it is named; the ru
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import subprocess
@@ -91,13 +90,20 @@ def check_invariants(root: Path, budget: int, before: dict[int, tuple[list[float
     return study
 
 
-def check_review_works(root: Path, env: dict[str, str]) -> None:
-    """The run folder still serves its readers after a crash."""
-    from shufflesearch.report import pareto_front
+def check_review_works(root: Path, out: Path, capsys, export: bool = True) -> None:
+    """The run folder still serves its readers after a crash: pareto, report, export."""
+    from shufflesearch.cli import main
 
-    _, study = load_run(root)
-    front = pareto_front([t.user_attrs for t in _search(study)])
-    assert front and all(math.isfinite(r["latency_ms"]) for r in front)
+    capsys.readouterr()
+    assert main(["pareto", str(root)]) == 0
+    assert main(["pareto", str(root), "--failed"]) == 0
+    assert main(["report", str(root), "--out", str(out / "report.html"), "--quiet"]) == 0
+    assert (out / "report.html").stat().st_size > 0
+    if export:
+        assert main(["export", str(root), "--knee", "--out", str(out / "bundle"), "--no-onnx", "--quiet"]) == 0
+        assert (out / "bundle" / "model.py").exists() and (out / "bundle" / "arch.yaml").exists()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error" not in err.lower(), err
 
 
 # --- kill -9 at named points ------------------------------------------------------------------
@@ -112,7 +118,7 @@ CRASH_POINTS = {
 
 
 @pytest.mark.parametrize("point", sorted(CRASH_POINTS))
-def test_kill_9_at_a_named_point_then_rerun(tmp_path, point):
+def test_kill_9_at_a_named_point_then_rerun(tmp_path, point, capsys):
     args = ["run", str(TINY), "--budget", str(BUDGET), "--runs", str(tmp_path / "runs"), "--quiet"]
     root = tmp_path / "runs" / "tiny"
     r = _cli(args, _env(tmp_path, SHUFFLESEARCH_FAULT=f"{point}:2"))
@@ -123,6 +129,7 @@ def test_kill_9_at_a_named_point_then_rerun(tmp_path, point):
     assert len(before) == 1  # the first trial completed, the second was killed ...
     (killed,) = study.get_trials(states=(TrialState.RUNNING,))
     assert CRASH_POINTS[point](killed.user_attrs), killed.user_attrs  # ... where it was named
+    check_review_works(root, tmp_path / "review-killed", capsys, export=False)  # readable mid-crash
 
     r = _cli(args, _env(tmp_path))
     assert r.returncode == 0, r.stderr
@@ -130,7 +137,7 @@ def test_kill_9_at_a_named_point_then_rerun(tmp_path, point):
     assert study.trials[killed.number].state == TrialState.FAIL  # went stale, was failed
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
     assert retried and retried[0].params == killed.params  # and retried
-    check_review_works(root, _env(tmp_path))
+    check_review_works(root, tmp_path / "review", capsys, export=point == "storage")
 
 
 def test_repeated_kills_at_every_point_lose_nothing(tmp_path):
