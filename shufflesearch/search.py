@@ -144,7 +144,7 @@ def open_run(space: SearchSpace, name: str | None = None, runs_root: str | Path 
     if cfg.exists():
         try:
             old = yaml.safe_load(cfg.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not UTF-8
             raise UserError(f"{cfg}: unreadable run config ({e.__class__.__name__}); use a new --name") from None
         if not isinstance(old, dict) or old.get("fingerprint") != fp:
             raise UserError(
@@ -155,6 +155,8 @@ def open_run(space: SearchSpace, name: str | None = None, runs_root: str | Path 
     else:
         if not create:
             raise UserError(f"{root}: no such run")
+        if storage:
+            make_storage(storage)  # a bad URL fails before anything is written
         root.mkdir(parents=True, exist_ok=True)
         url = storage or f"sqlite:///{(root / 'study.db').as_posix()}"
         if url.startswith("sqlite:///"):
@@ -507,6 +509,22 @@ def work(run: Run, budget: int, stop_event: Any = None, worker: int = 0) -> int:
     return 0
 
 
+def check_buildable(space: SearchSpace, path: str | Path, tries: int = 50) -> None:
+    """A space in which nothing can be built (groups that divide no width, an odd width to
+    split) is bad input, refused before the run folder exists, not 50 failed trials."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=space.seed))
+    first: ArchError | None = None
+    for _ in range(tries):
+        trial = study.ask()
+        try:
+            space.sample(trial)
+            return
+        except ArchError as e:
+            first = first or e
+            study.tell(trial, state=TrialState.FAIL)
+    raise UserError(f"{path}: no architecture of this space can be built ({tries} random tries); {first}")
+
+
 def _worker_main(space_path: str, name: str, runs_root: str, storage: str | None, budget: int,
                  worker: int) -> int:
     space = load_space(space_path)
@@ -532,6 +550,7 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     space = load_space(space_path)
+    check_buildable(space, space_path)
     run = open_run(space, name, runs_root, storage)
     _setup_log(run)
     log.info("run %s: budget %d, workers %d, storage %s", run.name, budget, workers, run.storage_url)
