@@ -74,6 +74,8 @@ def load_yaml(path: str | Path) -> Located:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         at = f":{mark.line + 1}" if mark else ""
         raise UserError(f"{path}{at}: not valid YAML: {problem}") from None
+    if data is None and node is None:  # only comments or document markers
+        raise UserError(f"{path}: the file is empty (no YAML content)")
     lines: dict[str, int] = {}
     if node is not None:
         _walk(node, "", lines)
