@@ -105,10 +105,18 @@ def export_arch(
         raise ExportError(
             f"resolution: {resolution!r} must be an integer >= the network's total stride {arch.total_stride}"
         )
+    created = not Path(out_dir).exists()
     out = prepare_out_dir(Path(out_dir))
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
-        result = _export_into(arch, stage, out, state_dict, info or {}, resolution, onnx, torch_export, say)
+        try:
+            result = _export_into(arch, stage, out, state_dict, info or {}, resolution, onnx, torch_export, say)
+        except BaseException:
+            if created:  # a failed export leaves the disk as it found it
+                shutil.rmtree(stage, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            raise
         for old in ARTEFACTS + ("model.onnx.data",):  # no stale files from an earlier export
             (out / old).unlink(missing_ok=True)
         for f in stage.iterdir():
@@ -200,7 +208,9 @@ def _export_into(
 def _load_weights(model: torch.nn.Module, state_dict: Any) -> None:
     if isinstance(state_dict, (str, Path)):
         try:
-            state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's pickle-protocol notes are not for users
+                warnings.simplefilter("ignore")
+                state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise ExportError(f"{state_dict}: no such weights file") from None
         except Exception as e:  # pickle, zip and torch errors all mean "not a state_dict file"
