@@ -449,23 +449,20 @@ def preset_name(arch: Arch) -> str | None:
 
 def load_arch(path: str | Path) -> Arch:
     """Read an Arch from a .yaml/.yml/.json file (the format `export` writes)."""
+    from .yamlio import read_text
+
     path = Path(path)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ArchError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ArchError(f"{path}: cannot read ({e.__class__.__name__})") from None
-    if not text.strip():
-        raise ArchError(f"{path}: the file is empty")
+        text = read_text(path)
+    except UserError as e:
+        raise ArchError(str(e)) from None
     if path.suffix == ".json":
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise ArchError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
         return Arch.from_dict(d, str(path))
-    d_yaml = Arch.from_yaml(text, str(path))
-    return d_yaml
+    return Arch.from_yaml(text, str(path))
 
 
 def resolve_arch(spec: str | Path | Arch) -> Arch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -77,19 +78,25 @@ def convert_torchvision_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[
     return out
 
 
+def check_state_dict_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                          what: str = "weights", error: type[UserError] = UserError) -> None:
+    """Raise ``error`` naming the first key that is missing, unexpected or of the wrong shape."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    extra = sorted(set(state_dict) - set(own))
+    if missing or extra:
+        raise error(f"{what} do not fit this architecture: missing {missing[:3]}, unexpected {extra[:3]}")
+    for k, v in state_dict.items():
+        if tuple(own[k].shape) != tuple(v.shape):
+            hint = " (the Arch's num_classes differs from the weights')" if k.startswith("fc.") else ""
+            raise error(f"{what} do not fit this architecture: {k} has shape {tuple(v.shape)}, it needs "
+                        f"{tuple(own[k].shape)}{hint}")
+
+
 def load_torchvision_weights(model: ShuffleNet, state_dict: dict[str, torch.Tensor]) -> ShuffleNet:
     """Load torchvision's ``shufflenet_v2_x*`` weights into the matching preset's training form
     (e.g. ``build("shufflenet_v2_x1_0")``). Shapes are checked; returns ``model``."""
     ours = convert_torchvision_state_dict(state_dict)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(ours))
-    extra = sorted(set(ours) - set(own))
-    if missing or extra:
-        raise UserError(
-            f"torchvision weights do not fit this architecture: missing {missing[:3]}, unexpected {extra[:3]}"
-        )
-    for k, v in ours.items():
-        if own[k].shape != v.shape:
-            raise UserError(f"torchvision weights do not fit: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    check_state_dict_fits(model, ours, "torchvision weights")
     model.load_state_dict(ours)
     return model

@@ -38,7 +38,7 @@ import torch
 
 from .arch import Arch, load_arch, preset_name, resolve_arch
 from .codegen import model_source
-from .compile import build, to_inference
+from .compile import build, check_state_dict_fits, to_inference
 from .errors import UserError
 
 ARTEFACTS = ("arch.yaml", "model.py", "weights.pt", "model.pt2", "model.onnx", "report.md")
@@ -217,19 +217,7 @@ def _load_weights(model: torch.nn.Module, state_dict: Any) -> None:
             raise ExportError(f"{state_dict}: not a PyTorch state_dict file ({e.__class__.__name__})") from None
     if not isinstance(state_dict, Mapping):
         raise ExportError(f"weights: expected a state_dict (a mapping), got {type(state_dict).__name__}")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    extra = sorted(set(state_dict) - set(own))
-    if missing or extra:
-        raise ExportError(
-            f"weights do not fit this architecture: missing {missing[:3]}, unexpected {extra[:3]}"
-        )
-    for k, v in state_dict.items():
-        if tuple(own[k].shape) != tuple(v.shape):
-            hint = " (the Arch's num_classes differs from the weights')" if k.startswith("fc.") else ""
-            raise ExportError(
-                f"weights: {k} has shape {tuple(v.shape)}, the architecture needs {tuple(own[k].shape)}{hint}"
-            )
+    check_state_dict_fits(model, state_dict, "weights", ExportError)
     model.load_state_dict(state_dict)
 
 

@@ -47,25 +47,32 @@ def _walk(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
     return None  # scalars are re-read below with the safe constructor
 
 
-def load_yaml(path: str | Path) -> Located:
-    """Load a YAML file safely; a syntax error, an empty or binary file is a UserError."""
+def read_text(path: str | Path) -> str:
+    """A text file's contents; missing, unreadable, binary, non-UTF-8 or empty is a UserError."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, expected a YAML file") from None
+        raise UserError(f"{path}: is a directory, expected a file") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
     if b"\0" in raw:
-        raise UserError(f"{path}: binary file, expected YAML text")
+        raise UserError(f"{path}: binary file, expected text")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
     if not text.strip():
         raise UserError(f"{path}: the file is empty")
+    return text
+
+
+def load_yaml(path: str | Path) -> Located:
+    """Load a YAML file safely; a syntax error, an empty or binary file is a UserError."""
+    path = Path(path)
+    text = read_text(path)
     try:
         data = yaml.safe_load(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
