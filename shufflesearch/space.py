@@ -377,7 +377,7 @@ def parse_space(doc: Located) -> SearchSpace:
     check_keys(doc, g, ("mode", "weight", "max_penalty", "settings"), "guidelines")
     guidelines = {
         "mode": _scalar(doc, g, "mode", "guidelines", str, "penalize", allowed=GUIDELINE_MODES),
-        "weight": _scalar(doc, g, "weight", "guidelines", float, 0.5, 0, 100),
+        "weight": _scalar(doc, g, "weight", "guidelines", float, 30.0, 0, 1000),
         "max_penalty": _scalar(doc, g, "max_penalty", "guidelines", float, 0.5, 0, 1),
         "settings": _mapping(doc, g.get("settings"), "guidelines.settings"),
     }
