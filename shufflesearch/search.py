@@ -46,6 +46,7 @@ log = logging.getLogger("shufflesearch.search")
 HEARTBEAT_S = 2.0  # a worker records a heartbeat this often while a trial runs
 GRACE_S = 8.0  # a RUNNING trial without heartbeat for this long belongs to a dead worker
 MAX_CONSECUTIVE_FAILURES = 50
+ORPHAN_S = 60.0  # a RUNNING trial this old that never got a heartbeat was orphaned in ask()
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 FAULT_ENV = "SHUFFLESEARCH_FAULT"  # fault injection for the reliability tests, see fault_point
 _fault_hits: dict[str, int] = {}
@@ -481,6 +482,22 @@ def evaluate_baselines(run: Run, evaluate: Evaluator | None = None) -> None:
         ))
 
 
+def fail_orphans(study: optuna.Study) -> None:
+    """A worker killed inside ``study.ask()`` (the sampler runs there) leaves a RUNNING trial
+    with no heartbeat, which Optuna never sees as stale; it would hold a budget slot forever.
+    Every live trial gets its heartbeat and archid seconds after ask, so an old one without an
+    archid is dead."""
+    now = time.time()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "archid" in t.user_attrs or t.datetime_start is None:
+            continue
+        if now - t.datetime_start.timestamp() > ORPHAN_S:
+            with contextlib.suppress(Exception):  # another worker may be failing it too
+                study._storage.set_trial_user_attr(t._trial_id, "fail_reason",
+                                                   "worker died while the trial was being created")
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+
+
 def work(run: Run, budget: int, stop_event: Any = None, worker: int = 0) -> int:
     """One worker: run trials until the study holds ``budget`` completed search trials."""
     study = optuna.load_study(study_name=run.name, storage=run.storage(),
@@ -490,6 +507,7 @@ def work(run: Run, budget: int, stop_event: Any = None, worker: int = 0) -> int:
     failures = 0
     while stop_event is None or not stop_event.is_set():
         optuna.storages.fail_stale_trials(study)
+        fail_orphans(study)
         done, running = _counts(study)
         if done >= budget:
             return 0
