@@ -284,3 +284,27 @@ def test_two_processes_share_one_postgresql_study(tmp_path, fresh_pg_db):
     for i in range(2):
         run, st = load_run(tmp_path / f"m{i}" / name)
         assert run.storage_url == url and len(_search(st)) == 5
+
+
+def test_a_trial_orphaned_inside_ask_does_not_block_the_last_slot(tmp_path, monkeypatch):
+    """kill -9 inside study.ask() (where the sampler runs) leaves a RUNNING trial that never got
+    a heartbeat; found by bench/fault_injection.py, where it held the last budget slot forever."""
+    import threading
+
+    import shufflesearch.search as search_mod
+    from shufflesearch.search import open_run, work
+    from shufflesearch.space import load_space
+
+    run = open_run(load_space(TINY), runs_root=tmp_path)
+    orphan = run.load_study().ask()  # and its worker "dies": no heartbeat, no archid
+    monkeypatch.setattr(search_mod, "ORPHAN_S", 0.0)
+    stop = threading.Event()
+    th = threading.Thread(target=work, args=(run, 1, stop), daemon=True)
+    th.start()
+    th.join(180)
+    stop.set()
+    assert not th.is_alive(), "the orphaned trial held the last slot"
+    study = run.load_study()
+    assert len(_search(study)) == 1
+    t = study.trials[orphan.number]
+    assert t.state == TrialState.FAIL and "created" in t.user_attrs["fail_reason"]

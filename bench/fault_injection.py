@@ -1,0 +1,92 @@
+"""Kill -9 one search again and again, then finish it, and count what was lost.
+
+    python bench/fault_injection.py [--repeats 2] [--external 2] [--space tests/spaces/tiny.yaml]
+
+Each cycle starts `shufflesearch run` on the same run folder and kills it: at a named point of
+its first trial (SHUFFLESEARCH_FAULT=point:1, for sample, latency, proxies and storage, each
+--repeats times), or from outside with SIGKILL after a random 4-12 s (--external times). After
+every kill the completed trials are compared with those before it; a final clean run must
+reach the budget exactly. Prints faults injected, survived, trials lost and architectures
+measured twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+POINTS = ("sample", "latency", "proxies", "storage")
+
+
+def completed(db: Path) -> dict[int, tuple[list[float], str]]:
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
+    return {t.number: (t.values, t.user_attrs["archid"]) for t in study.get_trials(states=(TrialState.COMPLETE,))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--external", type=int, default=2)
+    ap.add_argument("--space", default=str(Path(__file__).parent.parent / "tests" / "spaces" / "tiny.yaml"))
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    rng = random.Random(a.seed)
+    faults = [f"{p}:1" for _ in range(a.repeats) for p in POINTS] + ["external"] * a.external
+    budget = len(faults) + 2
+    tmp = Path(tempfile.mkdtemp(prefix="fault-bench-"))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "SHUFFLESEARCH_CACHE_DIR": str(tmp / "cache")}
+    env.pop("SHUFFLESEARCH_FAULT", None)
+    cmd = [sys.executable, "-m", "shufflesearch.cli", "run", a.space, "--budget", str(budget),
+           "--runs", str(tmp / "runs"), "--name", "tiny", "--quiet"]
+    db = tmp / "runs" / "tiny" / "study.db"
+    before: dict[int, tuple[list[float], str]] = {}
+    injected = survived = lost = 0
+    t0 = time.perf_counter()
+    for f in faults:
+        if f == "external":
+            p = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(4, 12))
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+            rc = p.wait()
+        else:
+            rc = subprocess.run(cmd, env={**env, "SHUFFLESEARCH_FAULT": f}, stderr=subprocess.DEVNULL).returncode
+        injected += rc == -9
+        now = completed(db) if db.exists() else {}
+        gone = [n for n, v in before.items() if now.get(n) != v]
+        lost += len(gone)
+        survived += rc == -9 and not gone
+        print(f"  {f:<10} exit {rc:>3}  completed {len(now):>2}  lost {len(gone)}", flush=True)
+        before = now
+    rc = subprocess.run(cmd, env=env).returncode
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
+    done = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if not t.user_attrs.get("baseline")]
+    lost += len([n for n, v in before.items() if completed(db).get(n) != v])
+    con = sqlite3.connect(tmp / "cache" / "latency.sqlite")
+    cache = {k: json.loads(r) for k, r in con.execute("SELECT archid, record FROM latency")}
+    con.close()
+    twice = sum(1 for t in done if t.user_attrs["latency"]["runs_ms"] != cache[t.user_attrs["archid"]]["runs_ms"])
+    print(f"faults injected (kill -9): {injected} of {len(faults)} attempted "
+          f"({a.repeats}x each of {', '.join(POINTS)}; {a.external} external)")
+    print(f"faults survived: {survived}; final run exit {rc}; completed {len(done)} of budget {budget} "
+          f"(exact: {len(done) == budget}); still RUNNING: {len(study.get_trials(states=(TrialState.RUNNING,)))}")
+    print(f"trials lost: {lost}; architectures measured twice: {twice}; "
+          f"stale trials failed and retried: {sum(1 for t in study.trials if t.system_attrs.get('failed_trial') is not None)}; "
+          f"{time.perf_counter() - t0:.0f} s")
+    return 0 if (lost == 0 and len(done) == budget and rc == 0 and twice == 0) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
