@@ -476,7 +476,10 @@ def evaluate_baselines(run: Run, evaluate: Evaluator | None = None) -> None:
         rec = evaluate(arch, timings)
         rec["constraints"] = constraint_values(run.space, rec)
         rec.update(baseline=name, timings=timings)
+        # Stored with the params the space would sample it from, so the sampler learns from it.
+        params, dists = run.space.encode(arch) if run.space.contains(arch) else ({}, {})
         study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dists,
             values=objective_values(run.space, rec), user_attrs=rec,
             system_attrs={"constraints": rec["constraints"]},
         ))

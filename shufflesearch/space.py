@@ -41,6 +41,16 @@ class Dim:
     def fixed(self) -> bool:
         return len(self.choices) == 1
 
+    def distribution(self) -> Any:
+        """The Optuna distribution ``suggest`` uses (None when fixed: nothing is suggested)."""
+        from optuna.distributions import CategoricalDistribution, IntDistribution
+
+        if self.fixed:
+            return None
+        if self.is_range:
+            return IntDistribution(self.choices[0], self.choices[-1], step=self.choices[1] - self.choices[0])
+        return CategoricalDistribution(list(self.choices))
+
     def suggest(self, trial: Any, name: str) -> Any:
         if self.fixed:
             return self.choices[0]
@@ -158,6 +168,36 @@ class SearchSpace:
             study.tell(trial, 0.0)
             seen.setdefault(a.archid, a)
         return list(seen.values())
+
+    def encode(self, arch: Arch) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The trial params (and their distributions) under which ``sample`` returns ``arch``,
+        so that a baseline stored as a trial informs the sampler. Requires ``contains(arch)``."""
+        params: dict[str, Any] = {}
+        dists: dict[str, Any] = {}
+
+        def put(name: str, dim: Dim, value: Any) -> None:
+            d = dim.distribution()
+            if d is not None:
+                params[name], dists[name] = value, d
+
+        put("stem.channels", self.stem_channels, arch.stem.channels)
+        put("head", self.head, arch.head)
+        for i, (s, st) in enumerate(zip(arch.stages, self.stages)):
+            p = f"stages.{i}"
+            put(f"{p}.family", st.family, s.family)
+            put(f"{p}.width", st.width, s.channels)
+            put(f"{p}.depth", st.depth, s.depth)
+            if st.per_unit_kernel:
+                for j, k in enumerate(s.kernels()):
+                    put(f"{p}.kernel.{j}", st.kernel, k)
+            else:
+                put(f"{p}.kernel", st.kernel, s.kernels()[0])
+            if s.family == "v2":
+                put(f"{p}.split", st.split, s.split)
+            else:
+                put(f"{p}.groups", st.groups, s.groups)
+                put(f"{p}.bottleneck", st.bottleneck, s.bottleneck)
+        return params, dists
 
     def contains(self, arch: Arch) -> bool:
         """Whether the space can produce ``arch`` (used to pick the baselines that fit)."""

@@ -184,3 +184,19 @@ def test_shipped_spaces_validate_and_sample(f):
     assert len(archs) == 10
     for name in space.baselines:
         assert name.startswith("shufflenet_")
+
+
+def test_baselines_encode_to_params_that_sample_back_to_them():
+    import optuna
+
+    for f in ("v2", "v1", "mixed"):
+        space = load_space(HERE.parent / "search_spaces" / f"{f}.yaml")
+        for name, arch in space.baseline_archs().items():
+            if not space.contains(arch):
+                continue
+            params, dists = space.encode(arch)
+            trial = optuna.trial.FixedTrial(params)
+            got = space.sample(trial)  # the space has no fc_bias choice: V1 presets have none
+            assert got.replace(fc_bias=arch.fc_bias).archid == arch.archid, (f, name)
+            for k, v in params.items():
+                assert dists[k]._contains(dists[k].to_internal_repr(v)), (k, v)
