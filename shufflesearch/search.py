@@ -97,7 +97,20 @@ def check_name(name: str) -> str:
     return name
 
 
+def _pg_driver(url: str) -> str:
+    """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; where only psycopg2 (the
+    driver this project's extras install) is present, say so in the URL."""
+    import importlib.util
+
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare) and importlib.util.find_spec("psycopg") is None \
+                and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len(bare):]
+    return url
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage:
+    url = _pg_driver(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # Many local workers share one file: wait for the lock instead of failing.
@@ -236,13 +249,16 @@ class Evaluator:
     def __init__(self, space: SearchSpace) -> None:
         from .data import DataSpec, load_data
         from .guidelines import GuidelineSettings, load_calibration
-        from .latency import LatencyCache, TargetSpec
+        from .latency import DriftMonitor, LatencyCache, TargetSpec
 
         self.space = space
         t = space.target
         self.spec = TargetSpec(resolution=t["resolution"], batch=t["batch"], threads=t["threads"],
                                channels_last=t["channels_last"], backend=t["backend"])
         self.cache = LatencyCache()
+        # Re-times a reference network every 25 fresh measurements; figures taken while this
+        # machine ran >10% off its own starting speed are re-timed once, then flagged.
+        self.drift = DriftMonitor(self.spec, every=25, max_seconds=t["max_seconds"])
         p = space.proxy
         self.data = load_data(DataSpec(name=p["dataset"], resolution=p["resolution"],
                                        batch=p["batch"], seed=space.seed))
@@ -253,7 +269,7 @@ class Evaluator:
         from .compile import build
         from .cost import costs
         from .guidelines import check
-        from .latency import compute_lock, measure_arch, timing_lock
+        from .latency import compute_lock, timing_lock
         from .proxies import compute_proxies, default_score
 
         res = self.space.target["resolution"]
@@ -263,7 +279,7 @@ class Evaluator:
         build(arch)  # fail fast (and cheaply) on anything torch refuses
         t1 = time.perf_counter()
         fault_point("latency", hold=timing_lock)
-        lat = measure_arch(arch, self.spec, cache=self.cache, max_seconds=self.space.target["max_seconds"])
+        lat = self.drift.measure_arch(arch, cache=self.cache)
         t2 = time.perf_counter()
         with compute_lock(), _torch_threads(1):
             # One thread: proxies run on tiny proxy-task inputs where a second thread buys
