@@ -24,7 +24,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--train", type=int, default=30)
-    ap.add_argument("--calibrate", type=int, default=8)
+    ap.add_argument("--calibrate", type=int, default=30)
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-seconds", type=float, default=1.0)

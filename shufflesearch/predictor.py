@@ -7,8 +7,14 @@ the OpGraph (stem, each V1/V2 unit, head, classifier) is one fused entry keyed b
 shapes, timed in its inference form. A unit missing from the table is estimated by a
 non-negative linear model over the unit's costs (fitted on the table), and the sum is scaled by
 a factor calibrated on a few whole-model measurements (units timed alone run hotter in cache
-than inside a network). The search may use the prediction as a cheap pre-filter; Pareto-front
-figures are always measured.
+than inside a network).
+
+With enough whole-model timings (``JOINT_MIN`` or more) the whole-model prediction instead sums
+one non-negative linear unit model fitted *jointly* on those whole-model timings: a unit timed
+alone misses how it runs inside the network (the NHWC hand-off of halves between V2 units, cache
+state), and fitting the unit model on whole networks removes that bias. The per-unit entries
+stay for per-unit breakdowns. The search may use the prediction as a cheap pre-filter;
+Pareto-front figures are always measured.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from .graph import op_graph
 from .latency import TargetSpec, cache_dir, fingerprint, fingerprint_id, measure_model
 
 KINDS = ("stem", "v1", "v1_down", "v2", "v2_down", "head", "classifier")
+JOINT_MIN = 10  # whole-model timings needed to fit the unit model jointly (8 coefficients)
 _ATTRS = ("c_in", "c_out", "k", "stride", "groups", "sizes", "in_features", "out_features")
 
 
@@ -148,6 +155,7 @@ class LatencyTable:
     features: dict[str, list[float]] = field(default_factory=dict)  # unit key → features
     scale: float = 1.0  # measured whole model / sum of its units (median over calibration)
     coef: dict[str, list[float]] = field(default_factory=dict)  # kind → fallback weights
+    joint: list[float] = field(default_factory=list)  # unit model fitted on whole models
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -193,8 +201,11 @@ class LatencyTable:
 
     def predict(self, arch: Arch) -> float:
         """Predicted whole-model latency in ms on the table's spec."""
-        spec = TargetSpec(**self.spec)
-        return self.scale * sum(self.unit_ms(e)[0] for e in unit_entries(arch, spec))
+        es = unit_entries(arch, TargetSpec(**self.spec))
+        if self.joint:
+            w = self.joint
+            return sum(w[0] + sum(a * b for a, b in zip(w[1:], e.features)) for e in es)
+        return self.scale * sum(self.unit_ms(e)[0] for e in es)
 
     def hit_rate(self, arch: Arch) -> float:
         es = unit_entries(arch, TargetSpec(**self.spec))
@@ -202,7 +213,7 @@ class LatencyTable:
 
 
 def build_table(
-    archs: Iterable[Arch], spec: TargetSpec, *, calibrate: int = 8, unit_seconds: float = 0.15,
+    archs: Iterable[Arch], spec: TargetSpec, *, calibrate: int = 30, unit_seconds: float = 0.15,
     model_seconds: float = 1.0, table: LatencyTable | None = None, progress: bool = True,
 ) -> LatencyTable:
     """Time every distinct unit of ``archs`` (skipping those already in ``table``), then time the
@@ -232,13 +243,22 @@ def build_table(
         t.entries[e.key], t.kinds[e.key], t.features[e.key] = lat, e.kind, list(e.features)
         bar.update()
     t.fit()
-    ratios = []
+    ratios, rows, ys = [], [], []
     for a in archs[:calibrate]:
-        total = sum(t.unit_ms(e)[0] for e in unit_entries(a, spec))
-        ratios.append(measure_model(build(a, inference=True), spec, max_seconds=model_seconds).median_ms / total)
+        es = unit_entries(a, spec)
+        ms = measure_model(build(a, inference=True), spec, max_seconds=model_seconds).median_ms
+        ratios.append(ms / sum(t.unit_ms(e)[0] for e in es))
+        rows.append([sum(col) for col in zip(*([1.0, *e.features] for e in es))])
+        ys.append(ms)
         bar.update()
     bar.close()
     t.scale = statistics.median(ratios) if ratios else 1.0
+    if len(ys) >= JOINT_MIN:
+        from sklearn.linear_model import LinearRegression
+
+        # Whole model = sum of units, so a linear unit model fits on summed unit features.
+        reg = LinearRegression(positive=True, fit_intercept=False).fit(rows, ys, sample_weight=[1 / y**2 for y in ys])
+        t.joint = [float(c) for c in reg.coef_]
     return t
 
 

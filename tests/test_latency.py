@@ -341,3 +341,30 @@ def test_random_archs_are_valid_and_seeded() -> None:
     a, b = random_archs(6, seed=1), random_archs(6, seed=1)
     assert [x.archid for x in a] == [x.archid for x in b]
     assert len({x.archid for x in a}) == 6 and {"v1", "v2"} <= {x.families[0] for x in random_archs(20, 2)}
+
+
+def test_joint_unit_model_recovers_a_linear_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With >= JOINT_MIN whole-model timings the unit model is fitted on whole networks: on a
+    machine whose unit time is exactly linear in the unit's features, it predicts unseen
+    architectures exactly, whatever the units timed alone said."""
+    from shufflesearch import predictor as P
+
+    spec = L.TargetSpec(resolution=32)
+    archs = P.random_archs(P.JOINT_MIN + 4, seed=5)
+    w = [0.05, 0.01, 0.3, 0.5, 0.8, 0.2, 0.4, 0.1]  # per unit: 1, n_ops, pw, gpw, dw, other, traffic, weights
+
+    def true_ms(a):  # type: ignore[no-untyped-def]
+        return sum(w[0] + sum(x * y for x, y in zip(w[1:], e.features)) for e in P.unit_entries(a, spec))
+
+    by_id = {a.archid: a for a in archs}
+
+    def fake_model(model: nn.Module, s: L.TargetSpec, **kw):  # type: ignore[no-untyped-def]
+        ms = true_ms(by_id[model.arch.archid])
+        return L.Latency(ms, 0.0, 10, [ms] * 10, L.fingerprint(), s.to_dict())
+
+    monkeypatch.setattr(P, "_time_module", lambda m, shape, s, sec: 1.0)  # biased isolated timings
+    monkeypatch.setattr(P, "measure_model", fake_model)
+    t = P.build_table(archs[: P.JOINT_MIN], spec, calibrate=P.JOINT_MIN, progress=False)
+    assert len(t.joint) == 8
+    for a in archs[P.JOINT_MIN:]:
+        assert t.predict(a) == pytest.approx(true_ms(a), rel=1e-3)
