@@ -503,10 +503,9 @@ class DriftMonitor:
 
     def __init__(self, spec: TargetSpec, reference: Any = REFERENCE_ARCH, *, bound: float = 0.10,
                  every: int = 10, retime: bool = True, max_seconds: float = 1.0) -> None:
-        from .compile import build
-
         self.spec = spec
-        self.model = build(reference, inference=True)
+        self.reference = reference
+        self._model: Any = None  # built on first use: constructing a monitor costs nothing
         self.bound, self.every, self.retime, self.max_seconds = bound, every, retime, max_seconds
         self.baseline: float | None = None
         self.history: list[DriftCheck] = []
@@ -515,6 +514,14 @@ class DriftMonitor:
     @property
     def factor(self) -> float:
         return self.history[-1].factor if self.history else 1.0
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            from .compile import build
+
+            self._model = build(self.reference, inference=True)
+        return self._model
 
     def check(self) -> DriftCheck:
         ref = measure_model(self.model, self.spec, max_seconds=self.max_seconds).median_ms
