@@ -270,7 +270,7 @@ class Evaluator:
         from .cost import costs
         from .guidelines import check
         from .latency import compute_lock, timing_lock
-        from .proxies import compute_proxies, default_score
+        from .proxies import compute_proxies, proxy_score
 
         res = self.space.target["resolution"]
         t0 = time.perf_counter()
@@ -286,7 +286,7 @@ class Evaluator:
             # little, and on a busy machine extra threads oversubscribe the cores.
             fault_point("proxies")
             scores = compute_proxies(arch, self.data, names=self.space.proxy["proxies"], seed=self.space.seed)
-        score = default_score(scores)
+        score = proxy_score(scores, self.space.proxy["score"])
         t3 = time.perf_counter()
         timings.update(build=t1 - t0, latency=t2 - t1, proxies=t3 - t2)
         if not math.isfinite(score):

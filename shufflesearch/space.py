@@ -85,7 +85,7 @@ class SearchSpace:
     path: str
     seed: int
     target: dict[str, Any]  # resolution, batch, threads, num_classes, backend, channels_last, max_seconds
-    proxy: dict[str, Any]  # dataset, resolution, batch, proxies, short_train_top_k
+    proxy: dict[str, Any]  # dataset, resolution, batch, proxies, score
     stem_channels: Dim
     stem_stride: int
     stem_pool: bool
@@ -234,7 +234,7 @@ _TOP = ("name", "seed", "target", "proxy", "space", "objectives", "constraints",
 _TARGET_DEFAULTS = {"resolution": 224, "batch": 1, "threads": 1, "num_classes": 1000,
                     "backend": "torch", "channels_last": False, "max_seconds": 1.0}
 _PROXY_DEFAULTS = {"dataset": "digits", "resolution": 32, "batch": 64, "proxies": None,
-                   "short_train_top_k": 0}
+                   "score": "macs"}
 _STAGE_KEYS = ("family", "width", "depth", "split", "groups", "kernel", "bottleneck", "stride",
                "per_unit_kernel", "layout")
 
@@ -350,12 +350,19 @@ def parse_space(doc: Located) -> SearchSpace:
         "resolution": _scalar(doc, pr, "resolution", "proxy", int, 32, 8, 1024),
         "batch": _scalar(doc, pr, "batch", "proxy", int, 64, 2, 4096),
         "proxies": pr.get("proxies"),
-        "short_train_top_k": _scalar(doc, pr, "short_train_top_k", "proxy", int, 0, 0, 1000),
     }
-    if proxy["proxies"] is not None and not (
-        isinstance(proxy["proxies"], list) and all(isinstance(x, str) for x in proxy["proxies"])
-    ):
-        raise doc.error("proxy.proxies", "must be a list of proxy names")
+    from .proxies import PROXIES, SCORES, needed_for
+
+    proxy["score"] = _scalar(doc, pr, "score", "proxy", str, "macs", allowed=SCORES)
+    if proxy["proxies"] is not None:
+        if not (isinstance(proxy["proxies"], list) and all(isinstance(x, str) for x in proxy["proxies"])):
+            raise doc.error("proxy.proxies", "must be a list of proxy names")
+        for i, n in enumerate(proxy["proxies"]):
+            if n not in PROXIES:
+                raise doc.error(f"proxy.proxies[{i}]", f"unknown proxy {n!r}; choose from {', '.join(PROXIES)}")
+        missing = [n for n in needed_for(proxy["score"]) if n not in proxy["proxies"]]
+        if missing:
+            raise doc.error("proxy.proxies", f"score {proxy['score']!r} needs {', '.join(missing)}")
 
     sp = _mapping(doc, d["space"], "space")
     check_keys(doc, sp, ("stem", "stages", "head"), "space")

@@ -170,3 +170,17 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     bad.write_text("proxy: {dataset: imagenet}\narchs: [shufflenet_v2_x0_5, shufflenet_v2_x1_0, shufflenet_v2_x1_5]\n")
     assert main(["proxies", "validate", str(bad)]) == 2
     assert "proxy.name" in capsys.readouterr().err
+
+
+def test_search_score_methods():
+    import math
+
+    from shufflesearch.proxies import DEFAULT_SCORE, default_score, proxy_score
+
+    s = {"macs": math.exp(17.0), "params": math.exp(13.0), "naswot": 500.0, "synflow": 40.0, "jacob_cov": -70.0}
+    assert DEFAULT_SCORE == "macs"
+    assert proxy_score(s) == pytest.approx(17.0)
+    assert proxy_score(s, "params") == pytest.approx(13.0)
+    assert proxy_score(s, "naswot") == 500.0
+    assert proxy_score(s, "ensemble") == default_score(s)
+    assert proxy_score({**s, "macs": float("nan")}) == float("-inf")

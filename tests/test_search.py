@@ -143,6 +143,9 @@ BAD_YAML = [
     (GOOD.replace("split: [0.5]", "split: [1.5]"), "space.stages[0].split[0]: 1.5 is out of range"),
     (GOOD.replace("width: {low: 16, high: 32, step: 8}", "width: {low: 16, high: 99999999999, step: 1}"), "out of range"),
     ("space: {stages: []}", "space.stages: required: a non-empty list"),
+    (GOOD.replace("batch: 16}", "batch: 16, score: accuracy}"), "proxy.score: must be one of"),
+    (GOOD.replace("batch: 16}", "batch: 16, score: naswot, proxies: [macs]}"), "proxy.proxies: score 'naswot' needs naswot"),
+    (GOOD.replace("batch: 16}", "batch: 16, proxies: [macs, nasbot]}"), "proxy.proxies[1]: unknown proxy 'nasbot'"),
 ]
 
 
