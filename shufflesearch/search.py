@@ -404,7 +404,7 @@ def _find_duplicate(study: optuna.Study, archid: str, number: int) -> optuna.tri
 
 
 def run_trial(study: optuna.Study, space: SearchSpace, evaluate: Evaluator,
-              on_done: Any = None) -> optuna.trial.FrozenTrial | None:
+              budget: Budget | None = None) -> optuna.trial.FrozenTrial | None:
     """Ask one trial, evaluate it, tell the result. Exceptions become FAIL with a reason."""
     t_ask = time.perf_counter()
     trial = study.ask()
@@ -421,7 +421,7 @@ def run_trial(study: optuna.Study, space: SearchSpace, evaluate: Evaluator,
         fault_point("sample")
         # Exact budget with concurrent workers: if more search trials run than the budget
         # leaves room for, the highest-numbered ones step back.
-        if on_done is not None and on_done.over_budget(study, trial.number):
+        if budget is not None and budget.over_budget(study, trial.number):
             trial.set_user_attr("fail_reason", "over budget: another worker took the last slot")
             study.tell(trial, state=TrialState.FAIL)
             return None
@@ -533,7 +533,7 @@ def work(run: Run, budget: int, stop_event: Any = None, worker: int = 0) -> int:
         if done + running >= budget:
             time.sleep(0.5)  # the last slots are taken: wait for them to finish or go stale
             continue
-        t = run_trial(study, run.space, evaluate, on_done=b)
+        t = run_trial(study, run.space, evaluate, budget=b)
         if t is None:
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
