@@ -289,8 +289,10 @@ class Evaluator:
         score = proxy_score(scores, self.space.proxy["score"])
         t3 = time.perf_counter()
         timings.update(build=t1 - t0, latency=t2 - t1, proxies=t3 - t2)
-        if not math.isfinite(score):
-            bad = {k: v for k, v in scores.items() if not math.isfinite(v)}
+        # Any non-finite proxy means the network broke down numerically (exploding or dead
+        # activations): fail the trial with the names, even if the score does not use them.
+        bad = {k: v for k, v in scores.items() if not math.isfinite(v)}
+        if bad or not math.isfinite(score):
             raise FloatingPointError(f"proxy score is not finite ({bad or score})")
         g = self.space.guidelines
         penalty = rep.total
