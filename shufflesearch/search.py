@@ -573,12 +573,20 @@ def _worker_main(space_path: str, name: str, runs_root: str, storage: str | None
 
 
 def _setup_log(run: Run) -> None:
-    h = logging.FileHandler(run.root / "run.log")
-    h.setFormatter(logging.Formatter(f"%(asctime)s pid{os.getpid()} %(levelname)s %(message)s"))
+    """Log to this run's run.log: a process that runs several searches (the Python API, the
+    tests) must not keep writing into the first run's file."""
+    path = (run.root / "run.log").resolve()
     root = logging.getLogger("shufflesearch")
-    if not any(isinstance(x, logging.FileHandler) for x in root.handlers):
-        root.addHandler(h)
-        root.setLevel(logging.INFO)
+    for x in list(root.handlers):
+        if isinstance(x, logging.FileHandler):
+            if Path(x.baseFilename) == path:
+                return
+            root.removeHandler(x)
+            x.close()
+    h = logging.FileHandler(path)
+    h.setFormatter(logging.Formatter(f"%(asctime)s pid{os.getpid()} %(levelname)s %(message)s"))
+    root.addHandler(h)
+    root.setLevel(logging.INFO)
 
 
 def search(space_path: str | Path, budget: int, name: str | None = None, runs_root: str | Path = "runs",

@@ -203,3 +203,10 @@ def test_baselines_encode_to_params_that_sample_back_to_them():
             assert got.replace(fc_bias=arch.fc_bias).archid == arch.archid, (f, name)
             for k, v in params.items():
                 assert dists[k]._contains(dists[k].to_internal_repr(v)), (k, v)
+
+
+def test_each_run_logs_to_its_own_file(tmp_path):
+    a = search(TINY, 1, name="a", runs_root=tmp_path, quiet=True)
+    b = search(TINY, 1, name="b", runs_root=tmp_path, quiet=True)
+    assert "run b: budget 1" in (b.root / "run.log").read_text()
+    assert "run b" not in (a.root / "run.log").read_text()
