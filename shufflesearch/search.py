@@ -243,6 +243,24 @@ def _torch_threads(n: int):
         torch.set_num_threads(old)
 
 
+def prefilter_table(space: SearchSpace) -> Any:
+    """The latency table the pre-filter uses (None when it is off or has no latency_ms
+    constraint to filter against); a UserError when it is on but this machine has no table."""
+    t = space.target
+    if not (t["prefilter"] and "latency_ms" in space.constraints):
+        return None
+    from .latency import TargetSpec
+    from .predictor import LatencyTable, table_path
+
+    path = table_path(TargetSpec(resolution=t["resolution"], batch=t["batch"], threads=t["threads"],
+                                 channels_last=t["channels_last"], backend=t["backend"]))
+    if not path.exists():
+        raise UserError(f"target.prefilter needs a latency table for this target on this machine: "
+                        f"run `shufflesearch latency build-table --resolution {t['resolution']} "
+                        f"--batch {t['batch']} --threads {t['threads']}` first")
+    return LatencyTable.load(path)
+
+
 class Evaluator:
     """Scores one Arch on everything the space asks for; loaded once per worker."""
 
@@ -259,6 +277,7 @@ class Evaluator:
         # Re-times a reference network every 25 fresh measurements; figures taken while this
         # machine ran >10% off its own starting speed are re-timed once, then flagged.
         self.drift = DriftMonitor(self.spec, every=25, max_seconds=t["max_seconds"])
+        self.table = prefilter_table(space)
         p = space.proxy
         self.data = load_data(DataSpec(name=p["dataset"], resolution=p["resolution"],
                                        batch=p["batch"], seed=space.seed))
@@ -278,6 +297,14 @@ class Evaluator:
         rep = check(arch, res, self.settings, self.calibration)
         build(arch)  # fail fast (and cheaply) on anything torch refuses
         t1 = time.perf_counter()
+        if self.table is not None:
+            # The cheap pre-filter: a clear miss of the latency constraint is not measured.
+            # Front figures stay measured: anything that passes is timed as usual.
+            limit = self.space.constraints["latency_ms"]
+            pred = self.table.predict(arch)
+            if pred > limit * (1 + self.space.target["prefilter"]):
+                raise optuna.TrialPruned(f"predicted {pred:.2f} ms, over the latency_ms limit "
+                                         f"{limit:g} by more than {100 * self.space.target['prefilter']:.0f}%; not measured")
         fault_point("latency", hold=timing_lock)
         lat = self.drift.measure_arch(arch, cache=self.cache)
         t2 = time.perf_counter()
@@ -434,6 +461,10 @@ def run_trial(study: optuna.Study, space: SearchSpace, evaluate: Evaluator,
                 rec["duplicate_of"] = dup.number
             else:
                 rec = evaluate(arch, timings)
+        except optuna.TrialPruned as e:
+            trial.set_user_attr("fail_reason", f"pruned: {e}")
+            study.tell(trial, state=TrialState.PRUNED)
+            return None
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted by the user")
             study.tell(trial, state=TrialState.FAIL)
@@ -598,6 +629,7 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
         raise UserError(f"--workers must be >= 1, got {workers}")
     space = load_space(space_path)
     check_buildable(space, space_path)
+    prefilter_table(space)  # a missing table is refused before any folder is made
     run = open_run(space, name, runs_root, storage)
     _setup_log(run)
     log.info("run %s: budget %d, workers %d, storage %s", run.name, budget, workers, run.storage_url)

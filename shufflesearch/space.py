@@ -84,7 +84,7 @@ class SearchSpace:
     name: str
     path: str
     seed: int
-    target: dict[str, Any]  # resolution, batch, threads, num_classes, backend, channels_last, max_seconds
+    target: dict[str, Any]  # resolution, batch, threads, num_classes, backend, channels_last, max_seconds, prefilter
     proxy: dict[str, Any]  # dataset, resolution, batch, proxies, score
     stem_channels: Dim
     stem_stride: int
@@ -232,7 +232,8 @@ class SearchSpace:
 _TOP = ("name", "seed", "target", "proxy", "space", "objectives", "constraints", "guidelines",
         "sampler", "baselines")
 _TARGET_DEFAULTS = {"resolution": 224, "batch": 1, "threads": 1, "num_classes": 1000,
-                    "backend": "torch", "channels_last": False, "max_seconds": 1.0}
+                    "backend": "torch", "channels_last": False, "max_seconds": 1.0,
+                    "prefilter": 0.0}
 _PROXY_DEFAULTS = {"dataset": "digits", "resolution": 32, "batch": 64, "proxies": None,
                    "score": "macs"}
 _STAGE_KEYS = ("family", "width", "depth", "split", "groups", "kernel", "bottleneck", "stride",
@@ -341,6 +342,9 @@ def parse_space(doc: Located) -> SearchSpace:
         "backend": _scalar(doc, t, "backend", "target", str, "torch", allowed=("torch", "onnxruntime")),
         "channels_last": _scalar(doc, t, "channels_last", "target", bool, False),
         "max_seconds": _scalar(doc, t, "max_seconds", "target", float, 1.0, 0.05, 600),
+        # > 0: skip measuring architectures the latency predictor puts above the latency_ms
+        # constraint by more than this fraction (needs `shufflesearch latency build-table`)
+        "prefilter": _scalar(doc, t, "prefilter", "target", float, 0.0, 0.0, 10.0),
     }
 
     pr = _mapping(doc, d.get("proxy"), "proxy")

@@ -210,3 +210,43 @@ def test_each_run_logs_to_its_own_file(tmp_path):
     b = search(TINY, 1, name="b", runs_root=tmp_path, quiet=True)
     assert "run b: budget 1" in (b.root / "run.log").read_text()
     assert "run b" not in (a.root / "run.log").read_text()
+
+
+def _table_for_tiny(per_unit_ms: float) -> None:
+    """A latency table for the tiny space's target whose unit model says every unit takes
+    ``per_unit_ms`` (a stand-in for `shufflesearch latency build-table`)."""
+    from shufflesearch.latency import TargetSpec, fingerprint
+    from shufflesearch.predictor import LatencyTable, table_path
+
+    spec = TargetSpec(resolution=32, batch=1, threads=1)
+    LatencyTable(spec.to_dict(), fingerprint(1, "torch"), joint=[per_unit_ms] + [0.0] * 7).save(table_path(spec))
+
+
+def test_prefilter_skips_predicted_misses_and_measures_the_rest(tmp_path):
+    text = TINY.read_text().replace("max_seconds: 0.1}", "max_seconds: 0.1, prefilter: 0.2}")
+    text = text.replace("baselines: []", "constraints: {latency_ms: 50}\nbaselines: []")
+    space = tmp_path / "pre.yaml"
+    space.write_text(text)
+    _table_for_tiny(100.0)  # every unit "takes" 100 ms: every architecture is a clear miss
+    with pytest.raises(UserError, match="in a row failed or were rejected"):
+        search(space, 2, runs_root=tmp_path / "a", quiet=True)
+    _, study = load_run(tmp_path / "a" / "pre")
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned and all("not measured" in t.user_attrs["fail_reason"] for t in pruned)
+    assert not any("latency" in t.user_attrs for t in pruned)
+    _table_for_tiny(0.001)  # now everything passes the filter and is measured as usual
+    run = search(space, 2, runs_root=tmp_path / "b", quiet=True)
+    _, study = load_run(run.root)
+    done = _search_trials(study)
+    assert len(done) == 2 and all(t.user_attrs["latency"]["n"] > 0 for t in done)
+
+
+def test_prefilter_without_a_table_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHUFFLESEARCH_CACHE_DIR", str(tmp_path / "empty-cache"))
+    text = TINY.read_text().replace("max_seconds: 0.1}", "max_seconds: 0.1, prefilter: 0.2}")
+    text = text.replace("baselines: []", "constraints: {latency_ms: 50}\nbaselines: []")
+    space = tmp_path / "pre.yaml"
+    space.write_text(text)
+    with pytest.raises(UserError, match="latency build-table"):
+        search(space, 1, runs_root=tmp_path / "runs", quiet=True)
+    assert not (tmp_path / "runs").exists()
