@@ -91,7 +91,7 @@ class DataSpec:
 _FIELDS = tuple(f.name for f in dataclasses.fields(DataSpec))
 # Keys a search space's `proxy:` block may hold for other modules (proxies.py, search.py).
 FOREIGN_KEYS = frozenset({"proxies", "ensemble", "weights", "train_steps", "steps", "lr", "short_train",
-                          "short_train_top_k", "score"})
+                          "short_train_top_k", "short_train_steps", "score"})
 
 
 class Split(NamedTuple):

@@ -103,6 +103,7 @@ class ParetoRow:
     on_front: bool
     knee: bool
     duplicate_of: int | None = None
+    short_train_acc: float | None = None  # validation accuracy after short training, if run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,6 +129,7 @@ def pareto_rows(records: list[dict[str, Any]], all_trials: bool = False) -> list
             penalty=float(g.get("total", 0.0)), baseline=r.get("baseline"),
             on_front=r["trial"] in on, knee=k is not None and r["trial"] == k["trial"],
             duplicate_of=r.get("duplicate_of"),
+            short_train_acc=(r.get("short_train") or {}).get("val_acc"),
         ))
     return rows
 
@@ -148,8 +150,13 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
             _m(r.mac), _m(r.macs), _m(r.params), *(f"{r.penalties[g]:.2f}" for g in GUIDELINES),
             r.baseline or "",
         ])
+    if any(r.short_train_acc is not None for r in rows):  # multi-fidelity column
+        head.insert(4, "acc")
+        for row, r in zip(body, rows):
+            row.insert(4, "" if r.short_train_acc is None else f"{r.short_train_acc:.3f}")
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(c.ljust(w) if i in (0, 2, 12) else c.rjust(w)
+    last = len(head) - 1  # the baseline name, left-aligned like the marks and the archid
+    lines = ["  ".join(c.ljust(w) if i in (0, 2, last) else c.rjust(w)
                        for i, (c, w) in enumerate(zip(row, widths))).rstrip()
              for row in [head, *body]]
     extra = [o for o in objectives if o not in ("proxy", "latency")]
@@ -157,7 +164,8 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
             f"may still be Pareto-optimal there (see --all)" if extra else "")
     lines += ["", "front on (proxy ↑, latency median ↓ ± IQR)" + note,
               "* non-dominated   K knee (best trade-off)   B baseline (shown even when dominated); "
-              "MAC = memory access cost in elements, MACs = multiply-accumulates"]
+              "MAC = memory access cost in elements, MACs = multiply-accumulates"
+              + ("; acc = validation accuracy after the run's short training" if "acc" in head else "")]
     return "\n".join(lines)
 
 
@@ -296,4 +304,9 @@ def load_records(path: str | Path) -> tuple[Any, list[dict[str, Any]]]:
     from .search import load_run
 
     run, study = load_run(path)
-    return run, trial_records(study.get_trials(deepcopy=False))
+    records = trial_records(study.get_trials(deepcopy=False))
+    trained = study.user_attrs.get("short_train") or {}  # multi-fidelity results, if any
+    for r in records:
+        if str(r["trial"]) in trained:
+            r["short_train"] = trained[str(r["trial"])]
+    return run, records

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -534,6 +535,43 @@ def evaluate_baselines(run: Run, evaluate: Evaluator | None = None) -> None:
         ))
 
 
+def short_train_front(run: Run, quiet: bool = True) -> dict[str, Any]:
+    """Multi-fidelity: short-train the baselines and ``short_train_top_k`` front points spread
+    evenly by latency, seeded, on the proxy task. Results go to the study's user attr
+    ``short_train`` (keyed by trial number) one at a time, so an interrupted pass resumes."""
+    from .data import DataSpec, load_data
+    from .latency import compute_lock
+    from .proxies import short_train
+    from .report import completed, pareto_front, trial_records
+
+    k, steps = run.space.proxy["short_train_top_k"], run.space.proxy["short_train_steps"]
+    study = run.load_study()
+    done = dict(study.user_attrs.get("short_train") or {})
+    if k <= 0:
+        return done
+    recs = completed(trial_records(study.get_trials(deepcopy=False)))
+    front = [r for r in pareto_front(recs) if not r.get("baseline")]
+    picks = [r for r in recs if r.get("baseline")]
+    if front:
+        idx = sorted({round(i * (len(front) - 1) / max(k - 1, 1)) for i in range(min(k, len(front)))})
+        picks += [front[i] for i in idx]
+    p = run.space.proxy
+    data = None
+    for r in picks:
+        if str(r["trial"]) in done:
+            continue
+        data = data or load_data(DataSpec(name=p["dataset"], resolution=p["resolution"],
+                                          batch=p["batch"], seed=run.space.seed))
+        if not quiet:
+            print(f"short-training trial {r['trial']} ({steps} steps)", file=sys.stderr, flush=True)
+        with compute_lock(), _torch_threads(1):
+            res = short_train(Arch.from_dict(r["arch"]), data, steps=steps, seed=run.space.seed)
+        done[str(r["trial"])] = {k2: float(v) for k2, v in res.items()}
+        study.set_user_attr("short_train", done)
+        log.info("short-trained trial %d: val_acc %.4f", r["trial"], res["val_acc"])
+    return done
+
+
 def fail_orphans(study: optuna.Study) -> None:
     """A worker killed inside ``study.ask()`` (the sampler runs there) leaves a RUNNING trial
     with no heartbeat, which Optuna never sees as stale; it would hold a budget slot forever.
@@ -662,5 +700,6 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
             if bad:
                 raise UserError(f"{len(bad)} worker(s) exited with an error; see {run.root / 'run.log'}")
         progress.poll()
+    short_train_front(run, quiet=quiet)
     log.info("run %s finished", run.name)
     return run

@@ -85,7 +85,7 @@ class SearchSpace:
     path: str
     seed: int
     target: dict[str, Any]  # resolution, batch, threads, num_classes, backend, channels_last, max_seconds, prefilter
-    proxy: dict[str, Any]  # dataset, resolution, batch, proxies, score
+    proxy: dict[str, Any]  # dataset, resolution, batch, proxies, score, short_train_top_k/steps
     stem_channels: Dim
     stem_stride: int
     stem_pool: bool
@@ -235,7 +235,7 @@ _TARGET_DEFAULTS = {"resolution": 224, "batch": 1, "threads": 1, "num_classes": 
                     "backend": "torch", "channels_last": False, "max_seconds": 1.0,
                     "prefilter": 0.0}
 _PROXY_DEFAULTS = {"dataset": "digits", "resolution": 32, "batch": 64, "proxies": None,
-                   "score": "macs"}
+                   "score": "macs", "short_train_top_k": 0, "short_train_steps": 150}
 _STAGE_KEYS = ("family", "width", "depth", "split", "groups", "kernel", "bottleneck", "stride",
                "per_unit_kernel", "layout")
 
@@ -355,6 +355,10 @@ def parse_space(doc: Located) -> SearchSpace:
         "batch": _scalar(doc, pr, "batch", "proxy", int, 64, 2, 4096),
         "proxies": pr.get("proxies"),
     }
+    # Multi-fidelity: at the end of a run, short-train the baselines and k points spread along
+    # the front, and store the accuracies with the run (pareto shows them).
+    proxy["short_train_top_k"] = _scalar(doc, pr, "short_train_top_k", "proxy", int, 0, 0, 100)
+    proxy["short_train_steps"] = _scalar(doc, pr, "short_train_steps", "proxy", int, 150, 1, 100_000)
     from .proxies import PROXIES, SCORES, needed_for
 
     proxy["score"] = _scalar(doc, pr, "score", "proxy", str, "macs", allowed=SCORES)

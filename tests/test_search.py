@@ -250,3 +250,30 @@ def test_prefilter_without_a_table_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="latency build-table"):
         search(space, 1, runs_root=tmp_path / "runs", quiet=True)
     assert not (tmp_path / "runs").exists()
+
+
+def test_multi_fidelity_short_trains_the_front_once(tmp_path):
+    import json
+
+    from shufflesearch.cli import main
+
+    text = TINY.read_text().replace("batch: 16}", "batch: 16, short_train_top_k: 2, short_train_steps: 3}")
+    text = text.replace("baselines: []", "baselines: [shufflenet_v2_x0_5]")
+    space = tmp_path / "mf.yaml"
+    space.write_text(text)
+    run = search(space, 3, runs_root=tmp_path, quiet=True)
+    _, study = load_run(run.root)
+    trained = study.user_attrs["short_train"]
+    base = next(t.number for t in study.trials if t.user_attrs.get("baseline"))
+    assert str(base) in trained and 2 <= len(trained) <= 3
+    assert all(0.0 <= v["val_acc"] <= 1.0 and v["steps"] == 3 for v in trained.values())
+    search(space, 3, runs_root=tmp_path, quiet=True)  # resuming does not train again
+    assert load_run(run.root)[1].user_attrs["short_train"] == trained
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["pareto", str(run.root), "--json"]) == 0
+    rows = {r["trial"]: r for r in json.loads(out.getvalue())}
+    assert rows[base]["short_train_acc"] == trained[str(base)]["val_acc"]
