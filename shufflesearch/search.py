@@ -349,22 +349,35 @@ def objective_values(space: SearchSpace, rec: dict[str, Any]) -> list[float]:
     return [float(pick[n]) for n, _ in space.objectives]
 
 
-def constraint_values(space: SearchSpace, rec: dict[str, Any]) -> list[float]:
+def constraint_items(space: SearchSpace, rec: dict[str, Any]) -> dict[str, float]:
     """Optuna convention: a trial is feasible when every value is <= 0."""
     have = {"latency_ms": rec["latency_ms"], "params_m": rec["params"] / 1e6,
             "macs_m": rec["macs"] / 1e6, "mac_m": rec["mac"] / 1e6,
             "guideline_penalty": rec["guidelines"]["total"]}
-    out = [have[k] - v for k, v in sorted(space.constraints.items())]
+    out = {k: have[k] - v for k, v in sorted(space.constraints.items())}
     if space.guidelines["mode"] == "constrain":
-        out.append(rec["guidelines"]["total"] - space.guidelines["max_penalty"])
+        out["guidelines"] = rec["guidelines"]["total"] - space.guidelines["max_penalty"]
     return out
+
+
+# Optuna 5 takes constraints per trial (Trial.set_constraint, read by every sampler) and
+# deprecates the samplers' constraints_func; Optuna 4 has only the latter.
+_PER_TRIAL_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
+
+
+def _constraint_system_attrs(items: dict[str, float]) -> dict[str, Any]:
+    """How a constraint set is stored on a trial made with create_trial (the baselines)."""
+    if _PER_TRIAL_CONSTRAINTS:
+        return {f"constraints:{k}": float(v) for k, v in items.items()}
+    return {"constraints": list(items.values())}
 
 
 def make_sampler(space: SearchSpace, worker: int = 0) -> optuna.samplers.BaseSampler:
     """The space's sampler; each worker gets its own seed so that workers do not propose the
     same architectures in lockstep."""
     s = space.sampler
-    cf = _constraints_func if (space.constraints or space.guidelines["mode"] == "constrain") else None
+    constrained = space.constraints or space.guidelines["mode"] == "constrain"
+    cf = _constraints_func if constrained and not _PER_TRIAL_CONSTRAINTS else None
     seed = space.seed + 7919 * worker
     if s["name"] == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -483,7 +496,11 @@ def run_trial(study: optuna.Study, space: SearchSpace, evaluate: Evaluator,
             study.tell(trial, state=TrialState.FAIL)
             return None
         t_store = time.perf_counter()
-        rec["constraints"] = constraint_values(space, rec)
+        items = constraint_items(space, rec)
+        rec["constraints"] = list(items.values())
+        if _PER_TRIAL_CONSTRAINTS:
+            for k, v in items.items():
+                trial.set_constraint(k, v)
         for i, (k, v) in enumerate(rec.items()):
             if i == len(rec) // 2:
                 fault_point("storage")
@@ -524,14 +541,15 @@ def evaluate_baselines(run: Run, evaluate: Evaluator | None = None) -> None:
         log.info("baseline %s (%s)", name, arch.archid)
         timings: dict[str, float] = {}
         rec = evaluate(arch, timings)
-        rec["constraints"] = constraint_values(run.space, rec)
+        items = constraint_items(run.space, rec)
+        rec["constraints"] = list(items.values())
         rec.update(baseline=name, timings=timings)
         # Stored with the params the space would sample it from, so the sampler learns from it.
         params, dists = run.space.encode(arch) if run.space.contains(arch) else ({}, {})
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=dists,
             values=objective_values(run.space, rec), user_attrs=rec,
-            system_attrs={"constraints": rec["constraints"]},
+            system_attrs=_constraint_system_attrs(items),
         ))
 
 

@@ -277,3 +277,23 @@ def test_multi_fidelity_short_trains_the_front_once(tmp_path):
         assert main(["pareto", str(run.root), "--json"]) == 0
     rows = {r["trial"]: r for r in json.loads(out.getvalue())}
     assert rows[base]["short_train_acc"] == trained[str(base)]["val_acc"]
+
+
+def test_constraints_reach_optuna_on_every_trial(tmp_path):
+    import warnings
+
+    text = TINY.read_text().replace("baselines: []", "constraints: {latency_ms: 0.01, params_m: 5}\n"
+                                                      "baselines: [shufflenet_v2_x0_5]")
+    space = tmp_path / "c.yaml"
+    space.write_text(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated constraints API
+        run = search(space, 2, runs_root=tmp_path, quiet=True)
+    _, study = load_run(run.root)
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        lat, par = t.user_attrs["constraints"]  # sorted keys: latency_ms, params_m
+        assert lat == pytest.approx(t.user_attrs["latency_ms"] - 0.01)
+        assert par == pytest.approx(t.user_attrs["params"] / 1e6 - 5)
+        if hasattr(optuna.trial.Trial, "set_constraint"):
+            assert t.system_attrs["constraints:latency_ms"] == pytest.approx(lat)
+        assert lat > 0  # nothing runs in 10 µs: every trial is infeasible, and says so
