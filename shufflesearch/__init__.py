@@ -10,6 +10,12 @@ from .graph import op_graph
 
 __all__ = [
     "PRESETS",
+    "check",
+    "compute_proxies",
+    "export_arch",
+    "load_space",
+    "measure_arch",
+    "run_search",
     "Arch",
     "ArchError",
     "Stage",
@@ -24,3 +30,18 @@ __all__ = [
     "to_inference",
 ]
 __version__ = "0.1.0"
+
+# Heavier entry points (Optuna, ONNX) load on first use, so `import shufflesearch` stays light.
+# (`run_search` rather than `search`: the submodule shufflesearch.search owns that name.)
+_LAZY = {"run_search": (".search", "search"), "load_space": (".space", "load_space"),
+         "export_arch": (".export", "export_arch"), "check": (".guidelines", "check"),
+         "measure_arch": (".latency", "measure_arch"), "compute_proxies": (".proxies", "compute_proxies")}
+
+
+def __getattr__(name: str):  # PEP 562
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module, __name__), attr)
+    raise AttributeError(f"module 'shufflesearch' has no attribute {name!r}")

@@ -174,3 +174,12 @@ def test_show_cli_table_json_and_bad_file(tmp_path):
     r = _cli("show", str(bad))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == f"error: {bad}: stages[1].groups: 3 does not divide 116"
+
+
+def test_public_api_names_resolve_and_stay_functions():
+    import shufflesearch as ss
+
+    for name in ss.__all__:
+        first = getattr(ss, name)
+        assert getattr(ss, name) is first, name  # a submodule import must not shadow it
+    assert callable(ss.run_search) and ss.run_search.__name__ == "search"
