@@ -396,17 +396,24 @@ def _constraints_func(trial: optuna.trial.FrozenTrial) -> list[float]:
 # --- the worker loop ---------------------------------------------------------------------------
 
 
-def _counts(study: optuna.Study) -> tuple[int, int]:
-    """(completed search trials, running search trials) — baselines excluded."""
-    done = running = 0
+def _search_state(study: optuna.Study) -> tuple[int, list[int]]:
+    """(completed search trials, numbers of running search trials) — baselines excluded."""
+    done, running = 0, []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
         if t.user_attrs.get("baseline"):
             continue
         if t.state == TrialState.COMPLETE:
             done += 1
         else:
-            running += 1
-    return done, running
+            running.append(t.number)
+    return done, sorted(running)
+
+
+def _over_budget(study: optuna.Study, number: int, budget: int) -> bool:
+    """Exact budget with concurrent workers: when more search trials run than the budget
+    leaves room for, the highest-numbered ones step back."""
+    done, running = _search_state(study)
+    return number in running[max(budget - done, 0):]
 
 
 @contextlib.contextmanager
@@ -447,7 +454,7 @@ def _find_duplicate(study: optuna.Study, archid: str, number: int) -> optuna.tri
 
 
 def run_trial(study: optuna.Study, space: SearchSpace, evaluate: Evaluator,
-              budget: Budget | None = None) -> optuna.trial.FrozenTrial | None:
+              budget: int | None = None) -> optuna.trial.FrozenTrial | None:
     """Ask one trial, evaluate it, tell the result. Exceptions become FAIL with a reason."""
     t_ask = time.perf_counter()
     trial = study.ask()
@@ -462,9 +469,7 @@ def run_trial(study: optuna.Study, space: SearchSpace, evaluate: Evaluator,
         timings["sample"] = time.perf_counter() - t_ask
         trial.set_user_attr("archid", arch.archid)
         fault_point("sample")
-        # Exact budget with concurrent workers: if more search trials run than the budget
-        # leaves room for, the highest-numbered ones step back.
-        if budget is not None and budget.over_budget(study, trial.number):
+        if budget is not None and _over_budget(study, trial.number, budget):
             trial.set_user_attr("fail_reason", "over budget: another worker took the last slot")
             study.tell(trial, state=TrialState.FAIL)
             return None
@@ -512,20 +517,6 @@ def run_trial(study: optuna.Study, space: SearchSpace, evaluate: Evaluator,
         frozen = study.tell(trial, values)
         timings["storage"] = time.perf_counter() - t_store
     return frozen
-
-
-class Budget:
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-
-    def over_budget(self, study: optuna.Study, number: int) -> bool:
-        done, _ = _counts(study)
-        running = sorted(
-            t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if not t.user_attrs.get("baseline")
-        )
-        room = self.budget - done
-        return number in running[max(room, 0):]
 
 
 def evaluate_baselines(run: Run, evaluate: Evaluator | None = None) -> None:
@@ -611,18 +602,17 @@ def work(run: Run, budget: int, stop_event: Any = None, worker: int = 0) -> int:
     study = optuna.load_study(study_name=run.name, storage=run.storage(),
                               sampler=make_sampler(run.space, worker))
     evaluate = Evaluator(run.space)
-    b = Budget(budget)
     failures = 0
     while stop_event is None or not stop_event.is_set():
         optuna.storages.fail_stale_trials(study)
         fail_orphans(study)
-        done, running = _counts(study)
+        done, running = _search_state(study)
         if done >= budget:
             return 0
-        if done + running >= budget:
+        if done + len(running) >= budget:
             time.sleep(0.5)  # the last slots are taken: wait for them to finish or go stale
             continue
-        t = run_trial(study, run.space, evaluate, budget=b)
+        t = run_trial(study, run.space, evaluate, budget=budget)
         if t is None:
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
