@@ -199,13 +199,19 @@ class LatencyTable:
             raise UserError("the latency table has no fitted fallback; rebuild it")
         return w[0] + sum(a * b for a, b in zip(w[1:], e.features)), False
 
-    def predict(self, arch: Arch) -> float:
-        """Predicted whole-model latency in ms on the table's spec."""
+    def unit_breakdown(self, arch: Arch) -> dict[str, float]:
+        """Predicted ms per unit (stem, stages.i.j, head, classifier): the joint unit model
+        when the table has one, else the table entries (or fallback) times the scale. The
+        whole-model prediction is their sum, so breakdowns and totals always agree."""
         es = unit_entries(arch, TargetSpec(**self.spec))
         if self.joint:
             w = self.joint
-            return sum(w[0] + sum(a * b for a, b in zip(w[1:], e.features)) for e in es)
-        return self.scale * sum(self.unit_ms(e)[0] for e in es)
+            return {e.name: w[0] + sum(a * b for a, b in zip(w[1:], e.features)) for e in es}
+        return {e.name: self.scale * self.unit_ms(e)[0] for e in es}
+
+    def predict(self, arch: Arch) -> float:
+        """Predicted whole-model latency in ms on the table's spec."""
+        return sum(self.unit_breakdown(arch).values())
 
     def hit_rate(self, arch: Arch) -> float:
         es = unit_entries(arch, TargetSpec(**self.spec))

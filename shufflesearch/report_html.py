@@ -330,7 +330,7 @@ class ReportFiles:
 
 def _unit_ms_from_table(spec: Any) -> tuple[UnitMs | None, str]:
     """Predicted per-unit ms from this machine's latency table for the run's target, if any."""
-    from .predictor import LatencyTable, table_path, unit_entries
+    from .predictor import LatencyTable, table_path
 
     path = table_path(spec)
     if not path.exists():
@@ -338,12 +338,10 @@ def _unit_ms_from_table(spec: Any) -> tuple[UnitMs | None, str]:
                       "(build one with `shufflesearch latency build-table`). The latency above "
                       "each table is the measured whole-model median.")
     table = LatencyTable.load(path)
-
-    def unit_ms(arch: Arch) -> dict[str, float]:
-        return {e.name: table.scale * table.unit_ms(e)[0] for e in unit_entries(arch, spec)}
-
-    return unit_ms, (f"Predicted per-unit latency from the table {path.name} (scaled by its "
-                     f"whole-model factor {table.scale:.2f}); the heading shows the measured total.")
+    how = ("its unit model fitted on whole-model timings" if table.joint
+           else f"its unit entries scaled by the whole-model factor {table.scale:.2f}")
+    return table.unit_breakdown, (f"Predicted per-unit latency from the table {path.name} ({how}); "
+                                  "the heading shows the measured total.")
 
 
 def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], None] | None = None) -> ReportFiles:

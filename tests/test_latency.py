@@ -368,3 +368,6 @@ def test_joint_unit_model_recovers_a_linear_machine(monkeypatch: pytest.MonkeyPa
     assert len(t.joint) == 8
     for a in archs[P.JOINT_MIN:]:
         assert t.predict(a) == pytest.approx(true_ms(a), rel=1e-3)
+        parts = t.unit_breakdown(a)  # what the report's per-unit column shows
+        assert set(parts) == {e.name for e in P.unit_entries(a, spec)}
+        assert sum(parts.values()) == pytest.approx(t.predict(a))

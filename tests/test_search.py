@@ -222,7 +222,8 @@ def _table_for_tiny(per_unit_ms: float) -> None:
     LatencyTable(spec.to_dict(), fingerprint(1, "torch"), joint=[per_unit_ms] + [0.0] * 7).save(table_path(spec))
 
 
-def test_prefilter_skips_predicted_misses_and_measures_the_rest(tmp_path):
+def test_prefilter_skips_predicted_misses_and_measures_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHUFFLESEARCH_CACHE_DIR", str(tmp_path / "cache"))  # the stand-in table stays here
     text = TINY.read_text().replace("max_seconds: 0.1}", "max_seconds: 0.1, prefilter: 0.2}")
     text = text.replace("baselines: []", "constraints: {latency_ms: 50}\nbaselines: []")
     space = tmp_path / "pre.yaml"
