@@ -16,8 +16,8 @@ import statistics
 import tempfile
 import time
 
-from shufflesearch.latency import TargetSpec, fingerprint
-from shufflesearch.predictor import build_table, random_archs, validate
+from shufflesearch.measure.latency import TargetSpec, fingerprint
+from shufflesearch.measure.predictor import build_table, random_archs, validate
 
 
 def main() -> None:

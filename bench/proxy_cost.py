@@ -16,8 +16,8 @@ import time
 import torch
 
 from shufflesearch import preset
-from shufflesearch.data import DataSpec, load_data
-from shufflesearch.proxies import DEFAULT_ENSEMBLE, PROXIES, compute_proxies
+from shufflesearch.accuracy.data import DataSpec, load_data
+from shufflesearch.accuracy.proxies import DEFAULT_ENSEMBLE, PROXIES, compute_proxies
 
 
 def main() -> None:

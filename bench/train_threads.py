@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from shufflesearch import build, preset
-from shufflesearch.data import DataSpec, load_data
+from shufflesearch.accuracy.data import DataSpec, load_data
 
 
 def step_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[float]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .arch import PRESETS, Arch, ArchError, Stage, Stem, load_arch, preset
-from .compile import build, load_torchvision_weights, to_inference
-from .cost import costs
+from .model.arch import PRESETS, Arch, ArchError, Stage, Stem, load_arch, preset
+from .model.compile import build, load_torchvision_weights, to_inference
+from .model.cost import costs
 from .errors import UserError
-from .graph import op_graph
+from .model.graph import op_graph
 
 __all__ = [
     "PRESETS",
@@ -33,9 +33,10 @@ __version__ = "0.1.0"
 
 # Heavier entry points (Optuna, ONNX) load on first use, so `import shufflesearch` stays light.
 # (`run_search` rather than `search`: the submodule shufflesearch.search owns that name.)
-_LAZY = {"run_search": (".search", "search"), "load_space": (".space", "load_space"),
-         "export_arch": (".export", "export_arch"), "check": (".guidelines", "check"),
-         "measure_arch": (".latency", "measure_arch"), "compute_proxies": (".proxies", "compute_proxies")}
+_LAZY = {"run_search": (".search.engine", "search"), "load_space": (".search.space", "load_space"),
+         "export_arch": (".review.export", "export_arch"), "check": (".guidelines.checks", "check"),
+         "measure_arch": (".measure.latency", "measure_arch"),
+         "compute_proxies": (".accuracy.proxies", "compute_proxies")}
 
 
 def __getattr__(name: str):  # PEP 562

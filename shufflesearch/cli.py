@@ -30,8 +30,8 @@ def _add_show(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .arch import PRESETS, resolve_arch
-    from .cost import costs, format_costs
+    from .model.arch import PRESETS, resolve_arch
+    from .model.cost import costs, format_costs
 
     if args.list or not args.arch:
         for name in PRESETS:
@@ -66,13 +66,13 @@ def _add_latency(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    from .latency import LatencyCache, TargetSpec, measure_arch
+    from .measure.latency import LatencyCache, TargetSpec, measure_arch
 
     spec = TargetSpec(args.resolution, args.batch, args.threads, args.channels_last, args.backend)
     if args.max_seconds <= 0:
         raise UserError(f"--max-seconds: must be > 0, got {args.max_seconds}")
     if args.arch in ("build-table", "validate"):
-        from .predictor import cli_predictor
+        from .measure.predictor import cli_predictor
 
         return cli_predictor(args, spec)
     lat = measure_arch(args.arch, spec, cache=LatencyCache(), remeasure=args.remeasure,
@@ -101,7 +101,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .search import search
+    from .search.engine import search
 
     run = search(args.space, args.budget, name=args.name, runs_root=args.runs,
                  storage=args.storage, workers=args.workers, quiet=args.quiet)
@@ -116,7 +116,7 @@ def _add_validate(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .space import load_space
+    from .search.space import load_space
 
     space = load_space(args.space)
     archs = space.sample_random(args.sample, space.seed) if args.sample else []
@@ -148,7 +148,7 @@ def _add_export_arch(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export_arch(args: argparse.Namespace) -> int:
-    from .export import export_arch
+    from .review.export import export_arch
 
     quiet = args.quiet or args.json
 
@@ -157,7 +157,7 @@ def cmd_export_arch(args: argparse.Namespace) -> int:
 
     info = {}
     if args.latency:
-        from .latency import LatencyCache, TargetSpec, measure_arch
+        from .measure.latency import LatencyCache, TargetSpec, measure_arch
 
         if not quiet:
             log("measuring latency")
@@ -185,7 +185,7 @@ def _add_check(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .guidelines import GuidelineSettings, check, format_report, load_calibration
+    from .guidelines.checks import GuidelineSettings, check, format_report, load_calibration
 
     settings = None
     if args.settings:
@@ -213,8 +213,8 @@ def _add_guidelines(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_guidelines(args: argparse.Namespace) -> int:
-    from .calibration import save
-    from .microbench import bench, format_tables, n_measurements
+    from .guidelines.calibration import save
+    from .guidelines.microbench import bench, format_tables, n_measurements
 
     if args.threads < 1:
         raise UserError(f"--threads: must be >= 1, got {args.threads}")
@@ -222,7 +222,7 @@ def cmd_guidelines(args: argparse.Namespace) -> int:
     if not (args.quiet or args.json):
         from tqdm import tqdm
 
-        from .microbench import FULL, QUICK
+        from .guidelines.microbench import FULL, QUICK
 
         cfg = QUICK if args.quick else FULL
         bar = tqdm(total=n_measurements(cfg["scales"], cfg["rounds"]), desc="guideline bench",
@@ -276,8 +276,8 @@ def cmd_proxies(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .data import DataSpec, load_data
-    from .proxies import format_report, load_validation_set, plot_report, validate_proxies
+    from .accuracy.data import DataSpec, load_data
+    from .accuracy.proxies import format_report, load_validation_set, plot_report, validate_proxies
 
     if args.n < 3:
         raise UserError(f"--n: {args.n} must be >= 3")
@@ -333,8 +333,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data import DataSpec
-    from .train import train_arch
+    from .accuracy.data import DataSpec
+    from .accuracy.training import train_arch
 
     try:
         spec = DataSpec(name=args.data, resolution=args.resolution, batch=args.batch)
@@ -370,7 +370,7 @@ def _add_pareto(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from .report import failed, format_failed, format_pareto, load_records, pareto_rows
+    from .review.pareto import failed, format_failed, format_pareto, load_records, pareto_rows
 
     run, records = load_records(args.run)
     if args.failed:
@@ -414,7 +414,7 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .report_html import write_report
+    from .review.html import write_report
 
     out = Path(args.out) if args.out else Path(args.run) / "report.html"
     res = write_report(args.run, out, log=None if args.quiet else
@@ -441,9 +441,9 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .arch import Arch
-    from .export import export_arch
-    from .report import export_info, load_records, pick_trial
+    from .model.arch import Arch
+    from .review.export import export_arch
+    from .review.pareto import export_info, load_records, pick_trial
 
     run, records = load_records(args.run)
     rec = pick_trial(records, trial=args.trial, use_knee=args.knee, max_latency=args.max_latency)

@@ -28,6 +28,6 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def random_archs():
     """50 distinct valid random architectures from tests/spaces/random_archs.yaml."""
-    from shufflesearch.space import load_space
+    from shufflesearch.search.space import load_space
 
     return load_space(HERE / "spaces" / "random_archs.yaml").sample_random(50, seed=1)

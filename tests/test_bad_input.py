@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from shufflesearch.arch import preset
+from shufflesearch.model.arch import preset
 from shufflesearch.cli import main
-from shufflesearch.search import search
+from shufflesearch.search.engine import search
 
 HERE = Path(__file__).parent
 TINY = HERE / "spaces" / "tiny.yaml"

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from shufflesearch import PRESETS, build, load_torchvision_weights, to_inference
-from shufflesearch.compile import convert_torchvision_state_dict
-from shufflesearch.units import channel_shuffle
+from shufflesearch.model.compile import convert_torchvision_state_dict
+from shufflesearch.model.units import channel_shuffle
 
 
 def _warm_bn(model: torch.nn.Module, res: int, seed: int = 0) -> torch.nn.Module:

@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from shufflesearch import PRESETS, build, costs, op_graph, preset
-from shufflesearch.cost import node_cost
+from shufflesearch.model.cost import node_cost
 
 
 def torch_macs(model: torch.nn.Module, res: int) -> float:

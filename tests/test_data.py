@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from shufflesearch.data import DataSpec, load_data, stratified_split
+from shufflesearch.accuracy.data import DataSpec, load_data, stratified_split
 from shufflesearch.errors import UserError
 
 

@@ -16,7 +16,7 @@ import torch
 import shufflesearch as ss
 from shufflesearch import Arch, Stage, Stem
 from shufflesearch.cli import main
-from shufflesearch.export import ARTEFACTS, ExportError, export_arch
+from shufflesearch.review.export import ARTEFACTS, ExportError, export_arch
 
 # An architecture no preset resembles: stem without pool at stride 1, a V2 stage with a 1/4
 # split and per-unit kernels, a megvii-layout V2 stage that widens at stride 1, V1 stages with
@@ -124,7 +124,7 @@ def test_standalone_model_is_plain_torch(tmp_path):
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed")
 def test_generated_source_is_lint_clean(tmp_path):
-    from shufflesearch.codegen import model_source
+    from shufflesearch.model.codegen import model_source
 
     for i, arch in enumerate((ss.preset("shufflenet_v1_g8_x1_0"), ODD)):
         (tmp_path / f"m{i}.py").write_text(model_source(arch))
@@ -169,7 +169,7 @@ def test_bundle_has_every_artefact(tmp_path, capsys):
 
 
 def test_failed_verification_is_an_error_and_leaves_nothing(tmp_path, monkeypatch):
-    import shufflesearch.export as export
+    import shufflesearch.review.export as export
 
     # A generator bug: every depthwise kernel written as 5 instead of 3.
     real = export.model_source

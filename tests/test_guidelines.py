@@ -12,13 +12,13 @@ import networkx as nx
 import pytest
 import torch
 
-from shufflesearch.arch import PRESETS, Arch, Stage
-from shufflesearch.calibration import Calibration, fit, load, save
+from shufflesearch.model.arch import PRESETS, Arch, Stage
+from shufflesearch.guidelines.calibration import Calibration, fit, load, save
 from shufflesearch.cli import main
 from shufflesearch.errors import UserError
-from shufflesearch.graph import op_graph
-from shufflesearch.guidelines import GUIDELINES, GuidelineSettings, check
-from shufflesearch.microbench import TABLES, block_costs, build_stack, compare, kendall_tau
+from shufflesearch.model.graph import op_graph
+from shufflesearch.guidelines.checks import GUIDELINES, GuidelineSettings, check
+from shufflesearch.guidelines.microbench import TABLES, block_costs, build_stack, compare, kendall_tau
 
 V1 = [n for n in PRESETS if n.startswith("shufflenet_v1")]
 V2 = [n for n in PRESETS if n.startswith("shufflenet_v2")]
@@ -246,7 +246,7 @@ def test_cli_check_text_and_errors(capsys, tmp_path):
 
 
 def test_comparison_structure():
-    from shufflesearch.microbench import Measured
+    from shufflesearch.guidelines.microbench import Measured
 
     rows = TABLES["2"]["rows"]
     ms = [Measured("2", r.label, 1, r.arch, 0, 0, 0, 1000 / r.paper_arm[0], 0.0, r.paper_gpu[0], r.paper_arm[0])

@@ -19,8 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from shufflesearch import latency as L
-from shufflesearch.arch import Arch, Stage, Stem
+from shufflesearch.measure import latency as L
+from shufflesearch.model.arch import Arch, Stage, Stem
 from shufflesearch.cli import main
 from shufflesearch.errors import UserError
 
@@ -106,7 +106,7 @@ CHILD = textwrap.dedent(
     import json, sys, time
     import torch
     from torch import nn
-    from shufflesearch import latency as L
+    from shufflesearch.measure import latency as L
 
     role = sys.argv[1]
     stamps = []
@@ -212,7 +212,7 @@ def test_cache_is_shared_by_processes() -> None:
     cache = L.LatencyCache()
     L.measure_arch(TINY, L.TargetSpec(resolution=32), cache=cache, max_seconds=0.05)
     code = (
-        "from shufflesearch import latency as L; from tests.test_latency import TINY; "
+        "from shufflesearch.measure import latency as L; from tests.test_latency import TINY; "
         "print(L.measure_arch(TINY, L.TargetSpec(resolution=32), cache=L.LatencyCache()).cached)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -280,8 +280,8 @@ def test_cli_bad_input_is_one_line(argv: list[str], needle: str, capsys: pytest.
 
 
 def test_unit_entries_key_fused_units_by_shapes() -> None:
-    from shufflesearch.arch import preset
-    from shufflesearch.predictor import unit_entries
+    from shufflesearch.model.arch import preset
+    from shufflesearch.measure.predictor import unit_entries
 
     es = unit_entries(preset("shufflenet_v2_x1_0"), L.TargetSpec(resolution=64))
     assert [e.name for e in es][:3] == ["stem", "stages.0.0", "stages.0.1"]
@@ -298,7 +298,7 @@ def test_unit_entries_key_fused_units_by_shapes() -> None:
 
 
 def test_predictor_sums_table_entries_and_validates(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shufflesearch import predictor as P
+    from shufflesearch.measure import predictor as P
 
     spec = L.TargetSpec(resolution=32)
     archs = P.random_archs(2, seed=3)
@@ -323,8 +323,8 @@ def test_predictor_sums_table_entries_and_validates(monkeypatch: pytest.MonkeyPa
 
 
 def _kind_of(m: nn.Module) -> str:
-    from shufflesearch.predictor import _Classifier
-    from shufflesearch.units import V1UnitInference, V2UnitInference
+    from shufflesearch.measure.predictor import _Classifier
+    from shufflesearch.model.units import V1UnitInference, V2UnitInference
 
     if isinstance(m, _Classifier):
         return "classifier"
@@ -336,7 +336,7 @@ def _kind_of(m: nn.Module) -> str:
 
 
 def test_random_archs_are_valid_and_seeded() -> None:
-    from shufflesearch.predictor import random_archs
+    from shufflesearch.measure.predictor import random_archs
 
     a, b = random_archs(6, seed=1), random_archs(6, seed=1)
     assert [x.archid for x in a] == [x.archid for x in b]
@@ -347,7 +347,7 @@ def test_joint_unit_model_recovers_a_linear_machine(monkeypatch: pytest.MonkeyPa
     """With >= JOINT_MIN whole-model timings the unit model is fitted on whole networks: on a
     machine whose unit time is exactly linear in the unit's features, it predicts unseen
     architectures exactly, whatever the units timed alone said."""
-    from shufflesearch import predictor as P
+    from shufflesearch.measure import predictor as P
 
     spec = L.TargetSpec(resolution=32)
     archs = P.random_archs(P.JOINT_MIN + 4, seed=5)

@@ -11,9 +11,9 @@ from torch import nn
 
 from shufflesearch import Arch, Stage, Stem, build
 from shufflesearch.cli import main
-from shufflesearch.data import DataSpec, ProxyData, Split, load_data
+from shufflesearch.accuracy.data import DataSpec, ProxyData, Split, load_data
 from shufflesearch.errors import UserError
-from shufflesearch.proxies import (
+from shufflesearch.accuracy.proxies import (
     DEFAULT_ENSEMBLE,
     PROXIES,
     ProxyContext,
@@ -175,7 +175,7 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
 def test_search_score_methods():
     import math
 
-    from shufflesearch.proxies import DEFAULT_SCORE, default_score, proxy_score
+    from shufflesearch.accuracy.proxies import DEFAULT_SCORE, default_score, proxy_score
 
     s = {"macs": math.exp(17.0), "params": math.exp(13.0), "naswot": 500.0, "synflow": 40.0, "jacob_cov": -70.0}
     assert DEFAULT_SCORE == "macs"

@@ -20,7 +20,7 @@ import pytest
 from optuna.trial import TrialState
 
 from shufflesearch import UserError
-from shufflesearch.search import MAX_CONSECUTIVE_FAILURES, load_run, search
+from shufflesearch.search.engine import MAX_CONSECUTIVE_FAILURES, load_run, search
 
 HERE = Path(__file__).parent
 TINY = HERE / "spaces" / "tiny.yaml"
@@ -162,8 +162,8 @@ def test_repeated_kills_at_every_point_lose_nothing(tmp_path):
 
 
 def test_trials_that_raise_fail_with_their_reason_and_the_search_goes_on(tmp_path, monkeypatch):
-    import shufflesearch.compile as compile_mod
-    import shufflesearch.proxies as proxies_mod
+    import shufflesearch.model.compile as compile_mod
+    import shufflesearch.accuracy.proxies as proxies_mod
 
     real_build, real_proxies = compile_mod.build, proxies_mod.compute_proxies
     calls = {"build": 0, "proxies": 0}
@@ -200,7 +200,7 @@ def test_trials_that_raise_fail_with_their_reason_and_the_search_goes_on(tmp_pat
 
 
 def test_a_search_where_every_trial_fails_stops_with_a_clear_error(tmp_path, monkeypatch):
-    import shufflesearch.compile as compile_mod
+    import shufflesearch.model.compile as compile_mod
 
     def build(arch, *a, **kw):
         raise RuntimeError("injected build error")
@@ -291,9 +291,9 @@ def test_a_trial_orphaned_inside_ask_does_not_block_the_last_slot(tmp_path, monk
     a heartbeat; found by bench/fault_injection.py, where it held the last budget slot forever."""
     import threading
 
-    import shufflesearch.search as search_mod
-    from shufflesearch.search import open_run, work
-    from shufflesearch.space import load_space
+    import shufflesearch.search.engine as search_mod
+    from shufflesearch.search.engine import open_run, work
+    from shufflesearch.search.space import load_space
 
     run = open_run(load_space(TINY), runs_root=tmp_path)
     orphan = run.load_study().ask()  # and its worker "dies": no heartbeat, no archid

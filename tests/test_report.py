@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from shufflesearch.cli import main
-from shufflesearch.report import (
+from shufflesearch.review.pareto import (
     format_failed,
     hypervolume_2d,
     hypervolume_history,
@@ -207,7 +207,7 @@ def test_export_of_a_trial(run_dir, tmp_path, capsys):
     assert main(["export", str(run_dir), "--knee", "--out", str(out), "--quiet"]) == 0
     for f in ("arch.yaml", "model.py", "weights.pt", "model.pt2", "model.onnx", "report.md"):
         assert (out / f).stat().st_size > 0, f
-    from shufflesearch.arch import load_arch
+    from shufflesearch.model.arch import load_arch
 
     assert load_arch(out / "arch.yaml").archid == k["archid"]
     md = (out / "report.md").read_text()
@@ -234,8 +234,8 @@ def test_bad_input_is_one_line(run_dir, tmp_path, capsys, argv, msg):
 
 
 def test_unit_breakdown_of_picks():
-    from shufflesearch.arch import PRESETS
-    from shufflesearch.report_html import FIGURES, render_html, report_data
+    from shufflesearch.model.arch import PRESETS
+    from shufflesearch.review.html import FIGURES, render_html, report_data
 
     arch = PRESETS["shufflenet_v2_x0_5"].to_dict()
     recs = [{**rec(1, 0.2, 1.0), "arch": arch}, {**rec(2, 0.8, 2.0), "arch": arch}]

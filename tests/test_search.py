@@ -14,8 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from shufflesearch import Arch, UserError
-from shufflesearch.search import load_run, search
-from shufflesearch.space import load_space
+from shufflesearch.search.engine import load_run, search
+from shufflesearch.search.space import load_space
 
 HERE = Path(__file__).parent
 TINY = HERE / "spaces" / "tiny.yaml"
@@ -215,8 +215,8 @@ def test_each_run_logs_to_its_own_file(tmp_path):
 def _table_for_tiny(per_unit_ms: float) -> None:
     """A latency table for the tiny space's target whose unit model says every unit takes
     ``per_unit_ms`` (a stand-in for `shufflesearch latency build-table`)."""
-    from shufflesearch.latency import TargetSpec, fingerprint
-    from shufflesearch.predictor import LatencyTable, table_path
+    from shufflesearch.measure.latency import TargetSpec, fingerprint
+    from shufflesearch.measure.predictor import LatencyTable, table_path
 
     spec = TargetSpec(resolution=32, batch=1, threads=1)
     LatencyTable(spec.to_dict(), fingerprint(1, "torch"), joint=[per_unit_ms] + [0.0] * 7).save(table_path(spec))

@@ -10,8 +10,8 @@ import torch
 import shufflesearch as ss
 from shufflesearch import Arch, Stage, Stem
 from shufflesearch.cli import main
-from shufflesearch.data import DataSpec, load_data
-from shufflesearch.train import steps_per_epoch, train_arch
+from shufflesearch.accuracy.data import DataSpec, load_data
+from shufflesearch.accuracy.training import steps_per_epoch, train_arch
 
 # Small enough to train for a few epochs in seconds at 16 px.
 TINY = Arch(

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -301,7 +301,7 @@ def export_info(rec: dict[str, Any], run_name: str) -> dict[str, Any]:
 
 def load_records(path: str | Path) -> tuple[Any, list[dict[str, Any]]]:
     """(Run, records) of a run folder; UserError for a bad path (I/O edge of this module)."""
-    from .search import load_run
+    from ..search.engine import load_run
 
     run, study = load_run(path)
     records = trial_records(study.get_trials(deepcopy=False))

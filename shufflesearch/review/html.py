@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .arch import Arch
-from .report import (
+from ..model.arch import Arch
+from .pareto import (
     GUIDELINES,
     HypervolumeHistory,
     ParetoRow,
@@ -71,7 +71,7 @@ UnitMs = Callable[[Arch], dict[str, float] | None]  # arch -> predicted ms per u
 
 def _picks(rows: list[ParetoRow], records: dict[int, dict[str, Any]], resolution: int,
            unit_ms: UnitMs | None) -> list[Pick]:
-    from .cost import costs
+    from ..model.cost import costs
 
     front = [r for r in rows if r.on_front]
     if not front:
@@ -330,7 +330,7 @@ class ReportFiles:
 
 def _unit_ms_from_table(spec: Any) -> tuple[UnitMs | None, str]:
     """Predicted per-unit ms from this machine's latency table for the run's target, if any."""
-    from .predictor import LatencyTable, table_path
+    from ..measure.predictor import LatencyTable, table_path
 
     path = table_path(spec)
     if not path.exists():
@@ -351,9 +351,9 @@ def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .errors import UserError
-    from .latency import TargetSpec
-    from .report import load_records
+    from ..errors import UserError
+    from ..measure.latency import TargetSpec
+    from .pareto import load_records
 
     say = log or (lambda _m: None)
     run, records = load_records(run_path)

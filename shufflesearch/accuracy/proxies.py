@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import Arch, resolve_arch
-from .compile import build
-from .cost import costs
+from ..model.arch import Arch, resolve_arch
+from ..model.compile import build
+from ..model.cost import costs
 from .data import ProxyData, Split
-from .errors import UserError
+from ..errors import UserError
 
 # --- the shared context -----------------------------------------------------------------------
 
@@ -546,7 +546,7 @@ def load_validation_set(path: str, n: int, seed: int = 0) -> tuple[list[Arch], d
         archs = [resolve_arch(a) if isinstance(a, str) else Arch.from_dict(a, f"{path}: archs[{i}]")
                  for i, a in enumerate(doc["archs"])]
         return archs, dict(doc.get("proxy") or {})
-    from .space import load_space
+    from ..search.space import load_space
 
     space = load_space(path)
     return space.sample_random(n, seed=seed), dict(space.proxy)

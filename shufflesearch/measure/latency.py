@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 BACKENDS = ("torch", "onnxruntime")
 REFERENCE_ARCH = "shufflenet_v2_x0_5"  # the drift monitor's fixed yardstick
@@ -374,7 +374,7 @@ def measure_onnxruntime(
             torch.onnx.export(model.eval(), (torch.randn(*input_shape),), path, dynamo=False,
                               input_names=["x"], output_names=["y"])
         code = (
-            "import sys, json; from shufflesearch.latency import _ort_child; "
+            "import sys, json; from shufflesearch.measure.latency import _ort_child; "
             "_ort_child(*json.loads(sys.argv[1]))"
         )
         argv = json.dumps([path, list(input_shape), threads, max_seconds, target_rel_iqr])
@@ -468,8 +468,8 @@ def measure_arch(
 ) -> Latency:
     """Latency of ``build(arch, inference=True)`` on ``spec``; served from ``cache`` when the
     same (archid, spec, fingerprint) was measured before, unless ``remeasure``."""
-    from .arch import resolve_arch
-    from .compile import build
+    from ..model.arch import resolve_arch
+    from ..model.compile import build
 
     arch = resolve_arch(arch)
     fp = fingerprint(spec.threads, spec.backend)
@@ -518,7 +518,7 @@ class DriftMonitor:
     @property
     def model(self) -> Any:
         if self._model is None:
-            from .compile import build
+            from ..model.compile import build
 
             self._model = build(self.reference, inference=True)
         return self._model
@@ -548,7 +548,7 @@ class DriftMonitor:
         lat.speed_factor = round(self.factor, 4)
         lat.drifted = abs(self.factor - 1) > self.bound
         if cache is not None:
-            from .arch import resolve_arch
+            from ..model.arch import resolve_arch
 
             cache.put(resolve_arch(arch).archid, self.spec, lat)
         return lat

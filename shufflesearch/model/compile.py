@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .arch import Arch, resolve_arch
-from .errors import UserError
+from ..errors import UserError
 from .units import ShuffleNet, ShuffleNetInference
 
 

@@ -32,8 +32,8 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from .arch import Arch, ArchError
-from .errors import UserError
+from ..model.arch import Arch, ArchError
+from ..errors import UserError
 from .space import SearchSpace, load_space
 
 # The heartbeat API is marked experimental, and using it outside Study.optimize warns; both
@@ -222,7 +222,7 @@ def load_run(path: str | Path) -> tuple[Run, optuna.Study]:
 
 def _space_from_config(doc: dict, root: Path) -> SearchSpace:
     from .space import parse_space
-    from .yamlio import Located
+    from ..common.yamlio import Located
 
     raw = dict(doc.get("config") or {})
     raw["objectives"] = [n for n, _ in raw.get("objectives", [])] or ["proxy", "latency"]
@@ -250,8 +250,8 @@ def prefilter_table(space: SearchSpace) -> Any:
     t = space.target
     if not (t["prefilter"] and "latency_ms" in space.constraints):
         return None
-    from .latency import TargetSpec
-    from .predictor import LatencyTable, table_path
+    from ..measure.latency import TargetSpec
+    from ..measure.predictor import LatencyTable, table_path
 
     path = table_path(TargetSpec(resolution=t["resolution"], batch=t["batch"], threads=t["threads"],
                                  channels_last=t["channels_last"], backend=t["backend"]))
@@ -266,9 +266,9 @@ class Evaluator:
     """Scores one Arch on everything the space asks for; loaded once per worker."""
 
     def __init__(self, space: SearchSpace) -> None:
-        from .data import DataSpec, load_data
-        from .guidelines import GuidelineSettings, load_calibration
-        from .latency import DriftMonitor, LatencyCache, TargetSpec
+        from ..accuracy.data import DataSpec, load_data
+        from ..guidelines.checks import GuidelineSettings, load_calibration
+        from ..measure.latency import DriftMonitor, LatencyCache, TargetSpec
 
         self.space = space
         t = space.target
@@ -286,11 +286,11 @@ class Evaluator:
         self.calibration = load_calibration()
 
     def __call__(self, arch: Arch, timings: dict[str, float]) -> dict[str, Any]:
-        from .compile import build
-        from .cost import costs
-        from .guidelines import check
-        from .latency import compute_lock, timing_lock
-        from .proxies import compute_proxies, proxy_score
+        from ..model.compile import build
+        from ..model.cost import costs
+        from ..guidelines.checks import check
+        from ..measure.latency import compute_lock, timing_lock
+        from ..accuracy.proxies import compute_proxies, proxy_score
 
         res = self.space.target["resolution"]
         t0 = time.perf_counter()
@@ -548,10 +548,10 @@ def short_train_front(run: Run, quiet: bool = True) -> dict[str, Any]:
     """Multi-fidelity: short-train the baselines and ``short_train_top_k`` front points spread
     evenly by latency, seeded, on the proxy task. Results go to the study's user attr
     ``short_train`` (keyed by trial number) one at a time, so an interrupted pass resumes."""
-    from .data import DataSpec, load_data
-    from .latency import compute_lock
-    from .proxies import short_train
-    from .report import completed, pareto_front, trial_records
+    from ..accuracy.data import DataSpec, load_data
+    from ..measure.latency import compute_lock
+    from ..accuracy.proxies import short_train
+    from ..review.pareto import completed, pareto_front, trial_records
 
     k, steps = run.space.proxy["short_train_top_k"], run.space.proxy["short_train_steps"]
     study = run.load_study()

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from ..errors import UserError
 
 FAMILIES = ("v1", "v2")
 KERNELS = (3, 5, 7)
@@ -449,7 +449,7 @@ def preset_name(arch: Arch) -> str | None:
 
 def load_arch(path: str | Path) -> Arch:
     """Read an Arch from a .yaml/.yml/.json file (the format `export` writes)."""
-    from .yamlio import read_text
+    from ..common.yamlio import read_text
 
     path = Path(path)
     try:

@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
-from .arch import Arch, resolve_arch
-from .compile import build
+from ..model.arch import Arch, resolve_arch
+from ..model.compile import build
 from .data import DataSpec, ProxyData, load_data
-from .errors import UserError
-from .export import prepare_out_dir
+from ..errors import UserError
+from ..review.export import prepare_out_dir
 
 
 def steps_per_epoch(data: ProxyData) -> int:
@@ -55,7 +55,7 @@ def train_arch(
     """Train ``arch`` for ``epochs`` epochs on the proxy task ``data``; write the weights,
     arch and metrics into ``out_dir`` and return the metrics. ``threads``: torch intra-op
     threads while training (None: leave torch's setting)."""
-    from .latency import compute_lock
+    from ..measure.latency import compute_lock
     from .proxies import evaluate, train_model
 
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:

@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 
-from .arch import Arch, load_arch, preset_name, resolve_arch
-from .codegen import model_source
-from .compile import build, check_state_dict_fits, to_inference
-from .errors import UserError
+from ..model.arch import Arch, load_arch, preset_name, resolve_arch
+from ..model.codegen import model_source
+from ..model.compile import build, check_state_dict_fits, to_inference
+from ..errors import UserError
 
 ARTEFACTS = ("arch.yaml", "model.py", "weights.pt", "model.pt2", "model.onnx", "report.md")
 # model.py may import these and nothing else: "depends only on torch" is checked, not hoped.
@@ -145,7 +145,7 @@ def _export_into(
     arch: Arch, d: Path, out: Path, state_dict: Any, info: dict[str, Any], res: int,
     onnx: bool | None, torch_export: bool, say: Callable[[str], None],
 ) -> ExportResult:
-    from . import __version__
+    from .. import __version__
 
     model = build(arch)
     trained = state_dict is not None
@@ -338,7 +338,7 @@ def _kv_table(d: Mapping[str, Any]) -> list[str]:
 
 def _guideline_lines(arch: Arch, res: int) -> list[str]:
     try:
-        from . import guidelines  # written by another module owner; optional here
+        from ..guidelines import checks as guidelines  # written by another module owner; optional here
     except ImportError:
         return ["Guideline checkers (shufflesearch.guidelines) are not available in this install."]
     try:
@@ -369,7 +369,7 @@ def _guideline_lines(arch: Arch, res: int) -> list[str]:
 def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res: int,
                   trained: bool, version: str = "") -> str:
     """report.md: what the bundle holds, what was verified, and what the Arch costs."""
-    from .cost import costs, format_costs
+    from ..model.cost import costs, format_costs
 
     name = preset_name(arch)
     c = costs(arch, res)

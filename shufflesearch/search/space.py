@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .arch import FAMILIES, KERNELS, LAYOUTS, PRESETS, Arch, ArchError, Stage, Stem
-from .errors import UserError
-from .yamlio import Located, check_keys, load_yaml
+from ..model.arch import FAMILIES, KERNELS, LAYOUTS, PRESETS, Arch, ArchError, Stage, Stem
+from ..errors import UserError
+from ..common.yamlio import Located, check_keys, load_yaml
 
 OBJECTIVES = {  # name → direction
     "proxy": "maximize",
@@ -359,7 +359,7 @@ def parse_space(doc: Located) -> SearchSpace:
     # the front, and store the accuracies with the run (pareto shows them).
     proxy["short_train_top_k"] = _scalar(doc, pr, "short_train_top_k", "proxy", int, 0, 0, 100)
     proxy["short_train_steps"] = _scalar(doc, pr, "short_train_steps", "proxy", int, 150, 1, 100_000)
-    from .proxies import PROXIES, SCORES, needed_for
+    from ..accuracy.proxies import PROXIES, SCORES, needed_for
 
     proxy["score"] = _scalar(doc, pr, "score", "proxy", str, "macs", allowed=SCORES)
     if proxy["proxies"] is not None:
@@ -438,7 +438,7 @@ def parse_space(doc: Located) -> SearchSpace:
     }
     if guidelines["settings"]:
         try:
-            from .guidelines import GuidelineSettings
+            from ..guidelines.checks import GuidelineSettings
         except ImportError:  # pragma: no cover - guidelines module always ships
             pass
         else:

@@ -32,10 +32,10 @@ import networkx as nx
 import torch
 from torch import nn
 
-from .arch import Arch, ArchError, Stage, Stem
-from .cost import node_cost
-from .errors import UserError
-from .graph import op_graph
+from ..model.arch import Arch, ArchError, Stage, Stem
+from ..model.cost import node_cost
+from ..errors import UserError
+from ..model.graph import op_graph
 from .latency import TargetSpec, cache_dir, fingerprint, fingerprint_id, measure_model
 
 KINDS = ("stem", "v1", "v1_down", "v2", "v2_down", "head", "classifier")
@@ -226,7 +226,7 @@ def build_table(
     first ``calibrate`` whole models to fit the scale."""
     from tqdm import tqdm
 
-    from .compile import build
+    from ..model.compile import build
 
     archs = list(archs)
     fp = fingerprint(spec.threads, spec.backend)
@@ -294,7 +294,7 @@ def validate(table: LatencyTable, archs: Iterable[Arch], *, max_seconds: float =
              progress: bool = True) -> Validation:
     from tqdm import tqdm
 
-    from .compile import build
+    from ..model.compile import build
 
     spec = TargetSpec(**table.spec)
     rows = []
@@ -318,7 +318,7 @@ def random_archs(n: int, seed: int = 0, space: str | None = None) -> list[Arch]:
     """``n`` random valid V1/V2 Archs: from a search-space file if given, else from a small
     built-in space (3 stages, widths on a grid of 16/32, depths 2-6, kernels 3/5)."""
     if space is not None:
-        from .space import load_space
+        from ..search.space import load_space
 
         return load_space(space).sample_random(n, seed)
     rng = random.Random(seed)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .units import ConvBN, fold_conv_bn
+from ..model.units import ConvBN, fold_conv_bn
 
 HW = 56  # the paper's input size for Tables 1-3
 BLOCKS = 10
@@ -231,7 +231,7 @@ def run(
     """Time every row of every table at every scale. The rows of one table and scale are
     measured in interleaved rounds (row 1, 2, ..., then again) and each figure is the median
     of its rounds, so a burst of load from elsewhere hits all rows of a comparison alike."""
-    from .latency import measure
+    from ..measure.latency import measure
 
     torch.manual_seed(0)
     out: list[Measured] = []

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from .cost import ELEMENTWISE, node_cost
-from .errors import UserError
+from ..model.cost import ELEMENTWISE, node_cost
+from ..errors import UserError
 
 if TYPE_CHECKING:
-    from .arch import Arch
+    from ..model.arch import Arch
     from .calibration import Calibration
 
 GUIDELINES = ("G1", "G2", "G3", "G4")
@@ -377,8 +377,8 @@ def check(
     if isinstance(arch_or_graph, nx.DiGraph):
         g = arch_or_graph
     else:
-        from .arch import resolve_arch
-        from .graph import op_graph
+        from ..model.arch import resolve_arch
+        from ..model.graph import op_graph
 
         g = op_graph(resolve_arch(arch_or_graph), resolution)
     macs = {n: _deployed_mac(g, n, s) for n in g}

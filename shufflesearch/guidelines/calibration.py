@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
+from ..errors import UserError
 
 if TYPE_CHECKING:
     import networkx as nx
 
-    from .guidelines import GuidelineReport
+    from .checks import GuidelineReport
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Calibration:
 
     def annotate(self, report: GuidelineReport, g: nx.DiGraph, macs: dict[str, int]) -> None:
         """Fill in the estimated milliseconds of a report's findings (guidelines.check)."""
-        from .cost import ELEMENTWISE, node_cost
+        from ..model.cost import ELEMENTWISE, node_cost
 
         for f in report.findings:
             f.overhead_ms = self.estimate_ms(0, f.overhead_mac, f.overhead_ops)
@@ -87,7 +87,7 @@ def fit(points: list[tuple[float, float, float, float]]) -> tuple[float, float, 
 
 
 def path_for(fingerprint_id: str) -> Path:
-    from .latency import cache_dir
+    from ..measure.latency import cache_dir
 
     return cache_dir() / "calibration" / f"{fingerprint_id}.json"
 
@@ -104,8 +104,8 @@ def save(cal: Calibration) -> Path:
 def load(fingerprint_id: str | None = None, threads: int = 1) -> Calibration | None:
     """The calibration stored for ``fingerprint_id`` (default: this machine at ``threads``)."""
     if fingerprint_id is None:
-        from .latency import fingerprint
-        from .latency import fingerprint_id as fid
+        from ..measure.latency import fingerprint
+        from ..measure.latency import fingerprint_id as fid
 
         fingerprint_id = fid(fingerprint(threads))
     p = path_for(fingerprint_id)
@@ -123,7 +123,7 @@ def calibrate(points: list[tuple[float, float, float, float]], threads: int = 1,
     """Fit and wrap the coefficients for this machine at ``threads`` (not saved)."""
     import datetime
 
-    from .latency import fingerprint, fingerprint_id
+    from ..measure.latency import fingerprint, fingerprint_id
 
     a, b, c, err = fit(points)
     fp = fingerprint(threads)
