@@ -16,7 +16,8 @@ import statistics
 import tempfile
 import time
 
-from shufflesearch.measure.latency import TargetSpec, fingerprint
+from shufflesearch.measure.target import TargetSpec
+from shufflesearch.measure.env import fingerprint
 from shufflesearch.measure.predictor import build_table, random_archs, validate
 
 

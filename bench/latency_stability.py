@@ -1,7 +1,7 @@
 """Is the measured latency stable enough to rank architectures on this machine?
 
 Times 20 random architectures twice, interleaved (A1 B1 C1 ... A2 B2 C2 ...), with the same
-protocol the search uses (shufflesearch.measure.latency.measure_arch, no cache), and prints the Kendall
+protocol the search uses (shufflesearch.measure.protocol.measure_arch, no cache), and prints the Kendall
 tau between the two passes and the median relative spread |t1 - t2| / mean. Goal (issue 4):
 tau >= 0.9 and spread <= 3%.
 
@@ -17,7 +17,9 @@ import time
 
 from scipy.stats import kendalltau
 
-from shufflesearch.measure.latency import TargetSpec, fingerprint, measure_arch
+from shufflesearch.measure.target import TargetSpec
+from shufflesearch.measure.env import fingerprint
+from shufflesearch.measure.protocol import measure_arch
 from shufflesearch.measure.predictor import random_archs
 
 

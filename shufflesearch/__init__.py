@@ -35,7 +35,7 @@ __version__ = "0.1.0"
 # (`run_search` rather than `search`: the submodule shufflesearch.search owns that name.)
 _LAZY = {"run_search": (".search.engine", "search"), "load_space": (".search.space", "load_space"),
          "export_arch": (".review.export", "export_arch"), "check": (".guidelines.checks", "check"),
-         "measure_arch": (".measure.latency", "measure_arch"),
+         "measure_arch": (".measure.protocol", "measure_arch"),
          "compute_proxies": (".accuracy.proxies", "compute_proxies")}
 
 

@@ -66,7 +66,9 @@ def _add_latency(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    from .measure.latency import LatencyCache, TargetSpec, measure_arch
+    from .measure.cache import LatencyCache
+    from .measure.target import TargetSpec
+    from .measure.protocol import measure_arch
 
     spec = TargetSpec(args.resolution, args.batch, args.threads, args.channels_last, args.backend)
     if args.max_seconds <= 0:
@@ -157,7 +159,9 @@ def cmd_export_arch(args: argparse.Namespace) -> int:
 
     info = {}
     if args.latency:
-        from .measure.latency import LatencyCache, TargetSpec, measure_arch
+        from .measure.cache import LatencyCache
+        from .measure.target import TargetSpec
+        from .measure.protocol import measure_arch
 
         if not quiet:
             log("measuring latency")
@@ -277,7 +281,7 @@ def cmd_proxies(args: argparse.Namespace) -> int:
     import torch
 
     from .accuracy.data import DataSpec, load_data
-    from .accuracy.proxies import format_report, load_validation_set, plot_report, validate_proxies
+    from .accuracy.validation import format_report, load_validation_set, plot_report, validate_proxies
 
     if args.n < 3:
         raise UserError(f"--n: {args.n} must be >= 3")
@@ -370,7 +374,8 @@ def _add_pareto(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from .review.pareto import failed, format_failed, format_pareto, load_records, pareto_rows
+    from .search.records import failed
+    from .review.pareto import format_failed, format_pareto, load_records, pareto_rows
 
     run, records = load_records(args.run)
     if args.failed:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from shufflesearch.measure import latency as L
+from shufflesearch.measure import cache as C, drift as D, env as E, protocol as L, target as T
 from shufflesearch.model.arch import Arch, Stage, Stem
 from shufflesearch.cli import main
 from shufflesearch.errors import UserError
@@ -82,21 +82,21 @@ def test_protocol_stops_at_the_cap_when_noise_never_settles(monkeypatch) -> None
 
 
 def test_target_spec_validates_and_keys() -> None:
-    a, b = L.TargetSpec(), L.TargetSpec(resolution=160)
-    assert a.key() == L.TargetSpec().key() and a.key() != b.key()
+    a, b = T.TargetSpec(), T.TargetSpec(resolution=160)
+    assert a.key() == T.TargetSpec().key() and a.key() != b.key()
     assert a.to_dict() == {"resolution": 224, "batch": 1, "threads": 1, "channels_last": False, "backend": "torch"}
     with pytest.raises(UserError, match="target.backend"):
-        L.TargetSpec(backend="tvm")
+        T.TargetSpec(backend="tvm")
     with pytest.raises(UserError, match="target.threads"):
-        L.TargetSpec(threads=0)
+        T.TargetSpec(threads=0)
 
 
 def test_fingerprint_names_the_environment() -> None:
-    fp = L.fingerprint(threads=2)
+    fp = E.fingerprint(threads=2)
     assert fp["threads"] == 2 and fp["backend"] == "torch" and fp["torch"] == torch.__version__
     assert fp["cores"] >= 1 and fp["cpu"]
-    assert L.fingerprint_id(fp) == L.fingerprint_id(dict(reversed(fp.items())))  # order-free
-    assert L.fingerprint_id(fp) != L.fingerprint_id({**fp, "threads": 1})
+    assert E.fingerprint_id(fp) == E.fingerprint_id(dict(reversed(fp.items())))  # order-free
+    assert E.fingerprint_id(fp) != E.fingerprint_id({**fp, "threads": 1})
 
 
 # --- the lock -----------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ CHILD = textwrap.dedent(
     import json, sys, time
     import torch
     from torch import nn
-    from shufflesearch.measure import latency as L
+    from shufflesearch.measure import cache as C, drift as D, env as E, protocol as L, target as T
 
     role = sys.argv[1]
     stamps = []
@@ -120,7 +120,7 @@ CHILD = textwrap.dedent(
     print("ready", flush=True)
     sys.stdin.readline()  # wait for the go, so that both children contend for the lock
     if role == "compute":
-        with L.compute_lock():
+        with E.compute_lock():
             t0 = time.time(); time.sleep(0.4); t1 = time.time()
     else:
         L.measure(Slow(), (1, 1, 1, 1), max_seconds=0.3, lock=role == "measure")
@@ -169,9 +169,9 @@ def test_without_the_lock_they_do_overlap() -> None:
 
 
 def test_locks_are_reentrant_in_one_process() -> None:
-    with L.compute_lock(), L.timing_lock(), L.compute_lock():
+    with E.compute_lock(), E.timing_lock(), E.compute_lock():
         pass  # would deadlock if a nested lock reopened the file
-    with L.timing_lock():
+    with E.timing_lock():
         L.measure(Recorder(), (1, 3, 8, 8), max_seconds=0.05)
 
 
@@ -179,29 +179,29 @@ def test_locks_are_reentrant_in_one_process() -> None:
 
 
 def test_cache_hit_skips_measurement_and_misses_on_changes(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[L.TargetSpec] = []
+    calls: list[T.TargetSpec] = []
     real = L.measure_model
 
-    def counting(model: nn.Module, spec: L.TargetSpec, **kw):  # type: ignore[no-untyped-def]
+    def counting(model: nn.Module, spec: T.TargetSpec, **kw):  # type: ignore[no-untyped-def]
         calls.append(spec)
         return real(model, spec, max_seconds=0.05)
 
     monkeypatch.setattr(L, "measure_model", counting)
-    cache = L.LatencyCache()
-    spec = L.TargetSpec(resolution=32)
+    cache = C.LatencyCache()
+    spec = T.TargetSpec(resolution=32)
     first = L.measure_arch(TINY, spec, cache=cache)
     assert not first.cached and len(calls) == 1
     hit = L.measure_arch(TINY, spec, cache=cache)
     assert hit.cached and len(calls) == 1
     assert hit.median_ms == first.median_ms and hit.runs_ms == first.runs_ms
-    assert L.measure_arch(TINY, spec, cache=L.LatencyCache()).cached  # persisted on disk
+    assert L.measure_arch(TINY, spec, cache=C.LatencyCache()).cached  # persisted on disk
 
-    L.measure_arch(TINY, L.TargetSpec(resolution=48), cache=cache)  # another spec: miss
+    L.measure_arch(TINY, T.TargetSpec(resolution=48), cache=cache)  # another spec: miss
     assert len(calls) == 2
     L.measure_arch(TINY, spec, cache=cache, remeasure=True)
     assert len(calls) == 3
 
-    real_fp = L.fingerprint
+    real_fp = E.fingerprint
     monkeypatch.setattr(L, "fingerprint", lambda threads=1, backend="torch": {**real_fp(threads, backend), "cpu": "other"})
     assert not L.measure_arch(TINY, spec, cache=cache).cached  # another machine: miss
     assert len(calls) == 4
@@ -209,11 +209,11 @@ def test_cache_hit_skips_measurement_and_misses_on_changes(monkeypatch: pytest.M
 
 
 def test_cache_is_shared_by_processes() -> None:
-    cache = L.LatencyCache()
-    L.measure_arch(TINY, L.TargetSpec(resolution=32), cache=cache, max_seconds=0.05)
+    cache = C.LatencyCache()
+    L.measure_arch(TINY, T.TargetSpec(resolution=32), cache=cache, max_seconds=0.05)
     code = (
-        "from shufflesearch.measure import latency as L; from tests.test_latency import TINY; "
-        "print(L.measure_arch(TINY, L.TargetSpec(resolution=32), cache=L.LatencyCache()).cached)"
+        "from shufflesearch.measure import cache as C, protocol as L, target as T; from tests.test_latency import TINY; "
+        "print(L.measure_arch(TINY, T.TargetSpec(resolution=32), cache=C.LatencyCache()).cached)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).parents[1], env=os.environ.copy())
@@ -226,11 +226,12 @@ def test_cache_is_shared_by_processes() -> None:
 def test_drift_monitor_flags_a_slowed_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     speed = {"f": 1.0}
 
-    def fake(model: nn.Module, spec: L.TargetSpec, **kw):  # type: ignore[no-untyped-def]
-        return L.Latency(10.0 * speed["f"], 0.1, 10, [10.0] * 10, L.fingerprint(), spec.to_dict())
+    def fake(model: nn.Module, spec: T.TargetSpec, **kw):  # type: ignore[no-untyped-def]
+        return T.Latency(10.0 * speed["f"], 0.1, 10, [10.0] * 10, E.fingerprint(), spec.to_dict())
 
     monkeypatch.setattr(L, "measure_model", fake)
-    mon = L.DriftMonitor(L.TargetSpec(resolution=32), reference=TINY, bound=0.10, every=1)
+    monkeypatch.setattr(D, "measure_model", fake)
+    mon = D.DriftMonitor(T.TargetSpec(resolution=32), reference=TINY, bound=0.10, every=1)
     assert not mon.measure_arch(TINY).drifted
     speed["f"] = 1.5  # e.g. another heavy job started
     lat = mon.measure_arch(TINY)
@@ -246,7 +247,7 @@ def test_drift_monitor_flags_a_slowed_machine(monkeypatch: pytest.MonkeyPatch) -
 def test_onnxruntime_backend_in_its_own_process() -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    lat = L.measure_arch(TINY, L.TargetSpec(resolution=32, backend="onnxruntime"), max_seconds=0.2)
+    lat = L.measure_arch(TINY, T.TargetSpec(resolution=32, backend="onnxruntime"), max_seconds=0.2)
     assert lat.n >= L.MIN_RUNS and lat.median_ms > 0
     assert lat.fingerprint["backend"] == "onnxruntime" and "onnxruntime" in lat.fingerprint
 
@@ -283,7 +284,7 @@ def test_unit_entries_key_fused_units_by_shapes() -> None:
     from shufflesearch.model.arch import preset
     from shufflesearch.measure.predictor import unit_entries
 
-    es = unit_entries(preset("shufflenet_v2_x1_0"), L.TargetSpec(resolution=64))
+    es = unit_entries(preset("shufflenet_v2_x1_0"), T.TargetSpec(resolution=64))
     assert [e.name for e in es][:3] == ["stem", "stages.0.0", "stages.0.1"]
     assert len(es) == 1 + 16 + 1 + 1  # stem, 4+8+4 units (paper Table 5), conv5, classifier
     kinds = [e.kind for e in es]
@@ -293,22 +294,22 @@ def test_unit_entries_key_fused_units_by_shapes() -> None:
     assert len({by_name[f"stages.0.{j}"].key for j in (1, 2, 3)}) == 1
     assert by_name["stages.0.1"].key != by_name["stages.1.1"].key
     assert by_name["stages.1.0"].in_shape == (116, 8, 8)  # 64 px / 4 (stem) / 2 (stage 2)
-    v1 = unit_entries(preset("shufflenet_v1_g3_x1_0"), L.TargetSpec(resolution=64))
+    v1 = unit_entries(preset("shufflenet_v1_g3_x1_0"), T.TargetSpec(resolution=64))
     assert [e.kind for e in v1][1:3] == ["v1_down", "v1"]
 
 
 def test_predictor_sums_table_entries_and_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     from shufflesearch.measure import predictor as P
 
-    spec = L.TargetSpec(resolution=32)
+    spec = T.TargetSpec(resolution=32)
     archs = P.random_archs(2, seed=3)
     fake_ms = {"stem": 1.0, "v1": 2.0, "v1_down": 3.0, "v2": 2.0, "v2_down": 3.0, "head": 0.5, "classifier": 0.25}
     units = {a.archid: P.unit_entries(a, spec) for a in archs}
 
-    def fake_model(model: nn.Module, s: L.TargetSpec, **kw):  # type: ignore[no-untyped-def]
+    def fake_model(model: nn.Module, s: T.TargetSpec, **kw):  # type: ignore[no-untyped-def]
         # the "measured" model is 2x its units, so the calibrated scale must come out as 2
         total = 2 * sum(fake_ms[e.kind] for e in units[model.arch.archid])
-        return L.Latency(total, 0.0, 10, [total] * 10, L.fingerprint(), s.to_dict())
+        return T.Latency(total, 0.0, 10, [total] * 10, E.fingerprint(), s.to_dict())
 
     monkeypatch.setattr(P, "_time_module", lambda m, shape, s, sec: fake_ms[_kind_of(m)])
     monkeypatch.setattr(P, "measure_model", fake_model)
@@ -318,8 +319,8 @@ def test_predictor_sums_table_entries_and_validates(monkeypatch: pytest.MonkeyPa
     assert t.predict(archs[0]) == pytest.approx(expect) and t.hit_rate(archs[0]) == 1.0
     v = P.validate(t, archs, progress=False)
     assert v.within_10 == 1.0 and v.median_abs_err_pct == pytest.approx(0, abs=1e-9)
-    t.save(L.cache_dir() / "t.json")
-    assert P.LatencyTable.load(L.cache_dir() / "t.json").predict(archs[1]) == pytest.approx(t.predict(archs[1]))
+    t.save(E.cache_dir() / "t.json")
+    assert P.LatencyTable.load(E.cache_dir() / "t.json").predict(archs[1]) == pytest.approx(t.predict(archs[1]))
 
 
 def _kind_of(m: nn.Module) -> str:
@@ -349,7 +350,7 @@ def test_joint_unit_model_recovers_a_linear_machine(monkeypatch: pytest.MonkeyPa
     architectures exactly, whatever the units timed alone said."""
     from shufflesearch.measure import predictor as P
 
-    spec = L.TargetSpec(resolution=32)
+    spec = T.TargetSpec(resolution=32)
     archs = P.random_archs(P.JOINT_MIN + 4, seed=5)
     w = [0.05, 0.01, 0.3, 0.5, 0.8, 0.2, 0.4, 0.1]  # per unit: 1, n_ops, pw, gpw, dw, other, traffic, weights
 
@@ -358,9 +359,9 @@ def test_joint_unit_model_recovers_a_linear_machine(monkeypatch: pytest.MonkeyPa
 
     by_id = {a.archid: a for a in archs}
 
-    def fake_model(model: nn.Module, s: L.TargetSpec, **kw):  # type: ignore[no-untyped-def]
+    def fake_model(model: nn.Module, s: T.TargetSpec, **kw):  # type: ignore[no-untyped-def]
         ms = true_ms(by_id[model.arch.archid])
-        return L.Latency(ms, 0.0, 10, [ms] * 10, L.fingerprint(), s.to_dict())
+        return T.Latency(ms, 0.0, 10, [ms] * 10, E.fingerprint(), s.to_dict())
 
     monkeypatch.setattr(P, "_time_module", lambda m, shape, s, sec: 1.0)  # biased isolated timings
     monkeypatch.setattr(P, "measure_model", fake_model)

@@ -20,7 +20,9 @@ import pytest
 from optuna.trial import TrialState
 
 from shufflesearch import UserError
-from shufflesearch.search.engine import MAX_CONSECUTIVE_FAILURES, load_run, search
+from shufflesearch.search.worker import MAX_CONSECUTIVE_FAILURES
+from shufflesearch.search.runfolder import load_run
+from shufflesearch.search.engine import search
 
 HERE = Path(__file__).parent
 TINY = HERE / "spaces" / "tiny.yaml"
@@ -291,8 +293,9 @@ def test_a_trial_orphaned_inside_ask_does_not_block_the_last_slot(tmp_path, monk
     a heartbeat; found by bench/fault_injection.py, where it held the last budget slot forever."""
     import threading
 
-    import shufflesearch.search.engine as search_mod
-    from shufflesearch.search.engine import open_run, work
+    import shufflesearch.search.worker as search_mod
+    from shufflesearch.search.runfolder import open_run
+    from shufflesearch.search.worker import work
     from shufflesearch.search.space import load_space
 
     run = open_run(load_space(TINY), runs_root=tmp_path)

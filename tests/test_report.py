@@ -15,16 +15,8 @@ from pathlib import Path
 import pytest
 
 from shufflesearch.cli import main
-from shufflesearch.review.pareto import (
-    format_failed,
-    hypervolume_2d,
-    hypervolume_history,
-    knee,
-    pareto_front,
-    pareto_rows,
-    pick_trial,
-    rank_correlation,
-)
+from shufflesearch.review.pareto import format_failed, hypervolume_2d, hypervolume_history, pareto_rows, pick_trial, rank_correlation
+from shufflesearch.search.front import knee, pareto_front
 
 HERE = Path(__file__).parent
 

@@ -14,7 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from shufflesearch import Arch, UserError
-from shufflesearch.search.engine import load_run, search
+from shufflesearch.search.runfolder import load_run
+from shufflesearch.search.engine import search
 from shufflesearch.search.space import load_space
 
 HERE = Path(__file__).parent
@@ -215,7 +216,8 @@ def test_each_run_logs_to_its_own_file(tmp_path):
 def _table_for_tiny(per_unit_ms: float) -> None:
     """A latency table for the tiny space's target whose unit model says every unit takes
     ``per_unit_ms`` (a stand-in for `shufflesearch latency build-table`)."""
-    from shufflesearch.measure.latency import TargetSpec, fingerprint
+    from shufflesearch.measure.target import TargetSpec
+    from shufflesearch.measure.env import fingerprint
     from shufflesearch.measure.predictor import LatencyTable, table_path
 
     spec = TargetSpec(resolution=32, batch=1, threads=1)

@@ -20,17 +20,19 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from ..common.files import prepare_out_dir
+from ..errors import UserError
 from ..model.arch import Arch, resolve_arch
 from ..model.compile import build
 from .data import DataSpec, ProxyData, load_data
-from ..errors import UserError
-from ..review.export import prepare_out_dir
 
 
 def steps_per_epoch(data: ProxyData) -> int:
@@ -55,8 +57,7 @@ def train_arch(
     """Train ``arch`` for ``epochs`` epochs on the proxy task ``data``; write the weights,
     arch and metrics into ``out_dir`` and return the metrics. ``threads``: torch intra-op
     threads while training (None: leave torch's setting)."""
-    from ..measure.latency import compute_lock
-    from .proxies import evaluate, train_model
+    from ..measure.env import compute_lock
 
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise UserError(f"--epochs: {epochs!r} must be an integer >= 1")
@@ -137,3 +138,74 @@ def train_arch(
     (out / "arch.yaml").write_text(trained_arch.to_yaml())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+# --- short training ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ProxyData, which: str = "val") -> float:
+    """Top-1 accuracy of ``model`` (eval mode: BN running statistics) on one split."""
+    was = model.training
+    model.eval()
+    correct = total = 0
+    for b in data.batches(which, shuffle=False, n=256):
+        correct += int((model(b.x).argmax(1) == b.y).sum())
+        total += len(b.y)
+    model.train(was)
+    return correct / max(total, 1)
+
+
+def train_model(model: nn.Module, data: ProxyData, *, steps: int = 150, lr: float = 0.05,
+                weight_decay: float = 5e-4, seed: int = 0,
+                on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Train ``model`` in place for ``steps`` SGD steps (Nesterov momentum 0.9, cosine decay from
+    ``lr``, batches of ``data.spec.batch`` in a seeded order). Shared with the `train` command.
+
+    Returns ``train_loss_sum`` (Σ of the per-step training losses: the training-speed proxy of
+    Ru et al. 2021) and ``losses`` (one per step). ``on_step(step, loss)`` reports progress.
+    """
+    if steps < 1:
+        raise UserError(f"steps: {steps} must be >= 1")
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                          weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    model.train()
+    losses: list[float] = []
+    epoch = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        while len(losses) < steps:
+            for b in data.batches("train", seed=seed * 1000 + epoch):
+                if len(b.y) < 2:  # BN cannot train on a single sample
+                    continue
+                loss = F.cross_entropy(model(b.x), b.y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+                if on_step is not None:
+                    on_step(len(losses), losses[-1])
+                if len(losses) >= steps:
+                    break
+            epoch += 1
+    return {"train_loss_sum": float(sum(losses)), "losses": losses}
+
+
+def short_train(arch: Arch | str, data: ProxyData, *, steps: int = 150, lr: float = 0.05,
+                seed: int = 0) -> dict[str, Any]:
+    """The short-training proxy: a seeded fresh network trained ``steps`` steps on the proxy
+    task. Returns ``val_acc``, ``train_loss_sum`` (lower is better), ``steps``, ``seconds``."""
+    a = resolve_arch(arch).replace(num_classes=data.num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build(a)
+    t0 = time.perf_counter()
+    h = train_model(model, data, steps=steps, lr=lr, seed=seed)
+    return {
+        "val_acc": evaluate(model, data, "val"),
+        "train_loss_sum": h["train_loss_sum"],
+        "steps": steps,
+        "seconds": time.perf_counter() - t0,
+    }

@@ -87,7 +87,7 @@ def fit(points: list[tuple[float, float, float, float]]) -> tuple[float, float, 
 
 
 def path_for(fingerprint_id: str) -> Path:
-    from ..measure.latency import cache_dir
+    from ..measure.env import cache_dir
 
     return cache_dir() / "calibration" / f"{fingerprint_id}.json"
 
@@ -104,8 +104,8 @@ def save(cal: Calibration) -> Path:
 def load(fingerprint_id: str | None = None, threads: int = 1) -> Calibration | None:
     """The calibration stored for ``fingerprint_id`` (default: this machine at ``threads``)."""
     if fingerprint_id is None:
-        from ..measure.latency import fingerprint
-        from ..measure.latency import fingerprint_id as fid
+        from ..measure.env import fingerprint
+        from ..measure.env import fingerprint_id as fid
 
         fingerprint_id = fid(fingerprint(threads))
     p = path_for(fingerprint_id)
@@ -123,7 +123,7 @@ def calibrate(points: list[tuple[float, float, float, float]], threads: int = 1,
     """Fit and wrap the coefficients for this machine at ``threads`` (not saved)."""
     import datetime
 
-    from ..measure.latency import fingerprint, fingerprint_id
+    from ..measure.env import fingerprint, fingerprint_id
 
     a, b, c, err = fit(points)
     fp = fingerprint(threads)

@@ -231,7 +231,7 @@ def run(
     """Time every row of every table at every scale. The rows of one table and scale are
     measured in interleaved rounds (row 1, 2, ..., then again) and each figure is the median
     of its rounds, so a burst of load from elsewhere hits all rows of a comparison alike."""
-    from ..measure.latency import measure
+    from ..measure.protocol import measure
 
     torch.manual_seed(0)
     out: list[Measured] = []

@@ -32,11 +32,13 @@ import networkx as nx
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..model.arch import Arch, ArchError, Stage, Stem
 from ..model.cost import node_cost
-from ..errors import UserError
 from ..model.graph import op_graph
-from .latency import TargetSpec, cache_dir, fingerprint, fingerprint_id, measure_model
+from .env import cache_dir, fingerprint, fingerprint_id
+from .protocol import measure_model
+from .target import TargetSpec
 
 KINDS = ("stem", "v1", "v1_down", "v2", "v2_down", "head", "classifier")
 JOINT_MIN = 10  # whole-model timings needed to fit the unit model jointly (8 coefficients)
@@ -269,7 +271,7 @@ def build_table(
 
 
 def _time_module(m: nn.Module, shape: tuple[int, ...], spec: TargetSpec, seconds: float) -> float:
-    from .latency import measure
+    from .protocol import measure
 
     return measure(m, shape, threads=spec.threads, channels_last=spec.channels_last,  # type: ignore[arg-type]
                    max_seconds=seconds).median_ms

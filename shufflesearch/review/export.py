@@ -36,10 +36,11 @@ from typing import Any
 
 import torch
 
+from ..common.files import prepare_out_dir
+from ..errors import UserError
 from ..model.arch import Arch, load_arch, preset_name, resolve_arch
 from ..model.codegen import model_source
 from ..model.compile import build, check_state_dict_fits, to_inference
-from ..errors import UserError
 
 ARTEFACTS = ("arch.yaml", "model.py", "weights.pt", "model.pt2", "model.onnx", "report.md")
 # model.py may import these and nothing else: "depends only on torch" is checked, not hoped.
@@ -106,7 +107,7 @@ def export_arch(
             f"resolution: {resolution!r} must be an integer >= the network's total stride {arch.total_stride}"
         )
     created = not Path(out_dir).exists()
-    out = prepare_out_dir(Path(out_dir))
+    out = prepare_out_dir(Path(out_dir), ExportError)
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         try:
@@ -125,20 +126,6 @@ def export_arch(
         return result
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
-def prepare_out_dir(out: Path, error: type[UserError] = ExportError) -> Path:
-    """Create ``out`` if needed and prove it writable, or raise ``error`` naming it."""
-    if out.exists() and not out.is_dir():
-        raise error(f"--out {out}: exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{uuid.uuid4().hex[:8]}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise error(f"--out {out}: cannot write there ({e.strerror or e.__class__.__name__})") from None
-    return out
 
 
 def _export_into(
@@ -338,7 +325,9 @@ def _kv_table(d: Mapping[str, Any]) -> list[str]:
 
 def _guideline_lines(arch: Arch, res: int) -> list[str]:
     try:
-        from ..guidelines import checks as guidelines  # written by another module owner; optional here
+        from ..guidelines import (
+            checks as guidelines,  # written by another module owner; optional here
+        )
     except ImportError:
         return ["Guideline checkers (shufflesearch.guidelines) are not available in this install."]
     try:

@@ -352,7 +352,7 @@ def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], Non
     import matplotlib.pyplot as plt
 
     from ..errors import UserError
-    from ..measure.latency import TargetSpec
+    from ..measure.target import TargetSpec
     from .pareto import load_records
 
     say = log or (lambda _m: None)

@@ -9,80 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-
-
-def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    """a dominates b when it is no worse everywhere and better somewhere (all minimised)."""
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
-
-
-def _key(r: dict[str, Any]) -> tuple[float, float]:
-    return (-float(r["proxy"]), float(r["latency_ms"]))  # proxy is maximised
-
-
-def pareto_front(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records not dominated on (proxy ↑, latency ↓), sorted by latency."""
-    pts = [r for r in records if "proxy" in r and "latency_ms" in r
-           and math.isfinite(r["proxy"]) and math.isfinite(r["latency_ms"])]
-    front = [r for r in pts if not any(dominates(_key(o), _key(r)) for o in pts if o is not r)]
-    seen, out = set(), []
-    for r in sorted(front, key=lambda r: (r["latency_ms"], -r["proxy"])):
-        if r.get("archid") not in seen:
-            seen.add(r.get("archid"))
-            out.append(r)
-    return out
-
-
-def knee(front: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The front's knee: the point farthest from the line joining its two ends, after scaling
-    both objectives to [0, 1] (the usual "best trade-off" pick)."""
-    if len(front) <= 2:
-        return front[len(front) // 2] if front else None
-    xs = [r["latency_ms"] for r in front]
-    ys = [r["proxy"] for r in front]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    sx, sy = (x1 - x0) or 1.0, (y1 - y0) or 1.0
-    pts = [((x - x0) / sx, (y - y0) / sy) for x, y in zip(xs, ys)]
-    (ax, ay), (bx, by) = pts[0], pts[-1]
-    norm = math.hypot(bx - ax, by - ay) or 1.0
-    dist = [abs((bx - ax) * (ay - py) - (ax - px) * (by - ay)) / norm for px, py in pts]
-    return front[max(range(len(front)), key=dist.__getitem__)]
-
-
-# --- trial records ----------------------------------------------------------------------------
-
-GUIDELINES = ("G1", "G2", "G3", "G4")
-
-
-def trial_records(trials: Sequence[Any]) -> list[dict[str, Any]]:
-    """One flat dict per finished trial (Optuna FrozenTrials), sorted by trial number.
-
-    A COMPLETE trial's record is what the search stored in ``user_attrs`` (never recomputed)
-    plus ``trial`` and ``state``; a FAIL/PRUNED trial keeps ``fail_reason``. RUNNING and
-    WAITING trials are left out: nothing about them is known yet.
-    """
-    out = []
-    for t in sorted(trials, key=lambda t: t.number):
-        state = t.state.name
-        if state not in ("COMPLETE", "FAIL", "PRUNED"):
-            continue
-        rec = dict(t.user_attrs)
-        rec.update(trial=t.number, state=state)
-        if state == "COMPLETE":
-            rec.setdefault("baseline", None)
-        else:
-            rec.setdefault("fail_reason", "no reason recorded (the worker died?)")
-        out.append(rec)
-    return out
-
-
-def completed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in records if r.get("state", "COMPLETE") == "COMPLETE" and "proxy" in r]
-
-
-def failed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in records if r.get("state") in ("FAIL", "PRUNED")]
-
+from ..search.front import knee, pareto_front
+from ..search.records import GUIDELINES, completed, failed, trial_records
+from ..search.runfolder import load_run
 
 # --- the table ----------------------------------------------------------------------------------
 
@@ -301,8 +230,6 @@ def export_info(rec: dict[str, Any], run_name: str) -> dict[str, Any]:
 
 def load_records(path: str | Path) -> tuple[Any, list[dict[str, Any]]]:
     """(Run, records) of a run folder; UserError for a bad path (I/O edge of this module)."""
-    from ..search.engine import load_run
-
     run, study = load_run(path)
     records = trial_records(study.get_trials(deepcopy=False))
     trained = study.user_attrs.get("short_train") or {}  # multi-fidelity results, if any

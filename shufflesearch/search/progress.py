@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 def front_summary(trials: list[Any], objectives: list[str]) -> tuple[int, str]:
     """Size of the (proxy, latency) front over completed search trials, and its two ends."""
-    from ..review.pareto import pareto_front
+    from .front import pareto_front
 
     pts = [t for t in trials if t.state == TrialState.COMPLETE]
     if not pts:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..model.arch import FAMILIES, KERNELS, LAYOUTS, PRESETS, Arch, ArchError, Stage, Stem
-from ..errors import UserError
 from ..common.yamlio import Located, check_keys, load_yaml
+from ..errors import UserError
+from ..model.arch import FAMILIES, KERNELS, LAYOUTS, PRESETS, Arch, ArchError, Stage, Stem
 
 OBJECTIVES = {  # name → direction
     "proxy": "maximize",

@@ -1,0 +1,208 @@
+"""The run folder runs/NAME: its config, its Optuna storage (SQLite inside it, or an RDB URL), and
+its log. A folder belongs to exactly one search space."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from ..errors import UserError
+from .space import SearchSpace
+
+# The heartbeat API is marked experimental, and using it outside Study.optimize warns; both
+# are deliberate here (ask/tell is how we keep the budget exact across workers).
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+log = logging.getLogger("shufflesearch.search")
+
+HEARTBEAT_S = 2.0  # a worker records a heartbeat this often while a trial runs
+GRACE_S = 8.0  # a RUNNING trial without heartbeat for this long belongs to a dead worker
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+# --- run folder -----------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    root: Path  # runs/NAME
+    name: str
+    storage_url: str
+    space: SearchSpace
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    def storage(self) -> optuna.storages.BaseStorage:
+        return make_storage(self.storage_url)
+
+    def load_study(self) -> optuna.Study:
+        return optuna.load_study(study_name=self.name, storage=self.storage())
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name) or ".." in name:
+        raise UserError(
+            f"--name {name!r}: use letters, digits, '.', '_' and '-' only (a run stays inside runs/)"
+        )
+    return name
+
+
+def _pg_driver(url: str) -> str:
+    """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; where only psycopg2 (the
+    driver this project's extras install) is present, say so in the URL."""
+    import importlib.util
+
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare) and importlib.util.find_spec("psycopg") is None \
+                and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len(bare):]
+    return url
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    url = _pg_driver(url)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Many local workers share one file: wait for the lock instead of failing.
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=int(HEARTBEAT_S),
+                grace_period=int(GRACE_S),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                **kwargs,
+            )
+        except IntegrityError:
+            # Workers started together on an empty database race to create Optuna's tables;
+            # the loser finds them made on the next try.
+            if attempt == 4:
+                raise UserError(f"cannot open storage {url}: its tables could not be created") from None
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as e:  # bad URL, server down, missing driver
+            raise UserError(f"cannot open storage {url}: {str(e).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
+
+
+def _sqlite_wal(path: Path) -> None:
+    """WAL lets readers (progress, dashboard) run beside the writers; it persists in the file."""
+    import sqlite3
+
+    con = sqlite3.connect(path, timeout=60)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+def open_run(space: SearchSpace, name: str | None = None, runs_root: str | Path = "runs",
+             storage: str | None = None, create: bool = True) -> Run:
+    """runs/NAME for ``space``: created on first use, refused if it belongs to another space."""
+    name = check_name(space.name if name is None else name)
+    root = Path(runs_root) / name
+    cfg = root / "config.yaml"
+    fp = space.fingerprint()
+    if cfg.exists():
+        try:
+            old = yaml.safe_load(cfg.read_text()) or {}
+        except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not UTF-8
+            raise UserError(f"{cfg}: unreadable run config ({e.__class__.__name__}); use a new --name") from None
+        if not isinstance(old, dict) or old.get("fingerprint") != fp:
+            raise UserError(
+                f"{root} holds a run of a different search space (or a changed one); "
+                f"use a new --name, or delete {root} to start over"
+            )
+        url = storage or old.get("storage")
+    else:
+        if not create:
+            raise UserError(f"{root}: no such run")
+        if storage:
+            make_storage(storage)  # a bad URL fails before anything is written
+        root.mkdir(parents=True, exist_ok=True)
+        url = storage or f"sqlite:///{(root / 'study.db').as_posix()}"
+        if url.startswith("sqlite:///"):
+            _sqlite_wal(Path(url[len("sqlite:///"):]))
+        doc = {"fingerprint": fp, "space_file": space.path, "storage": url, "config": space.raw}
+        tmp = cfg.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+        os.replace(tmp, cfg)  # atomic: a crash never leaves half a config
+    run = Run(root, name, url, space)
+    st = run.storage()
+    study = optuna.create_study(
+        study_name=name, storage=st, load_if_exists=True,
+        directions=[d for _, d in space.objectives],
+    )
+    if not study.user_attrs.get("space_fingerprint"):
+        study.set_user_attr("space_fingerprint", fp)
+        study.set_user_attr("objectives", [n for n, _ in space.objectives])
+    elif study.user_attrs["space_fingerprint"] != fp:
+        raise UserError(f"storage {url} holds study '{name}' of a different search space; use a new --name")
+    return run
+
+
+def load_run(path: str | Path) -> tuple[Run, optuna.Study]:
+    """Open an existing run folder (for pareto/report/export)."""
+    root = Path(path)
+    cfg = root / "config.yaml"
+    if not root.is_dir():
+        raise UserError(f"{root}: no such run folder")
+    if not cfg.exists():
+        raise UserError(f"{root}: not a shufflesearch run (no config.yaml)")
+    try:
+        doc = yaml.safe_load(cfg.read_text())
+        url = doc["storage"]
+    except Exception:
+        raise UserError(f"{cfg}: unreadable run config") from None
+    space = _space_from_config(doc, root)
+    run = Run(root, root.name, url, space)
+    try:
+        study = run.load_study()
+    except KeyError:
+        raise UserError(f"{root}: the study is missing from {url}") from None
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{root}: cannot open the study ({str(e).splitlines()[0]})") from None
+    return run, study
+
+
+def _space_from_config(doc: dict, root: Path) -> SearchSpace:
+    from ..common.yamlio import Located
+    from .space import parse_space
+
+    raw = dict(doc.get("config") or {})
+    raw["objectives"] = [n for n, _ in raw.get("objectives", [])] or ["proxy", "latency"]
+    return parse_space(Located(raw, {}, str(root / "config.yaml")))
+
+
+def _setup_log(run: Run) -> None:
+    """Log to this run's run.log: a process that runs several searches (the Python API, the
+    tests) must not keep writing into the first run's file."""
+    path = (run.root / "run.log").resolve()
+    root = logging.getLogger("shufflesearch")
+    for x in list(root.handlers):
+        if isinstance(x, logging.FileHandler):
+            if Path(x.baseFilename) == path:
+                return
+            root.removeHandler(x)
+            x.close()
+    h = logging.FileHandler(path)
+    h.setFormatter(logging.Formatter(f"%(asctime)s pid{os.getpid()} %(levelname)s %(message)s"))
+    root.addHandler(h)
+    root.setLevel(logging.INFO)
