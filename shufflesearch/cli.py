@@ -375,19 +375,20 @@ def _add_pareto(p: argparse.ArgumentParser) -> None:
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     from .search.records import failed
-    from .review.pareto import format_failed, format_pareto, load_records, pareto_rows
+    from .review.pareto import format_breaks, format_failed, format_pareto, load_records, pareto_rows
 
     run, records = load_records(args.run)
     if args.failed:
         bad = failed(records)
         if args.json:
-            _print_json([{k: r.get(k) for k in ("trial", "state", "archid", "fail_reason")} for r in bad])
+            _print_json([{"trial": r.trial, "state": r.state, "archid": r.archid or None,
+                          "fail_reason": r.fail_reason} for r in bad])
         elif args.csv:
             import csv
 
             w = csv.writer(sys.stdout)
             w.writerow(["trial", "state", "archid", "fail_reason"])
-            w.writerows([r["trial"], r["state"], r.get("archid", ""), r["fail_reason"]] for r in bad)
+            w.writerows([r.trial, r.state, r.archid, r.fail_reason] for r in bad)
         else:
             print(format_failed(records))
         return 0
@@ -398,7 +399,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         import csv
 
         w = csv.writer(sys.stdout)
-        flat = [{**{k: v for k, v in r.to_dict().items() if k != "penalties"}, **r.penalties} for r in rows]
+        flat = [{**{k: v for k, v in r.to_dict().items() if k not in ("penalties", "breaks")}, **r.penalties,
+                 "breaks": format_breaks(r.breaks)} for r in rows]
         if flat:
             w.writerow(flat[0].keys())
             w.writerows(d.values() for d in flat)
@@ -458,15 +460,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"export: {msg}", file=sys.stderr, flush=True)
 
     if not quiet:
-        log(f"trial {rec['trial']} ({rec['archid']}): proxy {rec['proxy']:.4f}, "
-            f"{rec['latency_ms']:.3f} ms measured")
-    res = export_arch(Arch.from_dict(rec["arch"]), args.out, info=export_info(rec, run.name),
-                      resolution=int(run.space.target["resolution"]), onnx=args.onnx,
+        log(f"trial {rec.trial} ({rec.archid}): proxy {rec.proxy:.4f}, "
+            f"{rec.latency_ms:.3f} ms measured")
+    res = export_arch(Arch.from_dict(rec.arch), args.out, info=export_info(rec, run.name),
+                      resolution=run.space.target.resolution, onnx=args.onnx,
                       log=None if quiet else log)
     if args.json:
-        _print_json({"trial": rec["trial"], **res.to_dict()})
+        _print_json({"trial": rec.trial, **res.to_dict()})
         return 0
-    print(f"exported trial {rec['trial']} = {res.archid} ({res.params:,} params) to {res.out_dir}/")
+    print(f"exported trial {rec.trial} = {res.archid} ({res.params:,} params) to {res.out_dir}/")
     _print_artefacts(res)
     return 0
 

@@ -164,10 +164,9 @@ def test_repeated_kills_at_every_point_lose_nothing(tmp_path):
 
 
 def test_trials_that_raise_fail_with_their_reason_and_the_search_goes_on(tmp_path, monkeypatch):
-    import shufflesearch.model.compile as compile_mod
-    import shufflesearch.accuracy.proxies as proxies_mod
+    import shufflesearch.search.evaluator as evaluator_mod  # where the evaluator looks them up
 
-    real_build, real_proxies = compile_mod.build, proxies_mod.compute_proxies
+    real_build, real_proxies = evaluator_mod.build, evaluator_mod.compute_proxies
     calls = {"build": 0, "proxies": 0}
 
     def build(arch, *a, **kw):
@@ -187,8 +186,8 @@ def test_trials_that_raise_fail_with_their_reason_and_the_search_goes_on(tmp_pat
             raise MemoryError()
         return real_proxies(*a, **kw)
 
-    monkeypatch.setattr(compile_mod, "build", build)
-    monkeypatch.setattr(proxies_mod, "compute_proxies", compute_proxies)
+    monkeypatch.setattr(evaluator_mod, "build", build)
+    monkeypatch.setattr(evaluator_mod, "compute_proxies", compute_proxies)
     run = search(TINY, 3, runs_root=tmp_path, quiet=True)
     _, study = load_run(run.root)
     assert len(_search(study)) == 3
@@ -202,12 +201,12 @@ def test_trials_that_raise_fail_with_their_reason_and_the_search_goes_on(tmp_pat
 
 
 def test_a_search_where_every_trial_fails_stops_with_a_clear_error(tmp_path, monkeypatch):
-    import shufflesearch.model.compile as compile_mod
+    import shufflesearch.search.evaluator as evaluator_mod  # where the evaluator looks it up
 
     def build(arch, *a, **kw):
         raise RuntimeError("injected build error")
 
-    monkeypatch.setattr(compile_mod, "build", build)
+    monkeypatch.setattr(evaluator_mod, "build", build)
     with pytest.raises(UserError, match=f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed"):
         search(TINY, 3, runs_root=tmp_path, quiet=True)
     _, study = load_run(tmp_path / "tiny")

@@ -14,8 +14,9 @@ import pytest
 from optuna.trial import TrialState
 
 from shufflesearch import Arch, UserError
-from shufflesearch.search.runfolder import load_run
 from shufflesearch.search.engine import search
+from shufflesearch.search.records import TrialRecord
+from shufflesearch.search.runfolder import load_run
 from shufflesearch.search.space import load_space
 
 HERE = Path(__file__).parent
@@ -37,12 +38,15 @@ def test_tiny_search_stores_everything_and_resumes_to_exactly_the_budget(tmp_pat
     _, study = load_run(run.root)
     assert len(_search_trials(study)) == 3
     t = _search_trials(study)[0]
-    for key in ("arch", "archid", "latency", "latency_ms", "proxies", "proxy", "params", "macs",
-                "mac", "guidelines", "timings"):
-        assert key in t.user_attrs, key
-    assert Arch.from_dict(t.user_attrs["arch"]).archid == t.user_attrs["archid"]
-    assert t.user_attrs["latency"]["fingerprint"]
-    assert t.values == [t.user_attrs["proxy"], t.user_attrs["latency_ms"]]
+    r = TrialRecord.from_trial(t)
+    for name in ("arch", "archid", "latency_ms", "proxy", "proxy_raw", "params", "macs", "mac",
+                 "peak_activation", "worker_pid"):
+        assert getattr(r, name) not in (None, ""), name
+    assert r.latency and r.proxies and r.timings and r.extra == {}
+    assert Arch.from_dict(r.arch).archid == r.archid
+    assert r.latency["fingerprint"]
+    assert t.values == [r.proxy, r.latency_ms]
+    assert r.feasible and r.constraints == {}  # the tiny space has no constraints
     assert (run.root / "config.yaml").exists() and (run.root / "run.log").exists()
     # re-running with a larger budget resumes; with the same budget it does nothing
     search(TINY, 5, runs_root=tmp_path, quiet=True)
@@ -50,13 +54,16 @@ def test_tiny_search_stores_everything_and_resumes_to_exactly_the_budget(tmp_pat
     _, study = load_run(run.root)
     done = _search_trials(study)
     assert len(done) == 5
+    recs = [TrialRecord.from_trial(t) for t in done]
     # an architecture is measured once: repeats are recognised by archid and copied
-    measured = [t.user_attrs["archid"] for t in done if "duplicate_of" not in t.user_attrs]
+    measured = [r.archid for r in recs if r.duplicate_of is None]
     assert len(measured) == len(set(measured))
-    for t in done:
-        if "duplicate_of" in t.user_attrs:
-            src = study.trials[t.user_attrs["duplicate_of"]]
-            assert src.user_attrs["archid"] == t.user_attrs["archid"] and src.values == t.values
+    for t, r in zip(done, recs):
+        if r.duplicate_of is not None:
+            src = study.trials[r.duplicate_of]
+            assert TrialRecord.from_trial(src).archid == r.archid and src.values == t.values
+        # what the sampler recorded is what was built
+        assert load_space(TINY).sample(optuna.trial.FixedTrial(t.params)).archid == r.archid
 
 
 def test_baselines_are_evaluated_first_and_not_counted(tmp_path):
@@ -294,9 +301,133 @@ def test_constraints_reach_optuna_on_every_trial(tmp_path):
         run = search(space, 2, runs_root=tmp_path, quiet=True)
     _, study = load_run(run.root)
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
-        lat, par = t.user_attrs["constraints"]  # sorted keys: latency_ms, params_m
-        assert lat == pytest.approx(t.user_attrs["latency_ms"] - 0.01)
-        assert par == pytest.approx(t.user_attrs["params"] / 1e6 - 5)
+        r = TrialRecord.from_trial(t)
+        assert list(r.constraints) == ["latency_ms", "params_m"]  # by name, sorted
+        lat, par = r.constraints["latency_ms"], r.constraints["params_m"]
+        assert lat == pytest.approx(r.latency_ms - 0.01)
+        assert par == pytest.approx(r.params / 1e6 - 5)
         if hasattr(optuna.trial.Trial, "set_constraint"):
             assert t.system_attrs["constraints:latency_ms"] == pytest.approx(lat)
         assert lat > 0  # nothing runs in 10 µs: every trial is infeasible, and says so
+        assert not r.feasible and "latency_ms" in r.broken and "params_m" not in r.broken
+
+
+# --- what the sampler records is what was built (issue: widths repaired after sampling) -------
+
+
+@pytest.mark.parametrize("name", ["v2", "mixed", "spos", "v1"])
+def test_trial_params_decode_to_the_built_architecture(name):
+    """200 random samples: rebuilding from trial.params gives the same archid, and every width
+    parameter holds the width that was built (before, 82 of 200 v2 samples recorded a width the
+    repair had changed, e.g. 92 -> 88 at split 0.375)."""
+    space = load_space(HERE.parent / "search_spaces" / f"{name}.yaml")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    n = 0
+    for _ in range(200):
+        trial = study.ask()
+        try:
+            arch = space.sample(trial)
+        except UserError:
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        study.tell(trial, 0.0)
+        n += 1
+        frozen = study.trials[trial.number]
+        assert space.sample(optuna.trial.FixedTrial(frozen.params)).archid == arch.archid
+        for i, s in enumerate(arch.stages):
+            widths = [v for k, v in frozen.params.items() if k.startswith(f"stages.{i}.width")]
+            assert widths in ([], [s.channels]), (i, widths, s.channels)
+    assert n >= 150  # most samples build (v1 rules out a few group/width combinations)
+
+
+def test_width_params_offer_only_valid_widths():
+    # v2.yaml stage 0: widths 24..256 step 4; split 0.375 of a width is whole only for multiples
+    # of 8, so the width is sampled on the step-8 sub-grid; split 0.5 keeps the whole grid.
+    space = load_space(HERE.parent / "search_spaces" / "v2.yaml")
+    stem = Arch.from_dict({"stages": [{"family": "v2", "channels": 48, "depth": 2}]}).stem
+    from shufflesearch.model.arch import Stage
+
+    for split, step in ((0.375, 8), (0.5, 4)):
+        valid = space.valid_widths(0, Stage("v2", 24, 2, split=split), (), stem, 1024)
+        assert all(w * split == int(w * split) and w % 2 == 0 for w in valid)
+        name, dist = space.width_param(0, valid)
+        assert name == "stages.0.width" and dist.step == step and dist.low == valid[0]
+
+
+# --- the evaluator passes the target down (calibration at the target's threads) --------------
+
+
+def test_evaluator_finds_the_calibration_made_for_the_targets_threads(tmp_path, monkeypatch):
+    """`shufflesearch guidelines --threads 2` stores its calibration under the 2-thread
+    fingerprint; a space with target.threads 2 must find it (it looked for 1 thread only)."""
+    from shufflesearch.guidelines.calibration import calibrate, save
+    from shufflesearch.measure.env import fingerprint, fingerprint_id
+    from shufflesearch.search.evaluator import Evaluator
+
+    monkeypatch.setenv("SHUFFLESEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    points = [(1e6 * i, 2e5 * i, 10.0 * i, 0.01 * i + 0.001 * i * i) for i in range(1, 8)]
+    cal = save(calibrate(points, threads=2))
+    assert cal.exists()
+    two = tmp_path / "two.yaml"
+    two.write_text(TINY.read_text().replace("threads: 1", "threads: 2"))
+    ev = Evaluator(load_space(two))
+    assert ev.calibration is not None
+    assert ev.calibration.fingerprint_id == fingerprint_id(fingerprint(2))
+    assert Evaluator(load_space(TINY)).calibration is None  # none was made for 1 thread
+    rec = ev(Arch.from_dict(load_space(two).sample_random(1)[0].to_dict()), {})
+    assert rec.guidelines.overhead_ms is not None  # the calibration reached the report
+
+
+# --- infeasible trials: never on the front, picked, trained or exported ----------------------
+
+
+def test_infeasible_trials_never_reach_the_front_training_or_export(tmp_path, capsys):
+    """spos.yaml semantics on the tiny space: a macs_m limit below some sampled architectures,
+    and the default MACs score, which ranks exactly the over-limit networks best."""
+    import json
+
+    from shufflesearch.cli import main
+    from shufflesearch.review.pareto import load_records, pick_trial
+    from shufflesearch.search.front import knee, pareto_front
+
+    text = TINY.read_text().replace("sampler: {name: tpe, n_startup_trials: 4}", "sampler: random")
+    text = text.replace("batch: 16}", "batch: 16, short_train_top_k: 10, short_train_steps: 2}")
+    text = text.replace("baselines: []", "constraints: {macs_m: 0.78}\nbaselines: []")
+    space = tmp_path / "limit.yaml"
+    space.write_text(text)
+    run = search(space, 6, runs_root=tmp_path, quiet=True)
+    _, records = load_records(run.root)
+    done = [r for r in records if r.state == "COMPLETE"]
+    over = [r for r in done if r.macs / 1e6 > 0.78]
+    assert over and len(over) < len(done)  # the limit splits the run
+    assert all(not r.feasible and set(r.broken) == {"macs_m"} for r in over)
+    assert all(r.feasible for r in done if r not in over)
+    assert max(done, key=lambda r: r.proxy) in over  # the bug's precondition: it would top the front
+    front = pareto_front(records)
+    assert front and all(r.feasible for r in front)
+    assert knee(front).feasible
+    assert pick_trial(records, use_knee=True).feasible
+    assert pick_trial(records, max_latency=1e9).feasible
+    with pytest.raises(UserError, match="infeasible, it breaks macs_m"):
+        pick_trial(records, trial=over[0].trial)
+    trained = {int(k) for k in load_run(run.root)[1].user_attrs["short_train"]}
+    assert trained == {r.trial for r in front}  # k = 10 > front: all of it, nothing infeasible
+    capsys.readouterr()
+    assert main(["pareto", str(run.root), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(r["feasible"] for r in rows)
+    assert main(["pareto", str(run.root), "--all", "--json"]) == 0
+    rows = {r["trial"]: r for r in json.loads(capsys.readouterr().out)}
+    for r in over:
+        row = rows[r.trial]
+        assert not row["feasible"] and not row["on_front"] and not row["knee"]
+        assert row["breaks"]["macs_m"] == pytest.approx(r.macs / 1e6 - 0.78)
+    assert main(["pareto", str(run.root), "--all"]) == 0
+    table = capsys.readouterr().out
+    lines = {int(ln.split()[1]): ln for ln in table.splitlines() if ln[:1] in " x*K" and ln.split()[1:2]
+             and ln.split()[1].isdigit()}
+    assert all(lines[r.trial].startswith("x") and "macs_m +" in lines[r.trial] for r in over)
+    assert "x infeasible" in table
+    assert main(["export", str(run.root), "--trial", str(over[0].trial), "--out", str(tmp_path / "x")]) == 2
+    assert "infeasible" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -245,4 +245,4 @@ def load_validation_set(path: str, n: int, seed: int = 0) -> tuple[list[Arch], d
     from ..search.space import load_space
 
     space = load_space(path)
-    return space.sample_random(n, seed=seed), dict(space.proxy)
+    return space.sample_random(n, seed=seed), dict(space.raw["proxy"])

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+from ..measure.predictor import LatencyTable, table_path
+from ..measure.target import TargetSpec
 from ..model.arch import Arch
+from ..model.cost import costs
+from ..search.records import TrialRecord
 from .pareto import (
     GUIDELINES,
     HypervolumeHistory,
@@ -26,10 +31,16 @@ from .pareto import (
     RankCorrelation,
     completed,
     failed,
+    format_breaks,
     hypervolume_history,
+    load_records,
     pareto_rows,
     rank_correlation,
 )
+
+# matplotlib is imported inside the drawing functions, not here: it is heavy (about a second)
+# and only `shufflesearch report` draws, while report_data and the CLI's other commands that
+# import this package do not need it.
 
 # --- what to draw (pure) ----------------------------------------------------------------------
 
@@ -69,10 +80,8 @@ class ReportData:
 UnitMs = Callable[[Arch], dict[str, float] | None]  # arch -> predicted ms per unit, or None
 
 
-def _picks(rows: list[ParetoRow], records: dict[int, dict[str, Any]], resolution: int,
+def _picks(rows: list[ParetoRow], records: dict[int, TrialRecord], resolution: int,
            unit_ms: UnitMs | None) -> list[Pick]:
-    from ..model.cost import costs
-
     front = [r for r in rows if r.on_front]
     if not front:
         return []
@@ -88,7 +97,7 @@ def _picks(rows: list[ParetoRow], records: dict[int, dict[str, Any]], resolution
             chosen.append((label, r))
     picks = []
     for label, r in chosen:
-        arch = Arch.from_dict(records[r.trial]["arch"])
+        arch = Arch.from_dict(records[r.trial].arch)
         c = costs(arch, resolution)
         ms = unit_ms(arch) if unit_ms else None
         units = [UnitRow(name, u.params, u.macs, u.mac, (ms or {}).get(name)) for name, u in c.units.items()]
@@ -96,7 +105,7 @@ def _picks(rows: list[ParetoRow], records: dict[int, dict[str, Any]], resolution
     return picks
 
 
-def report_data(records: list[dict[str, Any]], *, title: str, meta: dict[str, str],
+def report_data(records: list[TrialRecord], *, title: str, meta: dict[str, str],
                 resolution: int, unit_ms: UnitMs | None = None, predictor_note: str = "") -> ReportData:
     """Everything the page shows, computed from the run's trial records."""
     rows = pareto_rows(records, all_trials=True)
@@ -107,9 +116,9 @@ def report_data(records: list[dict[str, Any]], *, title: str, meta: dict[str, st
         macs_corr=rank_correlation([r.macs for r in rows], lat),
         mac_corr=rank_correlation([r.mac for r in rows], lat),
         hv=hypervolume_history(records),
-        picks=_picks(rows, {r["trial"]: r for r in completed(records)}, resolution, unit_ms),
+        picks=_picks(rows, {r.trial: r for r in completed(records)}, resolution, unit_ms),
         predictor_note=predictor_note, n_failed=len(bad),
-        failures=[(r["trial"], r["fail_reason"]) for r in bad],
+        failures=[(r.trial, r.fail_reason or "") for r in bad],
     )
 
 
@@ -254,7 +263,8 @@ def _rows_table(rows: list[ParetoRow]) -> str:
     for r in rows:
         cls = " ".join(c for c, on in (("front", r.on_front), ("base", bool(r.baseline)), ("knee", r.knee)) if on)
         mark = ", ".join(m for m, on in (("knee", r.knee), ("front", r.on_front),
-                                         (f"baseline {r.baseline}", bool(r.baseline))) if on)
+                                         (f"baseline {r.baseline}", bool(r.baseline)),
+                                         (f"infeasible: breaks {format_breaks(r.breaks)}", not r.feasible)) if on)
         cells = [r.trial, r.archid, f"{r.proxy:.4f}", f"{r.latency_ms:.3f} ± {r.iqr_ms:.3f}", _n(r.mac),
                  _n(r.macs), _n(r.params), *(f"{r.penalties[g]:.2f}" for g in GUIDELINES)]
         out.append(f'<tr class="{cls}">' + "".join(f"<td>{_e(c)}</td>" for c in cells)
@@ -328,10 +338,8 @@ class ReportFiles:
     pngs: list[Path]
 
 
-def _unit_ms_from_table(spec: Any) -> tuple[UnitMs | None, str]:
+def _unit_ms_from_table(spec: TargetSpec) -> tuple[UnitMs | None, str]:
     """Predicted per-unit ms from this machine's latency table for the run's target, if any."""
-    from ..measure.predictor import LatencyTable, table_path
-
     path = table_path(spec)
     if not path.exists():
         return None, ("Cost only: no latency table for this target on this machine "
@@ -351,10 +359,6 @@ def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..errors import UserError
-    from ..measure.target import TargetSpec
-    from .pareto import load_records
-
     say = log or (lambda _m: None)
     run, records = load_records(run_path)
     if not completed(records):
@@ -363,20 +367,18 @@ def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], Non
     if out.is_dir():
         raise UserError(f"--out {out}: is a directory; give a file name such as report.html")
     t = run.space.target
-    spec = TargetSpec(resolution=t["resolution"], batch=t["batch"], threads=t["threads"],
-                      channels_last=t["channels_last"], backend=t["backend"])
-    unit_ms, note = _unit_ms_from_table(spec)
-    fp = next((r["latency"].get("fingerprint") for r in completed(records) if r.get("latency")), None) or {}
+    unit_ms, note = _unit_ms_from_table(t)
+    fp = next((r.latency.get("fingerprint") for r in completed(records) if r.latency), None) or {}
     meta = {
         "run": str(run.root), "space": str(run.space.path or "-"),
         "objectives": ", ".join(f"{n} ({d})" for n, d in run.space.objectives),
-        "target": f"{t['resolution']}x{t['resolution']}, batch {t['batch']}, {t['threads']} thread(s), {t['backend']}",
+        "target": f"{t.resolution}x{t.resolution}, batch {t.batch}, {t.threads} thread(s), {t.backend}",
         "trials": f"{len(completed(records))} completed, {len(failed(records))} failed/pruned",
         "measured on": str(fp.get("cpu", "?")), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     say("computing")
     d = report_data(records, title=f"shufflesearch report: {run.name}", meta=meta,
-                    resolution=int(t["resolution"]), unit_ms=unit_ms, predictor_note=note)
+                    resolution=t.resolution, unit_ms=unit_ms, predictor_note=note)
     say("drawing")
     svgs, pngs = {}, []
     try:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scipy.stats import kendalltau, spearmanr
+
 from ..errors import UserError
 from ..search.front import knee, pareto_front
-from ..search.records import GUIDELINES, completed, failed, trial_records
-from ..search.runfolder import load_run
+from ..search.records import GUIDELINES, TrialRecord, completed, failed, trial_records
+from ..search.runfolder import Run, load_run
 
 # --- the table ----------------------------------------------------------------------------------
 
@@ -33,34 +35,43 @@ class ParetoRow:
     knee: bool
     duplicate_of: int | None = None
     short_train_acc: float | None = None  # validation accuracy after short training, if run
+    feasible: bool = True  # meets every constraint of the space; only feasible rows are on the front
+    breaks: dict[str, float] = field(default_factory=dict)  # broken constraint -> amount over its limit
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def pareto_rows(records: list[dict[str, Any]], all_trials: bool = False) -> list[ParetoRow]:
-    """The rows of `shufflesearch pareto`: the 2-D front on (proxy ↑, latency ↓), plus every
-    baseline (shown even when dominated, so the front is read against them), plus with
-    ``all_trials`` every other completed trial; sorted by latency."""
+def pareto_rows(records: list[TrialRecord], all_trials: bool = False) -> list[ParetoRow]:
+    """The rows of `shufflesearch pareto`: the 2-D front of the feasible trials on (proxy ↑,
+    latency ↓), plus every baseline (shown even when dominated or infeasible, so the front is
+    read against them), plus with ``all_trials`` every other completed trial (infeasible ones
+    marked, with the constraints they break); sorted by latency."""
     done = completed(records)
     front = pareto_front(done)
-    on = {r["trial"] for r in front}
+    on = {r.trial for r in front}
     k = knee(front)
-    keep = [r for r in done if r["trial"] in on or r.get("baseline") or all_trials]
+    keep = [r for r in done if r.trial in on or r.baseline or all_trials]
     rows = []
-    for r in sorted(keep, key=lambda r: (r["latency_ms"], -r["proxy"], r["trial"])):
-        g = r.get("guidelines") or {}
+    for r in sorted(keep, key=lambda r: (r.latency_ms, -r.proxy, r.trial)):
+        g = r.guidelines
         rows.append(ParetoRow(
-            trial=r["trial"], archid=r.get("archid", ""), proxy=float(r["proxy"]),
-            latency_ms=float(r["latency_ms"]), iqr_ms=float((r.get("latency") or {}).get("iqr_ms", math.nan)),
-            mac=int(r["mac"]), macs=int(r["macs"]), params=int(r["params"]),
-            penalties={x: float((g.get("penalties") or {}).get(x, 0.0)) for x in GUIDELINES},
-            penalty=float(g.get("total", 0.0)), baseline=r.get("baseline"),
-            on_front=r["trial"] in on, knee=k is not None and r["trial"] == k["trial"],
-            duplicate_of=r.get("duplicate_of"),
-            short_train_acc=(r.get("short_train") or {}).get("val_acc"),
+            trial=r.trial, archid=r.archid, proxy=float(r.proxy), latency_ms=float(r.latency_ms),
+            iqr_ms=float(r.latency.get("iqr_ms", math.nan)),
+            mac=int(r.mac), macs=int(r.macs), params=int(r.params),
+            penalties={x: float(g.penalties.get(x, 0.0)) for x in GUIDELINES},
+            penalty=float(g.total), baseline=r.baseline,
+            on_front=r.trial in on, knee=k is not None and r.trial == k.trial,
+            duplicate_of=r.duplicate_of,
+            short_train_acc=(r.short_train or {}).get("val_acc"),
+            feasible=r.feasible, breaks=r.broken,
         ))
     return rows
+
+
+def format_breaks(breaks: dict[str, float]) -> str:
+    """``macs_m +9.06, latency_ms +0.4``: each broken constraint and how far over its limit."""
+    return ", ".join(f"{k} +{v:.3g}" for k, v in breaks.items())
 
 
 def _m(x: float) -> str:
@@ -73,7 +84,7 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
             *GUIDELINES, "baseline"]
     body = []
     for r in rows:
-        mark = ("K" if r.knee else "*" if r.on_front else " ") + ("B" if r.baseline else " ")
+        mark = ("K" if r.knee else "*" if r.on_front else " " if r.feasible else "x") + ("B" if r.baseline else " ")
         body.append([
             mark, str(r.trial), r.archid, f"{r.proxy:.4f}", f"{r.latency_ms:.3f} ± {r.iqr_ms:.3f}",
             _m(r.mac), _m(r.macs), _m(r.params), *(f"{r.penalties[g]:.2f}" for g in GUIDELINES),
@@ -83,9 +94,13 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
         head.insert(4, "acc")
         for row, r in zip(body, rows):
             row.insert(4, "" if r.short_train_acc is None else f"{r.short_train_acc:.3f}")
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
     last = len(head) - 1  # the baseline name, left-aligned like the marks and the archid
-    lines = ["  ".join(c.ljust(w) if i in (0, 2, last) else c.rjust(w)
+    if not all(r.feasible for r in rows):  # which constraints the infeasible rows break
+        head.append("breaks")
+        for row, r in zip(body, rows):
+            row.append(format_breaks(r.breaks))
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(c.ljust(w) if i in (0, 2) or i >= last else c.rjust(w)
                        for i, (c, w) in enumerate(zip(row, widths))).rstrip()
              for row in [head, *body]]
     extra = [o for o in objectives if o not in ("proxy", "latency")]
@@ -95,16 +110,19 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
               "* non-dominated   K knee (best trade-off)   B baseline (shown even when dominated); "
               "MAC = memory access cost in elements, MACs = multiply-accumulates"
               + ("; acc = validation accuracy after the run's short training" if "acc" in head else "")]
+    if "breaks" in head:
+        lines.append("x infeasible: breaks the constraint(s) listed (by how much over the limit); "
+                     "never on the front, picked, short-trained or exported")
     return "\n".join(lines)
 
 
-def format_failed(records: list[dict[str, Any]]) -> str:
+def format_failed(records: list[TrialRecord]) -> str:
     bad = failed(records)
     if not bad:
         return "no failed or pruned trials"
-    w = max(len(str(r["trial"])) for r in bad)
-    lines = [f"{str(r['trial']).rjust(w)}  {r['state'].lower():<7} {r.get('archid', '-'):<12}  "
-             f"{r['fail_reason']}" for r in bad]
+    w = max(len(str(r.trial)) for r in bad)
+    lines = [f"{str(r.trial).rjust(w)}  {r.state.lower():<7} {r.archid or '-':<12}  "
+             f"{r.fail_reason}" for r in bad]
     return "\n".join(lines) + f"\n{len(bad)} failed/pruned trial(s)"
 
 
@@ -135,22 +153,23 @@ class HypervolumeHistory:
     ref: tuple[float, float]  # (proxy, latency_ms) reference: worst seen, pushed outwards
 
 
-def hypervolume_history(records: list[dict[str, Any]], margin: float = 0.1) -> HypervolumeHistory:
-    """Hypervolume of (proxy ↑, latency ↓) after every completed trial, in trial order.
+def hypervolume_history(records: list[TrialRecord], margin: float = 0.1) -> HypervolumeHistory:
+    """Hypervolume of (proxy ↑, latency ↓) after every completed feasible trial, in trial
+    order (the area the feasible front dominates; infeasible trials add nothing).
 
     The reference point is the worst proxy and latency over the whole run moved outwards by
     ``margin`` of their ranges, fixed for the whole history so values can be compared."""
-    done = [r for r in completed(records) if math.isfinite(r["proxy"]) and math.isfinite(r["latency_ms"])]
+    done = [r for r in completed(records) if r.feasible]
     if not done:
         return HypervolumeHistory([], [], (math.nan, math.nan))
-    ps = [r["proxy"] for r in done]
-    ls = [r["latency_ms"] for r in done]
+    ps = [r.proxy for r in done]
+    ls = [r.latency_ms for r in done]
     ref = (min(ps) - margin * ((max(ps) - min(ps)) or 1.0), max(ls) + margin * ((max(ls) - min(ls)) or 1.0))
     pts: list[tuple[float, float]] = []
     trials, values = [], []
-    for r in sorted(done, key=lambda r: r["trial"]):
-        pts.append((-r["proxy"], r["latency_ms"]))
-        trials.append(r["trial"])
+    for r in sorted(done, key=lambda r: r.trial):
+        pts.append((-r.proxy, r.latency_ms))
+        trials.append(r.trial)
         values.append(hypervolume_2d(pts, (-ref[0], ref[1])))
     return HypervolumeHistory(trials, values, ref)
 
@@ -164,8 +183,6 @@ class RankCorrelation:
 
 def rank_correlation(xs: Sequence[float], ys: Sequence[float]) -> RankCorrelation:
     """Spearman's rho and Kendall's tau-b (ties handled as scipy does); nan below 3 points."""
-    from scipy.stats import kendalltau, spearmanr
-
     n = len(xs)
     if n < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
         return RankCorrelation(math.nan, math.nan, n)
@@ -175,65 +192,74 @@ def rank_correlation(xs: Sequence[float], ys: Sequence[float]) -> RankCorrelatio
 # --- picking a trial for export ---------------------------------------------------------------
 
 
-def pick_trial(records: list[dict[str, Any]], *, trial: int | None = None, use_knee: bool = False,
-               max_latency: float | None = None) -> dict[str, Any]:
-    """The record that `export` bundles; UserError says why there is none."""
+def pick_trial(records: list[TrialRecord], *, trial: int | None = None, use_knee: bool = False,
+               max_latency: float | None = None) -> TrialRecord:
+    """The record that `export` bundles; UserError says why there is none. Only a feasible
+    completed trial is ever picked: the knee and --max-latency choose on the feasible front,
+    and --trial N of an infeasible trial is refused with the constraints it breaks."""
     done = completed(records)
     if trial is not None:
         for r in records:
-            if r["trial"] == trial:
-                if r.get("state") != "COMPLETE":
-                    raise UserError(f"--trial {trial}: trial {r.get('state', '?').lower()} "
-                                    f"({r.get('fail_reason', 'no reason')}); pick a completed one")
+            if r.trial == trial:
+                if r.state != "COMPLETE":
+                    raise UserError(f"--trial {trial}: trial {r.state.lower()} "
+                                    f"({r.fail_reason or 'no reason'}); pick a completed one")
+                if not r.feasible:
+                    raise UserError(f"--trial {trial}: infeasible, it breaks {format_breaks(r.broken)} "
+                                    f"(over the limit); pick a feasible one")
                 return r
         raise UserError(f"--trial {trial}: no such trial (the run has trials "
-                        f"{min(r['trial'] for r in records)}..{max(r['trial'] for r in records)})"
+                        f"{min(r.trial for r in records)}..{max(r.trial for r in records)})"
                         if records else f"--trial {trial}: the run has no trials yet")
     front = pareto_front(done)
     if not front:
+        if done:
+            raise UserError(f"no completed trial meets the space's constraints ({len(done)} completed, "
+                            f"all infeasible: see `shufflesearch pareto RUN --all`)")
         raise UserError("the run has no completed trials yet")
     if use_knee:
         k = knee(front)
         assert k is not None
         return k
     if max_latency is not None:
-        under = [r for r in front if r["latency_ms"] <= max_latency]
+        under = [r for r in front if r.latency_ms <= max_latency]
         if not under:
             raise UserError(f"--max-latency {max_latency:g}: no trial on the front is that fast "
-                            f"(fastest: trial {front[0]['trial']} at {front[0]['latency_ms']:.3f} ms)")
-        return max(under, key=lambda r: (r["proxy"], -r["latency_ms"]))
+                            f"(fastest: trial {front[0].trial} at {front[0].latency_ms:.3f} ms)")
+        return max(under, key=lambda r: (r.proxy, -r.latency_ms))
     raise UserError("pick a trial: --trial N, --knee or --max-latency MS")
 
 
-def export_info(rec: dict[str, Any], run_name: str) -> dict[str, Any]:
+def export_info(rec: TrialRecord, run_name: str) -> dict[str, Any]:
     """What the run stored about a trial, handed to export_arch for report.md (not recomputed)."""
-    lat = dict(rec.get("latency") or {})
-    g = rec.get("guidelines") or {}
+    lat = dict(rec.latency)
+    g = rec.guidelines
     info: dict[str, Any] = {
         "run": run_name,
-        "trial": rec["trial"],
+        "trial": rec.trial,
         "latency": lat,
         "fingerprint": lat.get("fingerprint"),
-        "proxy": rec.get("proxy"),
-        "proxy_raw": rec.get("proxy_raw"),
-        "proxies": rec.get("proxies"),
-        "guideline_penalties": g.get("penalties"),
-        "guideline_total": g.get("total"),
-        "guideline_findings": g.get("n_findings"),
+        "proxy": rec.proxy,
+        "proxy_raw": rec.proxy_raw,
+        "proxies": rec.proxies or None,
+        "guideline_penalties": g.penalties,
+        "guideline_total": g.total,
+        "guideline_findings": g.n_findings,
     }
-    if rec.get("baseline"):
-        info["baseline"] = rec["baseline"]
-    if rec.get("duplicate_of") is not None:
-        info["duplicate_of"] = rec["duplicate_of"]
+    if rec.baseline:
+        info["baseline"] = rec.baseline
+    if rec.duplicate_of is not None:
+        info["duplicate_of"] = rec.duplicate_of
     return {k: v for k, v in info.items() if v is not None}
 
 
-def load_records(path: str | Path) -> tuple[Any, list[dict[str, Any]]]:
-    """(Run, records) of a run folder; UserError for a bad path (I/O edge of this module)."""
+def load_records(path: str | Path) -> tuple[Run, list[TrialRecord]]:
+    """(Run, records) of a run folder, short-training results attached; UserError for a bad
+    path (I/O edge of this module)."""
     run, study = load_run(path)
     records = trial_records(study.get_trials(deepcopy=False))
     trained = study.user_attrs.get("short_train") or {}  # multi-fidelity results, if any
     for r in records:
-        if str(r["trial"]) in trained:
-            r["short_train"] = trained[str(r["trial"])]
+        if str(r.trial) in trained:
+            r.short_train = trained[str(r.trial)]
     return run, records

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from ..accuracy.data import load_data
+from ..accuracy.training import short_train
+from ..common.threads import torch_threads
+from ..measure.env import compute_lock
 from ..model.arch import Arch
-from .evaluator import Evaluator, _torch_threads
+from .evaluator import Evaluator
+from .front import pareto_front, spread_indices
 from .objective import _constraint_system_attrs, constraint_items, objective_values
+from .records import TrialRecord, completed, trial_records
 from .runfolder import Run
 
 log = logging.getLogger("shufflesearch.search")
@@ -31,51 +36,46 @@ def evaluate_baselines(run: Run, evaluate: Evaluator | None = None) -> None:
         log.info("baseline %s (%s)", name, arch.archid)
         timings: dict[str, float] = {}
         rec = evaluate(arch, timings)
-        items = constraint_items(run.space, rec)
-        rec["constraints"] = list(items.values())
-        rec.update(baseline=name, timings=timings)
+        rec.constraints = constraint_items(run.space, rec)
+        rec.baseline, rec.timings = name, timings
         # Stored with the params the space would sample it from, so the sampler learns from it.
         params, dists = run.space.encode(arch) if run.space.contains(arch) else ({}, {})
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=dists,
-            values=objective_values(run.space, rec), user_attrs=rec,
-            system_attrs=_constraint_system_attrs(items),
+            values=objective_values(run.space, rec), user_attrs=rec.to_user_attrs(),
+            system_attrs=_constraint_system_attrs(rec.constraints),
         ))
 
 
-def short_train_front(run: Run, quiet: bool = True) -> dict[str, Any]:
-    """Multi-fidelity: short-train the baselines and ``short_train_top_k`` front points spread
-    evenly by latency, seeded, on the proxy task. Results go to the study's user attr
-    ``short_train`` (keyed by trial number) one at a time, so an interrupted pass resumes."""
-    from ..accuracy.data import DataSpec, load_data
-    from ..accuracy.training import short_train
-    from ..measure.env import compute_lock
-    from .front import pareto_front
-    from .records import completed, trial_records
+def short_train_picks(records: list[TrialRecord], k: int) -> list[TrialRecord]:
+    """What the short-training pass trains: the feasible baselines, then ``k`` points of the
+    (feasible) front spread evenly by latency, both ends included (``spread_indices``).
+    Infeasible trials are never trained."""
+    recs = completed(records)
+    front = [r for r in pareto_front(recs) if not r.baseline]
+    picks = [r for r in recs if r.baseline and r.feasible]
+    return picks + [front[i] for i in spread_indices(len(front), k)]
 
-    k, steps = run.space.proxy["short_train_top_k"], run.space.proxy["short_train_steps"]
+
+def short_train_front(run: Run, quiet: bool = True) -> dict[str, dict[str, float]]:
+    """Multi-fidelity: short-train ``short_train_picks``, seeded, on the proxy task. Results go
+    to the study's user attr ``short_train`` (keyed by trial number) one at a time, so an
+    interrupted pass resumes."""
+    k, steps = run.space.proxy.short_train_top_k, run.space.proxy.short_train_steps
     study = run.load_study()
     done = dict(study.user_attrs.get("short_train") or {})
     if k <= 0:
         return done
-    recs = completed(trial_records(study.get_trials(deepcopy=False)))
-    front = [r for r in pareto_front(recs) if not r.get("baseline")]
-    picks = [r for r in recs if r.get("baseline")]
-    if front:
-        idx = sorted({round(i * (len(front) - 1) / max(k - 1, 1)) for i in range(min(k, len(front)))})
-        picks += [front[i] for i in idx]
-    p = run.space.proxy
     data = None
-    for r in picks:
-        if str(r["trial"]) in done:
+    for r in short_train_picks(trial_records(study.get_trials(deepcopy=False)), k):
+        if str(r.trial) in done:
             continue
-        data = data or load_data(DataSpec(name=p["dataset"], resolution=p["resolution"],
-                                          batch=p["batch"], seed=run.space.seed))
+        data = data or load_data(run.space.data)
         if not quiet:
-            print(f"short-training trial {r['trial']} ({steps} steps)", file=sys.stderr, flush=True)
-        with compute_lock(), _torch_threads(1):
-            res = short_train(Arch.from_dict(r["arch"]), data, steps=steps, seed=run.space.seed)
-        done[str(r["trial"])] = {k2: float(v) for k2, v in res.items()}
+            print(f"short-training trial {r.trial} ({steps} steps)", file=sys.stderr, flush=True)
+        with compute_lock(), torch_threads(1):
+            res = short_train(Arch.from_dict(r.arch), data, steps=steps, seed=run.space.seed)
+        done[str(r.trial)] = {k2: float(v) for k2, v in res.items()}
         study.set_user_attr("short_train", done)
-        log.info("short-trained trial %d: val_acc %.4f", r["trial"], res["val_acc"])
+        log.info("short-trained trial %d: val_acc %.4f", r.trial, res["val_acc"])
     return done

@@ -3,17 +3,26 @@ accuracy proxies), as one record."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from typing import Any
 
 import optuna
 
+from ..accuracy.data import load_data
+from ..accuracy.proxies import compute_proxies, proxy_score
+from ..common.threads import torch_threads
 from ..errors import UserError
+from ..guidelines.checks import check, load_calibration
+from ..measure.cache import LatencyCache
+from ..measure.drift import DriftMonitor
+from ..measure.env import compute_lock, fingerprint, fingerprint_id, timing_lock
+from ..measure.predictor import LatencyTable, table_path
 from ..model.arch import Arch
+from ..model.compile import build
+from ..model.cost import costs
 from .faults import fault_point
+from .records import GuidelineSummary, TrialRecord
 from .space import SearchSpace
 
 log = logging.getLogger("shufflesearch.search")
@@ -22,33 +31,17 @@ log = logging.getLogger("shufflesearch.search")
 # --- evaluation -------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def prefilter_table(space: SearchSpace) -> Any:
+def prefilter_table(space: SearchSpace) -> LatencyTable | None:
     """The latency table the pre-filter uses (None when it is off or has no latency_ms
     constraint to filter against); a UserError when it is on but this machine has no table."""
     t = space.target
-    if not (t["prefilter"] and "latency_ms" in space.constraints):
+    if not (space.target_options.prefilter and "latency_ms" in space.constraints):
         return None
-    from ..measure.predictor import LatencyTable, table_path
-    from ..measure.target import TargetSpec
-
-    path = table_path(TargetSpec(resolution=t["resolution"], batch=t["batch"], threads=t["threads"],
-                                 channels_last=t["channels_last"], backend=t["backend"]))
+    path = table_path(t)
     if not path.exists():
         raise UserError(f"target.prefilter needs a latency table for this target on this machine: "
-                        f"run `shufflesearch latency build-table --resolution {t['resolution']} "
-                        f"--batch {t['batch']} --threads {t['threads']}` first")
+                        f"run `shufflesearch latency build-table --resolution {t.resolution} "
+                        f"--batch {t.batch} --threads {t.threads}` first")
     return LatencyTable.load(path)
 
 
@@ -56,35 +49,22 @@ class Evaluator:
     """Scores one Arch on everything the space asks for; loaded once per worker."""
 
     def __init__(self, space: SearchSpace) -> None:
-        from ..accuracy.data import DataSpec, load_data
-        from ..guidelines.checks import GuidelineSettings, load_calibration
-        from ..measure.cache import LatencyCache
-        from ..measure.drift import DriftMonitor
-        from ..measure.target import TargetSpec
-
         self.space = space
-        t = space.target
-        self.spec = TargetSpec(resolution=t["resolution"], batch=t["batch"], threads=t["threads"],
-                               channels_last=t["channels_last"], backend=t["backend"])
+        self.spec = space.target
         self.cache = LatencyCache()
         # Re-times a reference network every 25 fresh measurements; figures taken while this
         # machine ran >10% off its own starting speed are re-timed once, then flagged.
-        self.drift = DriftMonitor(self.spec, every=25, max_seconds=t["max_seconds"])
+        self.drift = DriftMonitor(self.spec, every=25, max_seconds=space.target_options.max_seconds)
         self.table = prefilter_table(space)
-        p = space.proxy
-        self.data = load_data(DataSpec(name=p["dataset"], resolution=p["resolution"],
-                                       batch=p["batch"], seed=space.seed))
-        self.settings = GuidelineSettings.from_dict(space.guidelines["settings"])
-        self.calibration = load_calibration()
+        self.data = load_data(space.data)
+        self.settings = space.guidelines.settings
+        # The calibration made for this target's thread count (`shufflesearch guidelines
+        # --threads N` stores it under the fingerprint at N threads).
+        self.calibration = load_calibration(fingerprint_id(fingerprint(self.spec.threads)))
 
-    def __call__(self, arch: Arch, timings: dict[str, float]) -> dict[str, Any]:
-        from ..accuracy.proxies import compute_proxies, proxy_score
-        from ..guidelines.checks import check
-        from ..measure.env import compute_lock, timing_lock
-        from ..model.compile import build
-        from ..model.cost import costs
-
-        res = self.space.target["resolution"]
+    def __call__(self, arch: Arch, timings: dict[str, float]) -> TrialRecord:
+        space = self.space
+        res = self.spec.resolution
         t0 = time.perf_counter()
         c = costs(arch, res)
         rep = check(arch, res, self.settings, self.calibration)
@@ -93,20 +73,22 @@ class Evaluator:
         if self.table is not None:
             # The cheap pre-filter: a clear miss of the latency constraint is not measured.
             # Front figures stay measured: anything that passes is timed as usual.
-            limit = self.space.constraints["latency_ms"]
+            limit = space.constraints["latency_ms"]
+            margin = space.target_options.prefilter
             pred = self.table.predict(arch)
-            if pred > limit * (1 + self.space.target["prefilter"]):
+            if pred > limit * (1 + margin):
                 raise optuna.TrialPruned(f"predicted {pred:.2f} ms, over the latency_ms limit "
-                                         f"{limit:g} by more than {100 * self.space.target['prefilter']:.0f}%; not measured")
+                                         f"{limit:g} by more than {100 * margin:.0f}%; not measured")
         fault_point("latency", hold=timing_lock)
         lat = self.drift.measure_arch(arch, cache=self.cache)
         t2 = time.perf_counter()
-        with compute_lock(), _torch_threads(1):
+        with compute_lock(), torch_threads(1):
             # One thread: proxies run on tiny proxy-task inputs where a second thread buys
             # little, and on a busy machine extra threads oversubscribe the cores.
             fault_point("proxies")
-            scores = compute_proxies(arch, self.data, names=self.space.proxy["proxies"], seed=self.space.seed)
-        score = proxy_score(scores, self.space.proxy["score"])
+            names = list(space.proxy.proxies) if space.proxy.proxies is not None else None
+            scores = compute_proxies(arch, self.data, names=names, seed=space.seed)
+        score = proxy_score(scores, space.proxy.score)
         t3 = time.perf_counter()
         timings.update(build=t1 - t0, latency=t2 - t1, proxies=t3 - t2)
         # Any non-finite proxy means the network broke down numerically (exploding or dead
@@ -114,22 +96,12 @@ class Evaluator:
         bad = {k: v for k, v in scores.items() if not math.isfinite(v)}
         if bad or not math.isfinite(score):
             raise FloatingPointError(f"proxy score is not finite ({bad or score})")
-        g = self.space.guidelines
-        penalty = rep.total
-        proxy_value = score - g["weight"] * penalty if g["mode"] == "penalize" else score
-        return {
-            "archid": arch.archid,
-            "arch": arch.to_dict(),
-            "params": c.params,
-            "macs": c.macs,
-            "mac": c.mac,
-            "peak_activation": c.peak_activation,
-            "latency": lat.to_dict(),
-            "latency_ms": lat.median_ms,
-            "proxies": scores,
-            "proxy_raw": score,
-            "proxy": proxy_value,
-            "guidelines": {"penalties": rep.penalties, "total": rep.total,
-                           "n_findings": len(rep.findings),
-                           "overhead_ms": rep.overhead_ms},
-        }
+        g = space.guidelines
+        proxy_value = score - g.weight * rep.total if g.mode == "penalize" else score
+        return TrialRecord(
+            archid=arch.archid, arch=arch.to_dict(), params=c.params, macs=c.macs, mac=c.mac,
+            peak_activation=c.peak_activation, latency=lat.to_dict(), latency_ms=lat.median_ms,
+            proxies=scores, proxy_raw=score, proxy=proxy_value,
+            guidelines=GuidelineSummary(penalties=rep.penalties, total=rep.total,
+                                        n_findings=len(rep.findings), overhead_ms=rep.overhead_ms),
+        )

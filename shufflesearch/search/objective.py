@@ -7,23 +7,24 @@ from typing import Any
 
 import optuna
 
+from .records import TrialRecord
 from .space import SearchSpace
 
 
-def objective_values(space: SearchSpace, rec: dict[str, Any]) -> list[float]:
-    pick = {"proxy": rec["proxy"], "latency": rec["latency_ms"], "mac": rec["mac"],
-            "macs": rec["macs"], "params": rec["params"]}
+def objective_values(space: SearchSpace, rec: TrialRecord) -> list[float]:
+    pick = {"proxy": rec.proxy, "latency": rec.latency_ms, "mac": rec.mac, "macs": rec.macs,
+            "params": rec.params}
     return [float(pick[n]) for n, _ in space.objectives]
 
 
-def constraint_items(space: SearchSpace, rec: dict[str, Any]) -> dict[str, float]:
-    """Optuna convention: a trial is feasible when every value is <= 0."""
-    have = {"latency_ms": rec["latency_ms"], "params_m": rec["params"] / 1e6,
-            "macs_m": rec["macs"] / 1e6, "mac_m": rec["mac"] / 1e6,
-            "guideline_penalty": rec["guidelines"]["total"]}
-    out = {k: have[k] - v for k, v in sorted(space.constraints.items())}
-    if space.guidelines["mode"] == "constrain":
-        out["guidelines"] = rec["guidelines"]["total"] - space.guidelines["max_penalty"]
+def constraint_items(space: SearchSpace, rec: TrialRecord) -> dict[str, float]:
+    """The trial's constraint values by name. Optuna convention: a trial is feasible when
+    every value is <= 0 (value = measured - limit)."""
+    have = {"latency_ms": rec.latency_ms, "params_m": rec.params / 1e6, "macs_m": rec.macs / 1e6,
+            "mac_m": rec.mac / 1e6, "guideline_penalty": rec.guidelines.total}
+    out = {k: float(have[k] - v) for k, v in sorted(space.constraints.items())}
+    if space.guidelines.mode == "constrain":
+        out["guidelines"] = float(rec.guidelines.total - space.guidelines.max_penalty)
     return out
 
 
@@ -43,18 +44,18 @@ def make_sampler(space: SearchSpace, worker: int = 0) -> optuna.samplers.BaseSam
     """The space's sampler; each worker gets its own seed so that workers do not propose the
     same architectures in lockstep."""
     s = space.sampler
-    constrained = space.constraints or space.guidelines["mode"] == "constrain"
+    constrained = space.constraints or space.guidelines.mode == "constrain"
     cf = _constraints_func if constrained and not _PER_TRIAL_CONSTRAINTS else None
     seed = space.seed + 7919 * worker
-    if s["name"] == "random":
+    if s.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if s["name"] == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=s["population_size"], seed=seed, constraints_func=cf)
-    if s["name"] == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s["n_startup_trials"], constraints_func=cf)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s["n_startup_trials"],
+    if s.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed, constraints_func=cf)
+    if s.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials, constraints_func=cf)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials,
                                       constraints_func=cf, multivariate=True, group=True)
 
 
 def _constraints_func(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return list(trial.user_attrs.get("constraints", []))
+    return list(TrialRecord.from_trial(trial).constraints.values())

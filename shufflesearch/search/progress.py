@@ -9,23 +9,22 @@ import time
 from typing import Any
 
 from optuna.trial import TrialState
+from tqdm import tqdm
+
+from .front import pareto_front
+from .records import TrialRecord
 
 
 def front_summary(trials: list[Any], objectives: list[str]) -> tuple[int, str]:
-    """Size of the (proxy, latency) front over completed search trials, and its two ends."""
-    from .front import pareto_front
-
-    pts = [t for t in trials if t.state == TrialState.COMPLETE]
-    if not pts:
-        return 0, ""
-    front = pareto_front([t.user_attrs for t in pts])
+    """Size of the (proxy, latency) front over completed feasible trials, and its two ends."""
+    front = pareto_front(TrialRecord.from_trial(t) for t in trials if t.state == TrialState.COMPLETE)
     if not front:
         return 0, ""
-    fastest = min(front, key=lambda r: r["latency_ms"])
-    best = max(front, key=lambda r: r["proxy"])
+    fastest = min(front, key=lambda r: r.latency_ms)
+    best = max(front, key=lambda r: r.proxy)
     return len(front), (
-        f"fastest {fastest['latency_ms']:.2f}ms@{fastest['proxy']:.3g} "
-        f"best {best['proxy']:.3g}@{best['latency_ms']:.2f}ms"
+        f"fastest {fastest.latency_ms:.2f}ms@{fastest.proxy:.3g} "
+        f"best {best.proxy:.3g}@{best.latency_ms:.2f}ms"
     )
 
 
@@ -44,8 +43,6 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if not self.quiet:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=self.budget, desc=f"search {self.run.name}", unit="trial",
                             file=sys.stderr, dynamic_ncols=True, disable=not sys.stderr.isatty())
         return self

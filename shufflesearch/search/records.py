@@ -1,38 +1,165 @@
-"""Trial records: what a trial of the search stored, read back from the study."""
+"""The trial record: the one schema between the search and everything that reads a run.
+
+The evaluator fills a ``TrialRecord``; the worker stores it on the Optuna trial with
+``to_user_attrs()`` (one user attribute per field); pareto, report, export, progress and the
+short-training pass read it back with ``TrialRecord.from_trial(frozen_trial)``. Nothing else
+reads or writes a trial's user attributes by key.
+
+Adding a field is one line in the class below (with a default, so that older runs still load).
+Keys a run holds that this version does not know (written by a newer version, or by another
+tool) land in ``extra`` and are written back unchanged, so a round trip loses nothing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 GUIDELINES = ("G1", "G2", "G3", "G4")
+STATES = ("COMPLETE", "FAIL", "PRUNED")  # finished trials; RUNNING/WAITING are not records yet
 
 
-def trial_records(trials: Sequence[Any]) -> list[dict[str, Any]]:
-    """One flat dict per finished trial (Optuna FrozenTrials), sorted by trial number.
+@dataclass
+class GuidelineSummary:
+    """What a run keeps of a trial's guideline report (guidelines.checks.GuidelineReport)."""
 
-    A COMPLETE trial's record is what the search stored in ``user_attrs`` (never recomputed)
-    plus ``trial`` and ``state``; a FAIL/PRUNED trial keeps ``fail_reason``. RUNNING and
-    WAITING trials are left out: nothing about them is known yet.
+    penalties: dict[str, float] = field(default_factory=dict)  # G1..G4
+    total: float = 0.0  # combined penalty
+    n_findings: int = 0
+    overhead_ms: float | None = None  # calibrated estimate, when this machine has a calibration
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> GuidelineSummary:
+        d = d or {}
+        return cls(penalties=dict(d.get("penalties") or {}), total=float(d.get("total", 0.0)),
+                   n_findings=int(d.get("n_findings", 0)), overhead_ms=d.get("overhead_ms"))
+
+
+@dataclass
+class TrialRecord:
+    """One trial of a run. Units: params/macs/mac/peak_activation are counts, latency in ms.
+
+    ``constraints`` holds Optuna's constraint values by name (``latency_ms``, ``macs_m``, ...,
+    ``guidelines`` in guideline-constrain mode): value = measured - limit, so a value > 0 is a
+    broken constraint. ``trial``, ``state`` and ``short_train`` come from the study, not from
+    the trial's user attributes, and are not written by ``to_user_attrs``.
     """
-    out = []
-    for t in sorted(trials, key=lambda t: t.number):
-        state = t.state.name
-        if state not in ("COMPLETE", "FAIL", "PRUNED"):
-            continue
-        rec = dict(t.user_attrs)
-        rec.update(trial=t.number, state=state)
-        if state == "COMPLETE":
-            rec.setdefault("baseline", None)
-        else:
-            rec.setdefault("fail_reason", "no reason recorded (the worker died?)")
-        out.append(rec)
-    return out
+
+    trial: int = -1  # Optuna trial number
+    state: str = "COMPLETE"  # COMPLETE, FAIL or PRUNED
+    archid: str = ""
+    arch: dict[str, Any] | None = None  # Arch.to_dict()
+    params: int | None = None
+    macs: int | None = None  # multiply-accumulates at the target resolution
+    mac: int | None = None  # memory access cost, elements
+    peak_activation: int | None = None
+    latency: dict[str, Any] = field(default_factory=dict)  # measure.target.Latency.to_dict() (+ additions)
+    latency_ms: float | None = None  # the measured median, the objective
+    proxies: dict[str, float] = field(default_factory=dict)  # zero-cost proxy values by name
+    proxy_raw: float | None = None  # the proxy score before the guideline penalty
+    proxy: float | None = None  # the proxy objective (after the penalty in penalize mode)
+    guidelines: GuidelineSummary = field(default_factory=GuidelineSummary)
+    constraints: dict[str, float] = field(default_factory=dict)  # by name; > 0 is broken
+    baseline: str | None = None  # the preset's name for a baseline trial
+    duplicate_of: int | None = None  # the trial whose figures this repeat copies
+    fail_reason: str | None = None  # FAIL/PRUNED: why
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    worker_pid: int | None = None
+    short_train: dict[str, float] | None = None  # short-training results (val_acc, steps, ...)
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
+
+    # --- feasibility ---------------------------------------------------------------------------
+    @property
+    def feasible(self) -> bool:
+        """Every constraint holds (Optuna's rule: each value <= 0). A trial without
+        constraints is feasible."""
+        return not self.broken
+
+    @property
+    def broken(self) -> dict[str, float]:
+        """The constraints this trial breaks, by name, with how far over the limit it is."""
+        return {k: v for k, v in self.constraints.items() if not (isinstance(v, (int, float)) and v <= 0)}
+
+    @property
+    def complete(self) -> bool:
+        """A completed trial with the figures the front needs (finite proxy and latency)."""
+        return (self.state == "COMPLETE" and self.proxy is not None and self.latency_ms is not None
+                and math.isfinite(self.proxy) and math.isfinite(self.latency_ms))
+
+    # --- storage -------------------------------------------------------------------------------
+    def to_user_attrs(self) -> dict[str, Any]:
+        """The trial's user attributes: every stored field that is set, plus ``extra``."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in _NOT_STORED:
+                continue
+            v = getattr(self, f.name)
+            if v is None or (f.name in _OMIT_EMPTY and not v):
+                continue
+            out[f.name] = v.to_dict() if isinstance(v, GuidelineSummary) else v
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_user_attrs(cls, attrs: dict[str, Any], *, trial: int = -1, state: str = "COMPLETE",
+                        constraint_names: Sequence[str] = ()) -> TrialRecord:
+        """Read stored attributes back. Runs made before constraints were stored by name hold a
+        list; ``constraint_names`` (from the trial's system attributes) names its values."""
+        kw: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for k, v in attrs.items():
+            if k in _STORED:
+                kw[k] = v
+            else:
+                extra[k] = v
+        if "guidelines" in kw:
+            kw["guidelines"] = GuidelineSummary.from_dict(kw["guidelines"])
+        c = kw.get("constraints")
+        if isinstance(c, list):
+            names = list(constraint_names) if len(constraint_names) == len(c) else [f"#{i}" for i in range(len(c))]
+            kw["constraints"] = dict(zip(names, (float(x) for x in c)))
+        return cls(trial=trial, state=state, extra=extra, **kw)
+
+    @classmethod
+    def from_trial(cls, t: Any) -> TrialRecord:
+        """The record of an Optuna FrozenTrial."""
+        names = [k.split(":", 1)[1] for k in t.system_attrs if k.startswith("constraints:")]
+        rec = cls.from_user_attrs(dict(t.user_attrs), trial=t.number, state=t.state.name,
+                                  constraint_names=names)
+        if rec.state in ("FAIL", "PRUNED") and rec.fail_reason is None:
+            rec.fail_reason = "no reason recorded (the worker died?)"
+        return rec
+
+    def copy_for_duplicate(self, number: int) -> TrialRecord:
+        """The record a repeat of this architecture stores: the same figures, none of this
+        trial's bookkeeping."""
+        return dataclasses.replace(self, trial=-1, baseline=None, timings={}, worker_pid=None,
+                                   duplicate_of=number, short_train=None, extra=dict(self.extra))
 
 
-def completed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in records if r.get("state", "COMPLETE") == "COMPLETE" and "proxy" in r]
+_NOT_STORED = frozenset({"trial", "state", "short_train", "extra"})
+_OMIT_EMPTY = frozenset({"latency", "proxies", "constraints", "timings"})
+_STORED = frozenset(f.name for f in dataclasses.fields(TrialRecord)) - _NOT_STORED
 
 
-def failed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in records if r.get("state") in ("FAIL", "PRUNED")]
+def trial_records(trials: Iterable[Any]) -> list[TrialRecord]:
+    """One record per finished trial (Optuna FrozenTrials), sorted by trial number.
+
+    RUNNING and WAITING trials are left out: nothing about them is known yet."""
+    return [TrialRecord.from_trial(t) for t in sorted(trials, key=lambda t: t.number)
+            if t.state.name in STATES]
+
+
+def completed(records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """Completed trials with finite proxy and latency (feasible or not)."""
+    return [r for r in records if r.complete]
+
+
+def failed(records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    return [r for r in records if r.state in ("FAIL", "PRUNED")]

@@ -1,21 +1,30 @@
-"""Search-space YAML → SearchSpace; ``SearchSpace.sample(trial)`` → Arch (define-by-run).
+"""Search-space YAML → SearchSpace (typed settings, each default written once);
+``SearchSpace.sample(trial)`` → Arch (define-by-run).
 
-Sampling only calls ``trial.suggest_*`` and returns an Arch, so a space can be listed, validated
-and sampled without torch. Widths that break a construction rule (a split that makes a
-fractional channel count, groups that do not divide a width) are repaired deterministically
-to the nearest valid width of the same dimension; the repair is recorded on the trial.
+Sampling only calls ``trial.suggest_*`` and returns an Arch. A stage's width is suggested after
+its other choices, among the widths those choices allow (a split that makes a fractional
+channel count, groups that do not divide a width rule some out), so the parameters Optuna
+records always rebuild the Arch that was evaluated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+
+from ..accuracy.data import DataSpec
+from ..accuracy.proxies import PROXIES, SCORES, needed_for
 from ..common.yamlio import Located, check_keys, load_yaml
 from ..errors import UserError
+from ..guidelines.checks import GuidelineSettings
+from ..measure.target import BACKENDS, TargetSpec
 from ..model.arch import FAMILIES, KERNELS, LAYOUTS, PRESETS, Arch, ArchError, Stage, Stem
 
 OBJECTIVES = {  # name → direction
@@ -41,10 +50,8 @@ class Dim:
     def fixed(self) -> bool:
         return len(self.choices) == 1
 
-    def distribution(self) -> Any:
+    def distribution(self) -> BaseDistribution | None:
         """The Optuna distribution ``suggest`` uses (None when fixed: nothing is suggested)."""
-        from optuna.distributions import CategoricalDistribution, IntDistribution
-
         if self.fixed:
             return None
         if self.is_range:
@@ -59,10 +66,6 @@ class Dim:
             step = self.choices[1] - self.choices[0]
             return trial.suggest_int(name, lo, hi, step=step)
         return trial.suggest_categorical(name, list(self.choices))
-
-    def nearest(self, v: Any) -> list[Any]:
-        """All choices ordered by distance from v (the repair order)."""
-        return sorted(self.choices, key=lambda c: (abs(c - v), c))
 
 
 @dataclass(frozen=True)
@@ -79,13 +82,61 @@ class StageSpace:
     layout: str = "torchvision"
 
 
+# --- typed settings: each section of the YAML is one frozen dataclass; its field defaults are
+# the defaults of the YAML keys (written nowhere else). A section's rules (type, range, allowed
+# values) sit in a table beside it in the parsing code below.
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """The `target:` keys that are not part of the measured target (TargetSpec): the
+    classifier size, the per-figure time cap and the latency pre-filter."""
+
+    num_classes: int = 1000
+    max_seconds: float = 1.0  # time cap per latency measurement
+    # > 0: skip measuring architectures the latency predictor puts above the latency_ms
+    # constraint by more than this fraction (needs `shufflesearch latency build-table`)
+    prefilter: float = 0.0
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """The `proxy:` keys that say how an architecture is scored (the data is a DataSpec)."""
+
+    score: str = "macs"  # accuracy.proxies.SCORES
+    proxies: tuple[str, ...] | None = None  # computed proxies; None: the default set
+    # Multi-fidelity: at the end of a run, short-train the baselines and k points spread along
+    # the front, and store the accuracies with the run (pareto shows them).
+    short_train_top_k: int = 0
+    short_train_steps: int = 150
+
+
+@dataclass(frozen=True)
+class GuidelineConfig:
+    """The `guidelines:` section: how guideline penalties enter the search."""
+
+    mode: str = "penalize"  # GUIDELINE_MODES
+    weight: float = 30.0  # penalize: score units per unit of combined penalty
+    max_penalty: float = 0.5  # constrain: the largest combined penalty allowed
+    settings: GuidelineSettings = field(default_factory=GuidelineSettings)
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    name: str = "tpe"  # SAMPLERS
+    n_startup_trials: int = 10
+    population_size: int = 20
+
+
 @dataclass
 class SearchSpace:
     name: str
     path: str
     seed: int
-    target: dict[str, Any]  # resolution, batch, threads, num_classes, backend, channels_last, max_seconds, prefilter
-    proxy: dict[str, Any]  # dataset, resolution, batch, proxies, score, short_train_top_k/steps
+    target: TargetSpec  # what latency is measured on
+    target_options: TargetOptions  # num_classes, max_seconds, prefilter
+    data: DataSpec  # the proxy task (proxies and short training)
+    proxy: ProxySettings
     stem_channels: Dim
     stem_stride: int
     stem_pool: bool
@@ -93,10 +144,14 @@ class SearchSpace:
     head: Dim
     objectives: list[tuple[str, str]]  # (name, direction)
     constraints: dict[str, float]
-    guidelines: dict[str, Any]  # mode, weight, settings
-    sampler: dict[str, Any]
+    guidelines: GuidelineConfig
+    sampler: SamplerSettings
     baselines: list[str]
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)  # the resolved YAML (config.yaml)
+
+    @property
+    def num_classes(self) -> int:
+        return self.target_options.num_classes
 
     # --- identity -------------------------------------------------------------------------
     def fingerprint(self) -> str:
@@ -105,20 +160,56 @@ class SearchSpace:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # --- sampling -------------------------------------------------------------------------
+    def valid_widths(self, i: int, stage: Stage, before: tuple[Stage, ...], stem: Stem,
+                     head: int) -> list[int]:
+        """The widths of stage ``i`` that build, given its other choices (``stage``, whose own
+        width is ignored) and the stages before it. Raises ArchError when there is none."""
+        st = self.stages[i]
+        valid, first_err = [], None
+        for w in st.width.choices:
+            try:
+                Arch(stages=(*before, dataclasses.replace(stage, channels=w)), stem=stem, head=head,
+                     num_classes=self.num_classes)
+            except ArchError as e:
+                first_err = first_err or e
+                continue
+            valid.append(w)
+        if not valid:
+            raise ArchError(f"no valid width for stages.{i}: {first_err}")
+        return valid
+
+    def width_param(self, i: int, valid: list[int]) -> tuple[str, BaseDistribution | None]:
+        """The trial parameter stage ``i``'s width is sampled as, given its valid widths.
+
+        Only widths that build are offered, so the recorded width is the built one:
+        ``stages.i.width`` over the space's own grid when every width is valid; the same name
+        over the valid sub-grid (a narrower range or a coarser step: e.g. split 0.375 needs a
+        multiple of 8) when those form an even grid; otherwise a categorical over the valid
+        widths, named after them (Optuna needs one fixed choice list per name). None when a
+        single width is valid (nothing to choose)."""
+        st, p = self.stages[i], f"stages.{i}.width"
+        if len(valid) == 1:
+            return p, None
+        if valid == list(st.width.choices):
+            return p, st.width.distribution()
+        steps = {b - a for a, b in zip(valid, valid[1:])}
+        if st.width.is_range and len(steps) == 1:
+            return p, IntDistribution(valid[0], valid[-1], step=steps.pop())
+        return f"{p}[{'/'.join(map(str, valid))}]", CategoricalDistribution(valid)
+
     def sample(self, trial: Any) -> Arch:
-        """Define-by-run: suggest every choice, repair widths, return a valid Arch.
+        """Define-by-run: suggest every choice and return the Arch they build. A stage's width
+        is suggested last, among the widths its other choices allow (see ``width_param``), so
+        ``trial.params`` always decode to the returned Arch.
 
         Raises ArchError when no width of a stage can be made valid."""
-        repaired: dict[str, str] = {}
         stem_c = self.stem_channels.suggest(trial, "stem.channels")
         stem = Stem(channels=stem_c, stride=self.stem_stride, pool=self.stem_pool)
         head = self.head.suggest(trial, "head")
-        nc = int(self.target["num_classes"])
         stages: list[Stage] = []
         for i, st in enumerate(self.stages):
             p = f"stages.{i}"
             fam = st.family.suggest(trial, f"{p}.family")
-            width = st.width.suggest(trial, f"{p}.width")
             depth = st.depth.suggest(trial, f"{p}.depth")
             if st.per_unit_kernel:
                 kernel: Any = tuple(st.kernel.suggest(trial, f"{p}.kernel.{j}") for j in range(depth))
@@ -131,28 +222,20 @@ class SearchSpace:
             else:
                 extra["groups"] = st.groups.suggest(trial, f"{p}.groups")
                 extra["bottleneck"] = st.bottleneck.suggest(trial, f"{p}.bottleneck")
-            first_err: ArchError | None = None
-            for w in st.width.nearest(width):
-                cand = Stage(fam, w, depth, stride=st.stride, kernel=kernel, **extra)
-                try:
-                    Arch(stages=(*stages, cand), stem=stem, head=head, num_classes=nc)
-                except ArchError as e:
-                    first_err = first_err or e
-                    continue
-                if w != width:
-                    repaired[f"{p}.width"] = f"{width} -> {w} ({first_err})"
-                stages.append(cand)
-                break
+            shape = Stage(fam, st.width.choices[0], depth, stride=st.stride, kernel=kernel, **extra)
+            valid = self.valid_widths(i, shape, tuple(stages), stem, head)
+            name, dist = self.width_param(i, valid)
+            if dist is None:
+                width = valid[0]
+            elif isinstance(dist, IntDistribution):
+                width = trial.suggest_int(name, dist.low, dist.high, step=dist.step)
             else:
-                raise ArchError(f"no valid width for {p}: {first_err}")
-        if hasattr(trial, "set_user_attr") and repaired:
-            trial.set_user_attr("repaired", repaired)
-        return Arch(stages=tuple(stages), stem=stem, head=head, num_classes=nc)
+                width = trial.suggest_categorical(name, list(dist.choices))
+            stages.append(dataclasses.replace(shape, channels=width))
+        return Arch(stages=tuple(stages), stem=stem, head=head, num_classes=self.num_classes)
 
     def sample_random(self, n: int, seed: int = 0) -> list[Arch]:
         """n distinct random architectures (uniform over the define-by-run choices)."""
-        import optuna
-
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
         seen: dict[str, Arch] = {}
@@ -175,28 +258,28 @@ class SearchSpace:
         params: dict[str, Any] = {}
         dists: dict[str, Any] = {}
 
-        def put(name: str, dim: Dim, value: Any) -> None:
-            d = dim.distribution()
-            if d is not None:
-                params[name], dists[name] = value, d
+        def put(name: str, dist: BaseDistribution | None, value: Any) -> None:
+            if dist is not None:
+                params[name], dists[name] = value, dist
 
-        put("stem.channels", self.stem_channels, arch.stem.channels)
-        put("head", self.head, arch.head)
+        put("stem.channels", self.stem_channels.distribution(), arch.stem.channels)
+        put("head", self.head.distribution(), arch.head)
         for i, (s, st) in enumerate(zip(arch.stages, self.stages)):
             p = f"stages.{i}"
-            put(f"{p}.family", st.family, s.family)
-            put(f"{p}.width", st.width, s.channels)
-            put(f"{p}.depth", st.depth, s.depth)
+            put(f"{p}.family", st.family.distribution(), s.family)
+            put(f"{p}.depth", st.depth.distribution(), s.depth)
             if st.per_unit_kernel:
                 for j, k in enumerate(s.kernels()):
-                    put(f"{p}.kernel.{j}", st.kernel, k)
+                    put(f"{p}.kernel.{j}", st.kernel.distribution(), k)
             else:
-                put(f"{p}.kernel", st.kernel, s.kernels()[0])
+                put(f"{p}.kernel", st.kernel.distribution(), s.kernels()[0])
             if s.family == "v2":
-                put(f"{p}.split", st.split, s.split)
+                put(f"{p}.split", st.split.distribution(), s.split)
             else:
-                put(f"{p}.groups", st.groups, s.groups)
-                put(f"{p}.bottleneck", st.bottleneck, s.bottleneck)
+                put(f"{p}.groups", st.groups.distribution(), s.groups)
+                put(f"{p}.bottleneck", st.bottleneck.distribution(), s.bottleneck)
+            valid = self.valid_widths(i, s, arch.stages[:i], arch.stem, arch.head)
+            put(*self.width_param(i, valid), s.channels)
         return params, dists
 
     def contains(self, arch: Arch) -> bool:
@@ -223,19 +306,67 @@ class SearchSpace:
         return True
 
     def baseline_archs(self) -> dict[str, Arch]:
-        nc = int(self.target["num_classes"])
-        return {n: PRESETS[n].replace(num_classes=nc) for n in self.baselines}
+        return {n: PRESETS[n].replace(num_classes=self.num_classes) for n in self.baselines}
 
 
 # --- parsing ------------------------------------------------------------------------------
 
 _TOP = ("name", "seed", "target", "proxy", "space", "objectives", "constraints", "guidelines",
         "sampler", "baselines")
-_TARGET_DEFAULTS = {"resolution": 224, "batch": 1, "threads": 1, "num_classes": 1000,
-                    "backend": "torch", "channels_last": False, "max_seconds": 1.0,
-                    "prefilter": 0.0}
-_PROXY_DEFAULTS = {"dataset": "digits", "resolution": 32, "batch": 64, "proxies": None,
-                   "score": "macs", "short_train_top_k": 0, "short_train_steps": 150}
+# One rule per YAML key of a settings section: (type, low, high, allowed values). The default
+# of a key is the field default of the dataclass it fills (``_defaults``), written nowhere else.
+Rule = tuple[type, float | None, float | None, tuple | None]
+_TARGET_RULES: dict[str, Rule] = {  # fills TargetSpec and TargetOptions, in YAML check order
+    "resolution": (int, 8, 4096, None),
+    "batch": (int, 1, 4096, None),
+    "threads": (int, 1, 256, None),
+    "num_classes": (int, 1, 1_000_000, None),
+    "backend": (str, None, None, BACKENDS),
+    "channels_last": (bool, None, None, None),
+    "max_seconds": (float, 0.05, 600, None),
+    "prefilter": (float, 0.0, 10.0, None),
+}
+_PROXY_RULES: dict[str, Rule] = {  # fills DataSpec (`dataset` is its `name`) and ProxySettings
+    "dataset": (str, None, None, None),
+    "resolution": (int, 8, 1024, None),
+    "batch": (int, 2, 4096, None),
+    "short_train_top_k": (int, 0, 100, None),
+    "short_train_steps": (int, 1, 100_000, None),
+    "score": (str, None, None, SCORES),
+}
+_PROXY_KEYS = ("dataset", "resolution", "batch", "proxies", "score", "short_train_top_k", "short_train_steps")
+_GUIDELINE_RULES: dict[str, Rule] = {
+    "mode": (str, None, None, GUIDELINE_MODES),
+    "weight": (float, 0, 1000, None),
+    "max_penalty": (float, 0, 1, None),
+}
+_SAMPLER_RULES: dict[str, Rule] = {
+    "name": (str, None, None, SAMPLERS),
+    "n_startup_trials": (int, 0, 10_000, None),
+    "population_size": (int, 2, 10_000, None),
+}
+
+
+def _defaults(*classes: type) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+    return out
+
+
+def _section(doc: Located, d: dict, path: str, rules: dict[str, Rule], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Every key of one section, read and checked by its rule; absent keys take their default."""
+    return {k: _scalar(doc, d, k, path, kind, defaults[k], lo, hi, allowed)
+            for k, (kind, lo, hi, allowed) in rules.items()}
+
+
+def _fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
 _STAGE_KEYS = ("family", "width", "depth", "split", "groups", "kernel", "bottleneck", "stride",
                "per_unit_kernel", "layout")
 
@@ -333,44 +464,28 @@ def parse_space(doc: Located) -> SearchSpace:
     seed = _scalar(doc, d, "seed", "", int, 0, 0)
 
     t = _mapping(doc, d.get("target"), "target")
-    check_keys(doc, t, _TARGET_DEFAULTS, "target")
-    target = {
-        "resolution": _scalar(doc, t, "resolution", "target", int, 224, 8, 4096),
-        "batch": _scalar(doc, t, "batch", "target", int, 1, 1, 4096),
-        "threads": _scalar(doc, t, "threads", "target", int, 1, 1, 256),
-        "num_classes": _scalar(doc, t, "num_classes", "target", int, 1000, 1, 1_000_000),
-        "backend": _scalar(doc, t, "backend", "target", str, "torch", allowed=("torch", "onnxruntime")),
-        "channels_last": _scalar(doc, t, "channels_last", "target", bool, False),
-        "max_seconds": _scalar(doc, t, "max_seconds", "target", float, 1.0, 0.05, 600),
-        # > 0: skip measuring architectures the latency predictor puts above the latency_ms
-        # constraint by more than this fraction (needs `shufflesearch latency build-table`)
-        "prefilter": _scalar(doc, t, "prefilter", "target", float, 0.0, 0.0, 10.0),
-    }
+    check_keys(doc, t, _TARGET_RULES, "target")
+    tv = _section(doc, t, "target", _TARGET_RULES, _defaults(TargetSpec, TargetOptions))
+    target, target_options = TargetSpec(**_fields(TargetSpec, tv)), TargetOptions(**_fields(TargetOptions, tv))
 
     pr = _mapping(doc, d.get("proxy"), "proxy")
-    check_keys(doc, pr, _PROXY_DEFAULTS, "proxy")
-    proxy = {
-        "dataset": _scalar(doc, pr, "dataset", "proxy", str, "digits"),
-        "resolution": _scalar(doc, pr, "resolution", "proxy", int, 32, 8, 1024),
-        "batch": _scalar(doc, pr, "batch", "proxy", int, 64, 2, 4096),
-        "proxies": pr.get("proxies"),
-    }
-    # Multi-fidelity: at the end of a run, short-train the baselines and k points spread along
-    # the front, and store the accuracies with the run (pareto shows them).
-    proxy["short_train_top_k"] = _scalar(doc, pr, "short_train_top_k", "proxy", int, 0, 0, 100)
-    proxy["short_train_steps"] = _scalar(doc, pr, "short_train_steps", "proxy", int, 150, 1, 100_000)
-    from ..accuracy.proxies import PROXIES, SCORES, needed_for
-
-    proxy["score"] = _scalar(doc, pr, "score", "proxy", str, "macs", allowed=SCORES)
-    if proxy["proxies"] is not None:
-        if not (isinstance(proxy["proxies"], list) and all(isinstance(x, str) for x in proxy["proxies"])):
+    check_keys(doc, pr, _PROXY_KEYS, "proxy")
+    pv = _section(doc, pr, "proxy", _PROXY_RULES, {**_defaults(DataSpec, ProxySettings), "dataset": DataSpec.name})
+    proxies = pr.get("proxies")
+    if proxies is not None:
+        if not (isinstance(proxies, list) and all(isinstance(x, str) for x in proxies)):
             raise doc.error("proxy.proxies", "must be a list of proxy names")
-        for i, n in enumerate(proxy["proxies"]):
+        for i, n in enumerate(proxies):
             if n not in PROXIES:
                 raise doc.error(f"proxy.proxies[{i}]", f"unknown proxy {n!r}; choose from {', '.join(PROXIES)}")
-        missing = [n for n in needed_for(proxy["score"]) if n not in proxy["proxies"]]
+        missing = [n for n in needed_for(pv["score"]) if n not in proxies]
         if missing:
-            raise doc.error("proxy.proxies", f"score {proxy['score']!r} needs {', '.join(missing)}")
+            raise doc.error("proxy.proxies", f"score {pv['score']!r} needs {', '.join(missing)}")
+    try:
+        data = DataSpec(name=pv["dataset"], resolution=pv["resolution"], batch=pv["batch"], seed=seed)
+    except UserError as e:
+        raise UserError(f"{doc.where('proxy.dataset')}: {e}") from None
+    proxy = ProxySettings(**_fields(ProxySettings, pv), proxies=None if proxies is None else tuple(proxies))
 
     sp = _mapping(doc, d["space"], "space")
     check_keys(doc, sp, ("stem", "stages", "head"), "space")
@@ -429,41 +544,31 @@ def parse_space(doc: Located) -> SearchSpace:
     constraints = {k: float(_scalar(doc, c, k, "constraints", float, None, 0)) for k in c}
 
     g = _mapping(doc, d.get("guidelines"), "guidelines")
-    check_keys(doc, g, ("mode", "weight", "max_penalty", "settings"), "guidelines")
-    guidelines = {
-        "mode": _scalar(doc, g, "mode", "guidelines", str, "penalize", allowed=GUIDELINE_MODES),
-        "weight": _scalar(doc, g, "weight", "guidelines", float, 30.0, 0, 1000),
-        "max_penalty": _scalar(doc, g, "max_penalty", "guidelines", float, 0.5, 0, 1),
-        "settings": _mapping(doc, g.get("settings"), "guidelines.settings"),
-    }
-    if guidelines["settings"]:
-        try:
-            from ..guidelines.checks import GuidelineSettings
-        except ImportError:  # pragma: no cover - guidelines module always ships
-            pass
-        else:
-            try:
-                GuidelineSettings.from_dict(guidelines["settings"])
-            except UserError as e:
-                raise doc.error("guidelines.settings", str(e)) from None
+    check_keys(doc, g, (*_GUIDELINE_RULES, "settings"), "guidelines")
+    gv = _section(doc, g, "guidelines", _GUIDELINE_RULES, _defaults(GuidelineConfig))
+    gs = _mapping(doc, g.get("settings"), "guidelines.settings")
+    try:
+        settings = GuidelineSettings.from_dict(gs)
+    except UserError as e:
+        raise doc.error("guidelines.settings", str(e)) from None
+    guidelines = GuidelineConfig(**gv, settings=settings)
 
-    sm = d.get("sampler", "tpe")
+    sm = d.get("sampler", SamplerSettings.name)
     sm = {"name": sm} if isinstance(sm, str) else _mapping(doc, sm, "sampler")
-    check_keys(doc, sm, ("name", "n_startup_trials", "population_size"), "sampler")
-    sampler = {
-        "name": _scalar(doc, sm, "name", "sampler", str, "tpe", allowed=SAMPLERS),
-        "n_startup_trials": _scalar(doc, sm, "n_startup_trials", "sampler", int, 10, 0, 10_000),
-        "population_size": _scalar(doc, sm, "population_size", "sampler", int, 20, 2, 10_000),
-    }
+    check_keys(doc, sm, _SAMPLER_RULES, "sampler")
+    sampler = SamplerSettings(**_section(doc, sm, "sampler", _SAMPLER_RULES, _defaults(SamplerSettings)))
 
     space = SearchSpace(
-        name=name, path=doc.source, seed=seed, target=target, proxy=proxy,
-        stem_channels=stem_channels, stem_stride=stem_stride, stem_pool=stem_pool,
-        stages=stages, head=head, objectives=objectives, constraints=constraints,
-        guidelines=guidelines, sampler=sampler, baselines=[],
-        raw={"name": name, "seed": seed, "target": target, "proxy": proxy, "space": sp,
-             "objectives": objectives, "constraints": constraints, "guidelines": guidelines,
-             "sampler": sampler},
+        name=name, path=doc.source, seed=seed, target=target, target_options=target_options,
+        data=data, proxy=proxy, stem_channels=stem_channels, stem_stride=stem_stride,
+        stem_pool=stem_pool, stages=stages, head=head, objectives=objectives,
+        constraints=constraints, guidelines=guidelines, sampler=sampler, baselines=[],
+        # The resolved config as YAML keys: written to the run's config.yaml, parsed back by
+        # load_run, and hashed into the space's fingerprint.
+        raw={"name": name, "seed": seed, "target": tv,
+             "proxy": {**{k: pv[k] for k in _PROXY_KEYS if k in pv}, "proxies": proxies},
+             "space": sp, "objectives": objectives, "constraints": constraints,
+             "guidelines": {**gv, "settings": gs}, "sampler": dataclasses.asdict(sampler)},
     )
     b = d.get("baselines", "auto")
     if b == "auto":

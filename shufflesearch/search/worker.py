@@ -18,6 +18,7 @@ from ..model.arch import ArchError
 from .evaluator import Evaluator
 from .faults import fault_point
 from .objective import _PER_TRIAL_CONSTRAINTS, constraint_items, make_sampler, objective_values
+from .records import TrialRecord
 from .runfolder import HEARTBEAT_S, Run, _setup_log, open_run
 from .space import SearchSpace, load_space
 
@@ -110,8 +111,7 @@ def run_trial(study: optuna.Study, space: SearchSpace, evaluate: Evaluator,
         dup = _find_duplicate(study, arch.archid, trial.number)
         try:
             if dup is not None:
-                rec = {k: v for k, v in dup.user_attrs.items() if k not in ("timings", "baseline", "duplicate_of")}
-                rec["duplicate_of"] = dup.number
+                rec = TrialRecord.from_trial(dup).copy_for_duplicate(dup.number)
             else:
                 rec = evaluate(arch, timings)
         except optuna.TrialPruned as e:
@@ -135,13 +135,13 @@ def run_trial(study: optuna.Study, space: SearchSpace, evaluate: Evaluator,
             study.tell(trial, state=TrialState.FAIL)
             return None
         t_store = time.perf_counter()
-        items = constraint_items(space, rec)
-        rec["constraints"] = list(items.values())
+        rec.constraints = constraint_items(space, rec)
         if _PER_TRIAL_CONSTRAINTS:
-            for k, v in items.items():
+            for k, v in rec.constraints.items():
                 trial.set_constraint(k, v)
-        for i, (k, v) in enumerate(rec.items()):
-            if i == len(rec) // 2:
+        attrs = rec.to_user_attrs()
+        for i, (k, v) in enumerate(attrs.items()):
+            if i == len(attrs) // 2:
                 fault_point("storage")
             trial.set_user_attr(k, v)
         values = objective_values(space, rec)
