@@ -374,8 +374,14 @@ def _add_pareto(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
+    from .review.pareto import (
+        format_breaks,
+        format_failed,
+        format_pareto,
+        load_records,
+        pareto_rows,
+    )
     from .search.records import failed
-    from .review.pareto import format_breaks, format_failed, format_pareto, load_records, pareto_rows
 
     run, records = load_records(args.run)
     if args.failed:

@@ -4,6 +4,7 @@ with answers worked out by hand, then `pareto`, `report` (rendered in headless C
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,18 +16,25 @@ from pathlib import Path
 import pytest
 
 from shufflesearch.cli import main
-from shufflesearch.review.pareto import format_failed, hypervolume_2d, hypervolume_history, pareto_rows, pick_trial, rank_correlation
-from shufflesearch.search.front import knee, pareto_front
+from shufflesearch.review.pareto import (
+    format_failed,
+    hypervolume_2d,
+    hypervolume_history,
+    pareto_rows,
+    pick_trial,
+    rank_correlation,
+)
+from shufflesearch.search.front import knee, pareto_front, spread_indices
+from shufflesearch.search.records import GuidelineSummary, TrialRecord, trial_records
 
 HERE = Path(__file__).parent
 
 
-def rec(trial: int, proxy: float, lat: float, **kw) -> dict:
-    r = {"trial": trial, "state": "COMPLETE", "archid": f"a{trial}", "proxy": proxy, "latency_ms": lat,
-         "latency": {"median_ms": lat, "iqr_ms": 0.1}, "mac": 100 + trial, "macs": 1000 + trial,
-         "params": 10 + trial, "guidelines": {"penalties": {"G1": 0.5}, "total": 0.1}, "baseline": None}
-    r.update(kw)
-    return r
+def rec(trial: int, proxy: float, lat: float, **kw) -> TrialRecord:
+    return TrialRecord(
+        trial=trial, archid=f"a{trial}", proxy=proxy, latency_ms=lat,
+        latency={"median_ms": lat, "iqr_ms": 0.1}, mac=100 + trial, macs=1000 + trial,
+        params=10 + trial, guidelines=GuidelineSummary({"G1": 0.5}, 0.1), **kw)
 
 
 # Front by hand: t1 (1 ms, 0.2), t2 (2 ms, 0.8), t4 (10 ms, 0.9). t3 (3 ms, 0.5) is beaten by t2,
@@ -37,17 +45,23 @@ RECORDS = [
     rec(2, 0.8, 2.0),
     rec(3, 0.5, 3.0),
     rec(4, 0.9, 10.0),
-    {**rec(5, 0.8, 2.0), "archid": "a2", "duplicate_of": 2},
-    {"trial": 6, "state": "FAIL", "archid": "a6", "fail_reason": "out of memory"},
-    {"trial": 7, "state": "PRUNED", "fail_reason": "rejected: stages[1].groups: 3 does not divide 116"},
+    dataclasses.replace(rec(5, 0.8, 2.0), archid="a2", duplicate_of=2),
+    TrialRecord(trial=6, state="FAIL", archid="a6", fail_reason="out of memory"),
+    TrialRecord(trial=7, state="PRUNED", fail_reason="rejected: stages[1].groups: 3 does not divide 116"),
+]
+# Trials that break a constraint (constraint value > 0) and would beat everything above.
+INFEASIBLE = [
+    rec(8, 0.95, 0.5, constraints={"macs_m": 9.06, "latency_ms": -1.0}),  # would dominate t1, t2
+    rec(9, 0.99, 1.5, constraints={"guidelines": 0.2}),
+    rec(10, 0.3, 0.9, baseline="shufflenet_v1_g3_x1_0", constraints={"params_m": 0.5}),
 ]
 
 
 def test_front_knee_and_rows():
     front = pareto_front(RECORDS)
-    assert [r["trial"] for r in front] == [1, 2, 4]  # t5 is t2's duplicate: listed once
+    assert [r.trial for r in front] == [1, 2, 4]  # t5 is t2's duplicate: listed once
     # Scaled to [0, 1]: t1 (0, 0), t2 (1/9, 6/7), t4 (1, 1); t2 is farthest from the diagonal.
-    assert knee(front)["trial"] == 2
+    assert knee(front).trial == 2
     rows = pareto_rows(RECORDS)
     assert [r.trial for r in rows] == [1, 2, 0, 4]  # by latency; the dominated baseline is kept
     assert [r.on_front for r in rows] == [True, True, False, True]
@@ -93,16 +107,90 @@ def test_rank_correlation_by_hand():
 def test_pick_trial():
     from shufflesearch.errors import UserError
 
-    assert pick_trial(RECORDS, trial=3)["trial"] == 3
-    assert pick_trial(RECORDS, use_knee=True)["trial"] == 2
-    assert pick_trial(RECORDS, max_latency=5)["trial"] == 2
-    assert pick_trial(RECORDS, max_latency=1.5)["trial"] == 1
+    assert pick_trial(RECORDS, trial=3).trial == 3
+    assert pick_trial(RECORDS, use_knee=True).trial == 2
+    assert pick_trial(RECORDS, max_latency=5).trial == 2
+    assert pick_trial(RECORDS, max_latency=1.5).trial == 1
     with pytest.raises(UserError, match="no trial on the front is that fast"):
         pick_trial(RECORDS, max_latency=0.5)
     with pytest.raises(UserError, match="out of memory"):
         pick_trial(RECORDS, trial=6)
     with pytest.raises(UserError, match="no such trial"):
         pick_trial(RECORDS, trial=99)
+
+
+def test_infeasible_records_are_never_on_the_front_or_picked():
+    from shufflesearch.errors import UserError
+    from shufflesearch.review.pareto import format_pareto
+
+    recs = RECORDS + INFEASIBLE
+    # Without the constraints t8 (0.5 ms, 0.95) and t9 would take the whole front and the knee.
+    assert [r.trial for r in pareto_front(recs)] == [1, 2, 4]
+    assert knee(pareto_front(recs)).trial == 2
+    assert pick_trial(recs, use_knee=True).trial == 2
+    assert pick_trial(recs, max_latency=1.5).trial == 1  # not t8 at 0.5 ms
+    with pytest.raises(UserError, match=r"--trial 8: infeasible, it breaks macs_m \+9\.06"):
+        pick_trial(recs, trial=8)
+    with pytest.raises(UserError, match="all infeasible"):
+        pick_trial(INFEASIBLE, use_knee=True)
+    rows = {r.trial: r for r in pareto_rows(recs)}
+    assert set(rows) == {0, 1, 2, 4, 10}  # the front and both baselines, infeasible one included
+    assert not rows[10].feasible and rows[10].breaks == {"params_m": 0.5} and not rows[10].on_front
+    rows = {r.trial: r for r in pareto_rows(recs, all_trials=True)}
+    assert rows[8].breaks == {"macs_m": 9.06} and not rows[8].on_front and not rows[8].knee
+    assert rows[9].breaks == {"guidelines": 0.2}
+    assert all(r.feasible for t, r in rows.items() if t not in (8, 9, 10))
+    lines = format_pareto(list(rows.values())).splitlines()
+    line8 = next(ln for ln in lines if ln.split()[:2] == ["x", "8"])
+    assert line8.rstrip().endswith("macs_m +9.06")
+    assert any("x infeasible" in ln for ln in lines)
+    # the hypervolume counts only what the feasible front dominates
+    assert hypervolume_history(recs).values[-1] == pytest.approx(hypervolume_history(RECORDS).values[-1])
+
+
+def test_spread_indices_cover_the_whole_front():
+    # The old rounding trained indices 0, 1, 2 of a 4-point front with k = 5.
+    assert spread_indices(4, 5) == [0, 1, 2, 3]
+    assert spread_indices(4, 2) == [0, 3] and spread_indices(5, 3) == [0, 2, 4]
+    assert spread_indices(7, 1) == [3] and spread_indices(0, 3) == [] and spread_indices(3, 0) == []
+    for n in range(1, 13):
+        for k in range(1, 16):
+            idx = spread_indices(n, k)
+            assert len(idx) == min(n, k) and idx == sorted(set(idx)), (n, k, idx)
+            if min(n, k) >= 2:
+                assert idx[0] == 0 and idx[-1] == n - 1, (n, k, idx)
+
+
+def test_short_training_picks_the_whole_feasible_front():
+    from shufflesearch.search.baselines import short_train_picks
+
+    recs = RECORDS + INFEASIBLE  # front t1, t2, t4; feasible baseline t0, infeasible t10
+    assert [r.trial for r in short_train_picks(recs, 5)] == [0, 1, 2, 4]
+    assert [r.trial for r in short_train_picks(recs, 2)] == [0, 1, 4]  # both ends
+    assert [r.trial for r in short_train_picks(recs, 0)] == [0]
+
+
+def test_trial_record_round_trip_keeps_unknown_keys():
+    optuna = pytest.importorskip("optuna")
+    r = rec(3, 0.5, 3.0, constraints={"macs_m": 1.5}, worker_pid=7, timings={"build": 0.1})
+    r.latency["ratio"] = 1.25  # additions to the latency dict survive as they are
+    r.extra["fidelity"] = {"rung": 2, "estimate": 0.61}  # a key this version does not know
+    attrs = r.to_user_attrs()
+    assert "trial" not in attrs and "state" not in attrs and attrs["fidelity"]["rung"] == 2
+    t = optuna.trial.create_trial(params={}, distributions={}, values=[0.5, 3.0], user_attrs=attrs)
+    t.number = 3
+    back = TrialRecord.from_trial(t)
+    assert back == r
+    assert back.to_user_attrs() == attrs and not back.feasible and back.broken == {"macs_m": 1.5}
+    # a run written before constraints were stored by name: the names come from Optuna's attrs
+    old = optuna.trial.create_trial(params={}, distributions={}, values=[0.5, 3.0],
+                                    user_attrs={**attrs, "constraints": [-1.0, 0.25]},
+                                    system_attrs={"constraints:latency_ms": -1.0, "constraints:macs_m": 0.25})
+    assert TrialRecord.from_trial(old).broken == {"macs_m": 0.25}
+    fail = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL)
+    fail.number = 4
+    assert [(x.trial, x.state) for x in trial_records([fail, t])] == [(3, "COMPLETE"), (4, "FAIL")]
+    assert TrialRecord.from_trial(fail).fail_reason.startswith("no reason recorded")
 
 
 # --- one real run, shared by the CLI tests ----------------------------------------------------------
@@ -230,7 +318,7 @@ def test_unit_breakdown_of_picks():
     from shufflesearch.review.html import FIGURES, render_html, report_data
 
     arch = PRESETS["shufflenet_v2_x0_5"].to_dict()
-    recs = [{**rec(1, 0.2, 1.0), "arch": arch}, {**rec(2, 0.8, 2.0), "arch": arch}]
+    recs = [rec(1, 0.2, 1.0, arch=arch), rec(2, 0.8, 2.0, arch=arch)]
     d = report_data(recs, title="t", meta={}, resolution=224,
                     unit_ms=lambda a: {"stem": 0.25}, predictor_note="table x")
     assert [(p.label, p.trial) for p in d.picks] == [("knee, best proxy", 2), ("fastest", 1)]

@@ -223,9 +223,9 @@ def test_each_run_logs_to_its_own_file(tmp_path):
 def _table_for_tiny(per_unit_ms: float) -> None:
     """A latency table for the tiny space's target whose unit model says every unit takes
     ``per_unit_ms`` (a stand-in for `shufflesearch latency build-table`)."""
-    from shufflesearch.measure.target import TargetSpec
     from shufflesearch.measure.env import fingerprint
     from shufflesearch.measure.predictor import LatencyTable, table_path
+    from shufflesearch.measure.target import TargetSpec
 
     spec = TargetSpec(resolution=32, batch=1, threads=1)
     LatencyTable(spec.to_dict(), fingerprint(1, "torch"), joint=[per_unit_ms] + [0.0] * 7).save(table_path(spec))

@@ -36,11 +36,14 @@ from typing import Any
 
 import torch
 
+from .. import __version__
 from ..common.files import prepare_out_dir
 from ..errors import UserError
+from ..guidelines import checks as guidelines
 from ..model.arch import Arch, load_arch, preset_name, resolve_arch
 from ..model.codegen import model_source
 from ..model.compile import build, check_state_dict_fits, to_inference
+from ..model.cost import costs, format_costs
 
 ARTEFACTS = ("arch.yaml", "model.py", "weights.pt", "model.pt2", "model.onnx", "report.md")
 # model.py may import these and nothing else: "depends only on torch" is checked, not hoped.
@@ -132,8 +135,6 @@ def _export_into(
     arch: Arch, d: Path, out: Path, state_dict: Any, info: dict[str, Any], res: int,
     onnx: bool | None, torch_export: bool, say: Callable[[str], None],
 ) -> ExportResult:
-    from .. import __version__
-
     model = build(arch)
     trained = state_dict is not None
     if trained:
@@ -288,6 +289,7 @@ def _export_pt2(inf: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, scale:
 
 
 def _export_onnx(inf: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, scale: float, path: Path) -> float:
+    # onnx/onnxruntime are optional and heavy: loaded only when a bundle includes model.onnx.
     import onnx
     import onnxruntime as ort
 
@@ -325,12 +327,6 @@ def _kv_table(d: Mapping[str, Any]) -> list[str]:
 
 def _guideline_lines(arch: Arch, res: int) -> list[str]:
     try:
-        from ..guidelines import (
-            checks as guidelines,  # written by another module owner; optional here
-        )
-    except ImportError:
-        return ["Guideline checkers (shufflesearch.guidelines) are not available in this install."]
-    try:
         rep = guidelines.check(arch, res)
     except Exception as e:  # a checker bug must not cost the user an otherwise verified bundle
         return [f"The guideline check failed: {e.__class__.__name__}: {e}"]
@@ -358,7 +354,6 @@ def _guideline_lines(arch: Arch, res: int) -> list[str]:
 def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res: int,
                   trained: bool, version: str = "") -> str:
     """report.md: what the bundle holds, what was verified, and what the Arch costs."""
-    from ..model.cost import costs, format_costs
 
     name = preset_name(arch)
     c = costs(arch, res)
