@@ -317,7 +317,7 @@ def render_html(d: ReportData, svgs: dict[str, str]) -> str:
         f"<p class=note>{_e(d.predictor_note)}</p>",
         *(_pick_table(p) for p in d.picks),
         "<h2>Hypervolume history</h2>",
-        "<p class=note>Area dominated by the completed trials so far on (proxy, latency), from a "
+        "<p class=note>Area dominated by the feasible completed trials so far on (proxy, latency), from a "
         "reference point fixed for the whole run (worst proxy and latency, pushed out by 10% of "
         "their ranges).</p>",
         f'<div class="fig" id="fig-hv">{svgs["hypervolume"]}</div>',
@@ -352,6 +352,11 @@ def _unit_ms_from_table(spec: TargetSpec) -> tuple[UnitMs | None, str]:
                                   "the heading shows the measured total.")
 
 
+def _infeasible_note(records: list[TrialRecord]) -> str:
+    n = sum(not r.feasible for r in completed(records))
+    return f" ({n} infeasible: off the front, listed in the table)" if n else ""
+
+
 def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], None] | None = None) -> ReportFiles:
     """Write OUT (the HTML page) and OUT's stem + _<figure>.png beside it."""
     import matplotlib
@@ -373,7 +378,8 @@ def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], Non
         "run": str(run.root), "space": str(run.space.path or "-"),
         "objectives": ", ".join(f"{n} ({d})" for n, d in run.space.objectives),
         "target": f"{t.resolution}x{t.resolution}, batch {t.batch}, {t.threads} thread(s), {t.backend}",
-        "trials": f"{len(completed(records))} completed, {len(failed(records))} failed/pruned",
+        "trials": f"{len(completed(records))} completed{_infeasible_note(records)}, "
+                  f"{len(failed(records))} failed/pruned",
         "measured on": str(fp.get("cpu", "?")), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     say("computing")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,9 +108,10 @@ class TrialRecord:
 
     @classmethod
     def from_user_attrs(cls, attrs: dict[str, Any], *, trial: int = -1, state: str = "COMPLETE",
-                        constraint_names: Sequence[str] = ()) -> TrialRecord:
+                        named_constraints: dict[str, float] | None = None) -> TrialRecord:
         """Read stored attributes back. Runs made before constraints were stored by name hold a
-        list; ``constraint_names`` (from the trial's system attributes) names its values."""
+        list; ``named_constraints`` (Optuna's per-trial constraints, from the trial's system
+        attributes) then gives the names."""
         kw: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for k, v in attrs.items():
@@ -122,16 +123,17 @@ class TrialRecord:
             kw["guidelines"] = GuidelineSummary.from_dict(kw["guidelines"])
         c = kw.get("constraints")
         if isinstance(c, list):
-            names = list(constraint_names) if len(constraint_names) == len(c) else [f"#{i}" for i in range(len(c))]
-            kw["constraints"] = dict(zip(names, (float(x) for x in c)))
+            named = named_constraints or {}
+            kw["constraints"] = ({k: float(v) for k, v in named.items()} if len(named) == len(c)
+                                 else {f"#{i}": float(x) for i, x in enumerate(c)})
         return cls(trial=trial, state=state, extra=extra, **kw)
 
     @classmethod
     def from_trial(cls, t: Any) -> TrialRecord:
         """The record of an Optuna FrozenTrial."""
-        names = [k.split(":", 1)[1] for k in t.system_attrs if k.startswith("constraints:")]
+        named = {k.split(":", 1)[1]: v for k, v in t.system_attrs.items() if k.startswith("constraints:")}
         rec = cls.from_user_attrs(dict(t.user_attrs), trial=t.number, state=t.state.name,
-                                  constraint_names=names)
+                                  named_constraints=named)
         if rec.state in ("FAIL", "PRUNED") and rec.fail_reason is None:
             rec.fail_reason = "no reason recorded (the worker died?)"
         return rec
