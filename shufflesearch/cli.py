@@ -381,7 +381,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         load_records,
         pareto_rows,
     )
-    from .search.records import failed
+    from .search.records import completed, failed
 
     run, records = load_records(args.run)
     if args.failed:
@@ -411,8 +411,11 @@ def cmd_pareto(args: argparse.Namespace) -> int:
             w.writerow(flat[0].keys())
             w.writerows(d.values() for d in flat)
     elif not rows:
-        n = len(failed(records))
-        print(f"{run.root}: no completed trials yet" + (f" ({n} failed: see --failed)" if n else ""))
+        n, done = len(failed(records)), len(completed(records))
+        if done:  # every completed trial breaks a constraint: nothing is on the front
+            print(f"{run.root}: no feasible trial yet ({done} completed, all infeasible: see --all)")
+        else:
+            print(f"{run.root}: no completed trials yet" + (f" ({n} failed: see --failed)" if n else ""))
     else:
         print(format_pareto(rows, [n for n, _ in run.space.objectives]))
     return 0

@@ -73,9 +73,13 @@ def test_baselines_are_evaluated_first_and_not_counted(tmp_path):
     run = search(space, 2, runs_root=tmp_path / "runs", quiet=True)
     _, study = load_run(run.root)
     trials = study.get_trials(states=(TrialState.COMPLETE,))
-    assert trials[0].user_attrs["baseline"] == "shufflenet_v2_x0_5"
-    assert trials[0].user_attrs["arch"]["stages"][0]["channels"] == 48
+    base = TrialRecord.from_trial(trials[0])
+    assert base.baseline == "shufflenet_v2_x0_5"
+    assert base.arch["stages"][0]["channels"] == 48
     assert len(_search_trials(study)) == 2 and len(trials) == 3
+    # a preset the space cannot produce (the tiny space has no 1024-wide head) is stored
+    # without params: params that do not decode to it would mislead the sampler
+    assert not load_space(space).contains(Arch.from_dict(base.arch)) and trials[0].params == {}
 
 
 def test_two_workers_reach_exactly_the_budget(tmp_path):
