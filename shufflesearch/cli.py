@@ -1,18 +1,58 @@
 """The `shufflesearch` command: a table of subcommands, each parse → call → print.
 
-Logic lives in the modules; a command function turns arguments into one call and prints the
-result. Bad input raises UserError, which is printed as one line with exit code 2.
+Logic lives in the stages; a command function turns arguments into calls and prints the result.
+This is the edge where a preset name or an arch file becomes an Arch (``resolve_arch``) and a
+search-space file becomes a SearchSpace; the stages below take those. Bad input raises
+UserError, which is printed as one line with exit code 2.
+
+Imports are all at the top, none per command: importing every stage costs about 0.3 s more than
+the model stage alone (measured with /usr/bin/time, see README "Architecture"), against the
+~1.5 s that torch costs every command anyway, so per-command lazy imports would buy little and
+hide the import graph.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from .accuracy.data import DataSpec, load_data
+from .accuracy.training import train_arch
+from .accuracy.validation import format_report as format_validation
+from .accuracy.validation import plot_report, validate_proxies, validation_set
+from .common.threads import torch_threads
+from .common.yamlio import parse_yaml, read_yaml
 from .errors import UserError
+from .guidelines.calibration import save
+from .guidelines.checks import GuidelineSettings, check, format_report, load_calibration
+from .guidelines.microbench import FULL, QUICK, bench, format_tables, n_measurements
+from .measure.cache import LatencyCache
+from .measure.predictor import LatencyTable, build_table, random_archs, table_path, validate
+from .measure.protocol import measure_arch
+from .measure.target import TargetSpec
+from .model.arch import PRESETS, Arch, resolve_arch
+from .model.cost import costs, format_costs
+from .review.export import export_arch
+from .review.html import write_report
+from .review.pareto import (
+    export_info,
+    format_failed,
+    format_pareto,
+    load_records,
+    pareto_rows,
+    pick_trial,
+)
+from .search.engine import search
+from .search.records import failed
+from .search.space import load_space
 
 
 def _print_json(obj: object) -> None:
@@ -30,9 +70,6 @@ def _add_show(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .model.arch import PRESETS, resolve_arch
-    from .model.cost import costs, format_costs
-
     if args.list or not args.arch:
         for name in PRESETS:
             print(name)
@@ -66,18 +103,12 @@ def _add_latency(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    from .measure.cache import LatencyCache
-    from .measure.target import TargetSpec
-    from .measure.protocol import measure_arch
-
     spec = TargetSpec(args.resolution, args.batch, args.threads, args.channels_last, args.backend)
     if args.max_seconds <= 0:
         raise UserError(f"--max-seconds: must be > 0, got {args.max_seconds}")
     if args.arch in ("build-table", "validate"):
-        from .measure.predictor import cli_predictor
-
-        return cli_predictor(args, spec)
-    lat = measure_arch(args.arch, spec, cache=LatencyCache(), remeasure=args.remeasure,
+        return _latency_predictor(args, spec)
+    lat = measure_arch(resolve_arch(args.arch), spec, cache=LatencyCache(), remeasure=args.remeasure,
                        max_seconds=args.max_seconds)
     if args.json:
         _print_json(lat.to_dict())
@@ -86,6 +117,35 @@ def cmd_latency(args: argparse.Namespace) -> int:
         print(f"{lat.median_ms:.3f} ms median, IQR {lat.iqr_ms:.3f} ms ({100 * lat.rel_iqr:.1f}%), "
               f"n={lat.n}, {src}; {spec.resolution}x{spec.resolution} batch {spec.batch}, "
               f"{spec.threads} thread(s), {spec.backend}; {lat.fingerprint['cpu']}")
+    return 0
+
+
+def _latency_predictor(args: argparse.Namespace, spec: TargetSpec) -> int:
+    """``latency build-table`` and ``latency validate``: random architectures from ``--space``
+    (else the predictor's built-in space), timed unit by unit / checked against measurement."""
+    progress = not (args.quiet or args.json)
+    path = table_path(spec)
+
+    def archs(n: int, seed: int) -> list[Arch]:
+        return load_space(args.space).sample_random(n, seed) if args.space else random_archs(n, seed)
+
+    if args.arch == "build-table":
+        old = LatencyTable.load(path) if path.exists() and not args.remeasure else None
+        t = build_table(archs(max(args.n, 1), args.seed), spec, table=old, progress=progress)
+        t.save(path)
+        info = {"table": str(path), "entries": len(t.entries), "scale": t.scale, "fingerprint": t.fingerprint}
+        if args.json:
+            _print_json(info)
+        else:
+            print(f"{len(t.entries)} unit entries, scale {t.scale:.3f} → {path}")
+        return 0
+    t = LatencyTable.load(path)
+    v = validate(t, archs(args.n, args.seed + 10_000), max_seconds=args.max_seconds, progress=progress)
+    if args.json:
+        _print_json(v.to_dict())
+    else:
+        print(f"{v.n} random architectures: {100 * v.within_10:.0f}% within ±10%, median |error| "
+              f"{v.median_abs_err_pct:.1f}%, table hit rate {100 * v.table_hit_rate:.0f}%")
     return 0
 
 
@@ -103,8 +163,6 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .search.engine import search
-
     run = search(args.space, args.budget, name=args.name, runs_root=args.runs,
                  storage=args.storage, workers=args.workers, quiet=args.quiet)
     if not args.quiet:
@@ -118,8 +176,6 @@ def _add_validate(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .search.space import load_space
-
     space = load_space(args.space)
     archs = space.sample_random(args.sample, space.seed) if args.sample else []
     print(f"{args.space}: ok")
@@ -150,8 +206,7 @@ def _add_export_arch(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export_arch(args: argparse.Namespace) -> int:
-    from .review.export import export_arch
-
+    arch = resolve_arch(args.arch)
     quiet = args.quiet or args.json
 
     def log(msg: str) -> None:
@@ -159,15 +214,11 @@ def cmd_export_arch(args: argparse.Namespace) -> int:
 
     info = {}
     if args.latency:
-        from .measure.cache import LatencyCache
-        from .measure.target import TargetSpec
-        from .measure.protocol import measure_arch
-
         if not quiet:
             log("measuring latency")
-        lat = measure_arch(args.arch, TargetSpec(resolution=args.resolution), cache=LatencyCache())
+        lat = measure_arch(arch, TargetSpec(resolution=args.resolution), cache=LatencyCache())
         info = {"latency": lat.to_dict()}
-    res = export_arch(args.arch, args.out, state_dict=args.weights, info=info, resolution=args.resolution,
+    res = export_arch(arch, args.out, state_dict=args.weights, info=info, resolution=args.resolution,
                       onnx=args.onnx, torch_export=not args.no_pt2, log=None if quiet else log)
     if args.json:
         _print_json(res.to_dict())
@@ -189,18 +240,14 @@ def _add_check(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .guidelines.checks import GuidelineSettings, check, format_report, load_calibration
-
     settings = None
     if args.settings:
-        import yaml
-
         try:
-            d = yaml.safe_load(open(args.settings))
-        except (OSError, yaml.YAMLError) as e:
+            text = Path(args.settings).read_text()
+        except (OSError, ValueError) as e:  # ValueError: not UTF-8
             raise UserError(f"{args.settings}: cannot read settings ({e.__class__.__name__})") from None
-        settings = GuidelineSettings.from_dict(d or {})
-    r = check(args.arch, args.resolution, settings, load_calibration())
+        settings = GuidelineSettings.from_dict(parse_yaml(text, args.settings) or {})  # empty: defaults
+    r = check(resolve_arch(args.arch), args.resolution, settings, load_calibration())
     if args.json:
         _print_json(r.to_dict())
     else:
@@ -217,17 +264,10 @@ def _add_guidelines(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_guidelines(args: argparse.Namespace) -> int:
-    from .guidelines.calibration import save
-    from .guidelines.microbench import bench, format_tables, n_measurements
-
     if args.threads < 1:
         raise UserError(f"--threads: must be >= 1, got {args.threads}")
     bar = None
     if not (args.quiet or args.json):
-        from tqdm import tqdm
-
-        from .guidelines.microbench import FULL, QUICK
-
         cfg = QUICK if args.quick else FULL
         bar = tqdm(total=n_measurements(cfg["scales"], cfg["rounds"]), desc="guideline bench",
                    unit="run", file=sys.stderr)
@@ -276,19 +316,21 @@ def _add_proxies(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_proxies(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import torch
-
-    from .accuracy.data import DataSpec, load_data
-    from .accuracy.validation import format_report, load_validation_set, plot_report, validate_proxies
-
     if args.n < 3:
         raise UserError(f"--n: {args.n} must be >= 3")
     if args.threads < 1:
         raise UserError(f"--threads: must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
-    archs, proxy = load_validation_set(args.space, args.n, args.sample_seed)
+    with torch_threads(args.threads):
+        return _validate_proxies(args)
+
+
+def _validate_proxies(args: argparse.Namespace) -> int:
+    # Either a minimal file {proxy: {...}, archs: [...]} or a search space to sample from.
+    vset = validation_set(read_yaml(args.space), args.space)
+    if vset is None:
+        space = load_space(args.space)
+        vset = space.sample_random(args.n, seed=args.sample_seed), dict(space.proxy)
+    archs, proxy = vset
     data = load_data(DataSpec.from_dict(proxy))
     names = proxy.get("proxies") or None
     quiet = args.quiet or args.json
@@ -310,7 +352,7 @@ def cmd_proxies(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
     else:
-        print(format_report(report))
+        print(format_validation(report))
         if args.out:
             print(f"wrote {Path(args.out) / 'validation.json'} and {Path(args.out) / 'validation.png'}")
     return 0
@@ -337,9 +379,6 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .accuracy.data import DataSpec
-    from .accuracy.training import train_arch
-
     try:
         spec = DataSpec(name=args.data, resolution=args.resolution, batch=args.batch)
     except UserError as e:  # name the flag the user typed, not the search space's field
@@ -348,7 +387,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                             ("proxy.batch", "--batch")):
             msg = msg.replace(field, flag, 1)
         raise UserError(msg) from None
-    m = train_arch(args.arch, spec, args.epochs, args.out, lr=args.lr, seed=args.seed,
+    m = train_arch(resolve_arch(args.arch), spec, args.epochs, args.out, lr=args.lr, seed=args.seed,
                    threads=args.threads, quiet=args.quiet or args.json)
     if args.json:
         _print_json(m)
@@ -374,17 +413,12 @@ def _add_pareto(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from .search.records import failed
-    from .review.pareto import format_failed, format_pareto, load_records, pareto_rows
-
     run, records = load_records(args.run)
     if args.failed:
         bad = failed(records)
         if args.json:
             _print_json([{k: r.get(k) for k in ("trial", "state", "archid", "fail_reason")} for r in bad])
         elif args.csv:
-            import csv
-
             w = csv.writer(sys.stdout)
             w.writerow(["trial", "state", "archid", "fail_reason"])
             w.writerows([r["trial"], r["state"], r.get("archid", ""), r["fail_reason"]] for r in bad)
@@ -395,8 +429,6 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([r.to_dict() for r in rows])
     elif args.csv:
-        import csv
-
         w = csv.writer(sys.stdout)
         flat = [{**{k: v for k, v in r.to_dict().items() if k != "penalties"}, **r.penalties} for r in rows]
         if flat:
@@ -417,10 +449,6 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .review.html import write_report
-
     out = Path(args.out) if args.out else Path(args.run) / "report.html"
     res = write_report(args.run, out, log=None if args.quiet else
                        (lambda m: print(f"report: {m}", file=sys.stderr, flush=True)))
@@ -446,10 +474,6 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .model.arch import Arch
-    from .review.export import export_arch
-    from .review.pareto import export_info, load_records, pick_trial
-
     run, records = load_records(args.run)
     rec = pick_trial(records, trial=args.trial, use_knee=args.knee, max_latency=args.max_latency)
     quiet = args.quiet or args.json
@@ -528,8 +552,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `shufflesearch show ... | head`: the reader left, not an error
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

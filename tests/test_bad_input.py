@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from shufflesearch.model.arch import preset
 from shufflesearch.cli import main
+from shufflesearch.model.arch import preset
 from shufflesearch.search.engine import search
 
 HERE = Path(__file__).parent

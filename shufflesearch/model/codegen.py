@@ -12,7 +12,8 @@ unchanged. export.py checks that claim on every export; this module only writes 
 
 from __future__ import annotations
 
-from .arch import Arch, UnitSpec, preset_name, unit_specs
+from .arch import Arch, preset_name
+from .specs import UnitSpec, unit_specs
 
 # The pieces of the file, each emitted only when the Arch uses it (a V2-only network carries no
 # V1 unit), so the file stays short enough to read.

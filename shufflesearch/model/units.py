@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import Arch, UnitSpec, unit_specs
+from .arch import Arch
+from .specs import UnitSpec, unit_specs
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

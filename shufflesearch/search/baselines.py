@@ -10,8 +10,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from ..common.threads import torch_threads
 from ..model.arch import Arch
-from .evaluator import Evaluator, _torch_threads
+from .evaluator import Evaluator
 from .objective import _constraint_system_attrs, constraint_items, objective_values
 from .runfolder import Run
 
@@ -73,7 +74,7 @@ def short_train_front(run: Run, quiet: bool = True) -> dict[str, Any]:
                                           batch=p["batch"], seed=run.space.seed))
         if not quiet:
             print(f"short-training trial {r['trial']} ({steps} steps)", file=sys.stderr, flush=True)
-        with compute_lock(), _torch_threads(1):
+        with compute_lock(), torch_threads(1):
             res = short_train(Arch.from_dict(r["arch"]), data, steps=steps, seed=run.space.seed)
         done[str(r["trial"])] = {k2: float(v) for k2, v in res.items()}
         study.set_user_attr("short_train", done)

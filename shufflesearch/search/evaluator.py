@@ -3,7 +3,6 @@ accuracy proxies), as one record."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -11,6 +10,7 @@ from typing import Any
 
 import optuna
 
+from ..common.threads import torch_threads
 from ..errors import UserError
 from ..model.arch import Arch
 from .faults import fault_point
@@ -20,18 +20,6 @@ log = logging.getLogger("shufflesearch.search")
 
 
 # --- evaluation -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def prefilter_table(space: SearchSpace) -> Any:
@@ -101,7 +89,7 @@ class Evaluator:
         fault_point("latency", hold=timing_lock)
         lat = self.drift.measure_arch(arch, cache=self.cache)
         t2 = time.perf_counter()
-        with compute_lock(), _torch_threads(1):
+        with compute_lock(), torch_threads(1):
             # One thread: proxies run on tiny proxy-task inputs where a second thread buys
             # little, and on a busy machine extra threads oversubscribe the cores.
             fault_point("proxies")
