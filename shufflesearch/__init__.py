@@ -91,12 +91,13 @@ def export_arch(arch: ArchLike, out_dir: str | Path, **kw: Any) -> Any:
     return _stage(".review.export").export_arch(resolve_arch(arch), out_dir, **kw)
 
 
-def load_space(path: str | Path) -> Any:
-    """Parse and validate a search-space YAML file into a SearchSpace."""
-    return _stage(".search.space").load_space(path)
+# Entry points that take no architecture are the stage's own functions, loaded on first use.
+# (`run_search` rather than `search`: the subpackage shufflesearch.search owns that name.)
+_LAZY = {"run_search": (".search.engine", "search"), "load_space": (".search.space", "load_space")}
 
 
-def run_search(*args: Any, **kw: Any) -> Any:
-    """Run (or resume) a search; arguments as ``shufflesearch.search.engine.search``.
-    (``run_search`` rather than ``search``: the subpackage shufflesearch.search owns that name.)"""
-    return _stage(".search.engine").search(*args, **kw)
+def __getattr__(name: str) -> Any:  # PEP 562
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(_stage(module), attr)
+    raise AttributeError(f"module 'shufflesearch' has no attribute {name!r}")

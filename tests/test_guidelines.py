@@ -15,7 +15,8 @@ import torch
 from shufflesearch.cli import main
 from shufflesearch.errors import UserError
 from shufflesearch.guidelines.calibration import Calibration, fit, load, save
-from shufflesearch.guidelines.checks import GUIDELINES, GuidelineSettings, check
+from shufflesearch import check
+from shufflesearch.guidelines.checks import GUIDELINES, GuidelineSettings
 from shufflesearch.guidelines.microbench import (
     TABLES,
     block_costs,
