@@ -12,10 +12,10 @@ import networkx as nx
 import pytest
 import torch
 
+from shufflesearch import check
 from shufflesearch.cli import main
 from shufflesearch.errors import UserError
 from shufflesearch.guidelines.calibration import Calibration, fit, load, save
-from shufflesearch import check
 from shufflesearch.guidelines.checks import GUIDELINES, GuidelineSettings
 from shufflesearch.guidelines.microbench import (
     TABLES,
