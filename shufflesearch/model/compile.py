@@ -14,7 +14,8 @@ from .units import ShuffleNet, ShuffleNetInference
 
 
 def build(arch: Arch, inference: bool = False, num_classes: int | None = None) -> nn.Module:
-    """The network of ``arch`` (an Arch, preset name or arch file).
+    """The network of ``arch`` (the public ``shufflesearch.build`` also takes a preset name or
+    an arch file).
 
     ``inference=False`` gives the training form (conv, BN and ReLU modules whose paths match
     the OpGraph's node names). ``inference=True`` gives the eval-mode inference form of a
