@@ -16,9 +16,15 @@ import statistics
 import tempfile
 import time
 
-from shufflesearch.measure.target import TargetSpec
 from shufflesearch.measure.env import fingerprint
 from shufflesearch.measure.predictor import build_table, random_archs, validate
+from shufflesearch.measure.target import TargetSpec
+from shufflesearch.search.space import load_space
+
+
+def sample(n: int, seed: int, space: str | None) -> list:
+    """``n`` random Archs from ``space`` (a search-space file), else the predictor's own space."""
+    return load_space(space).sample_random(n, seed) if space else random_archs(n, seed)
 
 
 def main() -> None:
@@ -34,9 +40,9 @@ def main() -> None:
     spec = TargetSpec(resolution=a.resolution, threads=a.threads)
     os.environ.setdefault("SHUFFLESEARCH_CACHE_DIR", tempfile.mkdtemp())
     t0 = time.time()
-    table = build_table(random_archs(a.train, 1, a.space), spec, calibrate=a.calibrate)
+    table = build_table(sample(a.train, 1, a.space), spec, calibrate=a.calibrate)
     t1 = time.time()
-    v = validate(table, random_archs(a.n, 2, a.space), max_seconds=a.max_seconds)
+    v = validate(table, sample(a.n, 2, a.space), max_seconds=a.max_seconds)
     t2 = time.time()
     for r in v.rows:
         print(f"{r['archid']} measured {r['measured_ms']:8.3f} ms  predicted {r['predicted_ms']:8.3f} ms"

@@ -15,12 +15,17 @@ import statistics
 import tempfile
 import time
 
-from scipy.stats import kendalltau
-
-from shufflesearch.measure.target import TargetSpec
+from shufflesearch.common.stats import kendall_tau
 from shufflesearch.measure.env import fingerprint
-from shufflesearch.measure.protocol import measure_arch
 from shufflesearch.measure.predictor import random_archs
+from shufflesearch.measure.protocol import measure_arch
+from shufflesearch.measure.target import TargetSpec
+from shufflesearch.search.space import load_space
+
+
+def sample(n: int, seed: int, space: str | None) -> list:
+    """``n`` random Archs from ``space`` (a search-space file), else the predictor's own space."""
+    return load_space(space).sample_random(n, seed) if space else random_archs(n, seed)
 
 
 def main() -> None:
@@ -33,7 +38,7 @@ def main() -> None:
     ap.add_argument("--space", help="sample from this search space instead of the built-in one")
     a = ap.parse_args()
     spec = TargetSpec(resolution=a.resolution, threads=a.threads)
-    archs = random_archs(a.n, a.seed, a.space)
+    archs = sample(a.n, a.seed, a.space)
     t0 = time.time()
     passes: list[list[float]] = [[], []]
     rel_iqr = []
@@ -44,7 +49,7 @@ def main() -> None:
                 passes[p].append(lat.median_ms)
                 rel_iqr.append(lat.rel_iqr)
                 print(f"pass {p + 1} {arch.archid} {lat.median_ms:8.3f} ms  IQR {100 * lat.rel_iqr:5.1f}%  n={lat.n}", flush=True)
-    tau = kendalltau(passes[0], passes[1]).statistic
+    tau = kendall_tau(passes[0], passes[1])
     spread = [abs(x - y) / ((x + y) / 2) for x, y in zip(*passes)]
     print(f"\nfingerprint: {fingerprint(a.threads)}")
     print(f"{a.n} architectures, {a.resolution}x{a.resolution} batch 1, {a.threads} thread(s), "

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from shufflesearch import PRESETS, Arch, ArchError, Stage, Stem, load_arch, preset
-from shufflesearch.model.arch import unit_specs
+from shufflesearch.model.specs import unit_specs
 
 
 def test_preset_names_cover_the_papers():

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from shufflesearch.model.arch import preset
 from shufflesearch.cli import main
+from shufflesearch.model.arch import preset
 from shufflesearch.search.engine import search
 
 HERE = Path(__file__).parent
@@ -71,6 +71,15 @@ def _config_is_a_dir(run: Path) -> None:
 
 def _pickle(d: Path) -> None:
     (d / "weights.pt").write_bytes(pickle.dumps(Pwn(str(d / "pwned"))))
+
+
+def _bomb(key: str) -> str:
+    """A "billion laughs" block under ``key``: 9 levels of 9 aliases each stand for 9^9 (387M)
+    strings in a few hundred bytes. Whatever walks the expanded data hangs for minutes."""
+    names = "abcdefghi"
+    rows = [f"  {names[0]}: &{names[0]} [" + ", ".join(['"lol"'] * 9) + "]"]
+    rows += [f"  {n}: &{n} [" + ", ".join([f"*{p}"] * 9) + "]" for p, n in zip(names, names[1:])]
+    return f"{key}:\n" + "\n".join(rows) + "\n"
 
 
 RUN = ["run", "{d}/space.yaml", "--runs", "{d}/runs", "--quiet"]
@@ -147,6 +156,17 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
     ("arch-unknown-preset", None, ["show", "shufflenet_v3_x1_0"], "shufflenet_v3_x1_0"),
     ("check-settings-unknown-key", _file("s.yaml", "g1_tolerance: 0.1\nbogus_key: 1\n"),
      ["check", "shufflenet_v2_x0_5", "--settings", "{d}/s.yaml"], "bogus_key"),
+    # YAML alias bombs and self-referring aliases, in every kind of file the CLI reads: refused
+    # while parsing (issue: they hung the CLI for minutes)
+    ("space-alias-bomb", _file("space.yaml", S + _bomb("x_bomb")), RUN, "alias bomb"),
+    ("space-alias-bomb-validate", _file("space.yaml", _bomb("x_bomb") + S), ["validate", "{d}/space.yaml"], "alias bomb"),
+    ("arch-alias-bomb", _file("arch.yaml", V1 + _bomb("x_bomb")), SHOW, "alias bomb"),
+    ("arch-alias-bomb-train", _file("arch.yaml", V1 + _bomb("x_bomb")),
+     ["train", "{d}/arch.yaml", "--epochs", "1", "--out", "{d}/out", "--quiet"], "alias bomb"),
+    ("arch-alias-recursive", _file("arch.yaml", V1 + "x: &r [1, *r]\n"), SHOW, "refers to the node that contains it"),
+    ("check-settings-alias-bomb", _file("s.yaml", _bomb("weights")),
+     ["check", "shufflenet_v2_x0_5", "--settings", "{d}/s.yaml"], "alias bomb"),
+    ("proxies-alias-bomb", _file("set.yaml", _bomb("archs")), ["proxies", "validate", "{d}/set.yaml"], "alias bomb"),
     # nothing is unpickled unless asked; when asked (--weights), only tensors are accepted
     ("weights-malicious-pickle", _pickle,
      ["export-arch", "shufflenet_v2_x0_5", "--weights", "{d}/weights.pt", "--out", "{d}/out", "--quiet"], "weights.pt"),

@@ -12,13 +12,20 @@ import networkx as nx
 import pytest
 import torch
 
-from shufflesearch.model.arch import PRESETS, Arch, Stage
-from shufflesearch.guidelines.calibration import Calibration, fit, load, save
+from shufflesearch import check
 from shufflesearch.cli import main
 from shufflesearch.errors import UserError
+from shufflesearch.guidelines.calibration import Calibration, fit, load, save
+from shufflesearch.guidelines.checks import GUIDELINES, GuidelineSettings
+from shufflesearch.guidelines.microbench import (
+    TABLES,
+    block_costs,
+    build_stack,
+    compare,
+    kendall_tau,
+)
+from shufflesearch.model.arch import PRESETS, Arch, Stage
 from shufflesearch.model.graph import op_graph
-from shufflesearch.guidelines.checks import GUIDELINES, GuidelineSettings, check
-from shufflesearch.guidelines.microbench import TABLES, block_costs, build_stack, compare, kendall_tau
 
 V1 = [n for n in PRESETS if n.startswith("shufflenet_v1")]
 V2 = [n for n in PRESETS if n.startswith("shufflenet_v2")]

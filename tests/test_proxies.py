@@ -10,12 +10,18 @@ import torch
 from torch import nn
 
 from shufflesearch import Arch, Stage, Stem, build
-from shufflesearch.cli import main
 from shufflesearch.accuracy.data import DataSpec, ProxyData, Split, load_data
-from shufflesearch.errors import UserError
-from shufflesearch.accuracy.proxies import DEFAULT_ENSEMBLE, PROXIES, ProxyContext, compute_proxies, default_score
-from shufflesearch.accuracy.validation import rank_report, top_k_precision, validate_proxies
+from shufflesearch.accuracy.proxies import (
+    DEFAULT_ENSEMBLE,
+    PROXIES,
+    ProxyContext,
+    compute_proxies,
+    default_score,
+)
 from shufflesearch.accuracy.training import short_train
+from shufflesearch.accuracy.validation import rank_report, top_k_precision, validate_proxies
+from shufflesearch.cli import main
+from shufflesearch.errors import UserError
 
 STEM = Stem(channels=8, stride=1, pool=False)
 TINY = [

@@ -9,9 +9,9 @@ import torch
 
 import shufflesearch as ss
 from shufflesearch import Arch, Stage, Stem
-from shufflesearch.cli import main
 from shufflesearch.accuracy.data import DataSpec, load_data
 from shufflesearch.accuracy.training import steps_per_epoch, train_arch
+from shufflesearch.cli import main
 
 # Small enough to train for a few epochs in seconds at 16 px.
 TINY = Arch(

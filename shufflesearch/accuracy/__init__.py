@@ -1,0 +1,7 @@
+"""How good an architecture is on a proxy task.
+
+Owns: proxy-task data (data), the zero-cost proxies (proxies), the training loop and short
+training (training), and the proxy validation study (validation).
+May import: common, model, measure, guidelines and errors. Takes Archs: a caller that has a
+search space samples it and passes the Archs in.
+"""

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..model.arch import Arch, resolve_arch
+from ..model.arch import Arch
 from ..model.compile import build
 from ..model.cost import costs
 from .data import ProxyData, Split
@@ -235,7 +235,7 @@ def proxy_score(scores: dict[str, float], score: str = DEFAULT_SCORE) -> float:
     return _log_scale(score, v) if math.isfinite(v) else float("-inf")
 
 
-def compute_proxies(arch: Arch | str, data: ProxyData, names: Iterable[str] | None = None,
+def compute_proxies(arch: Arch, data: ProxyData, names: Iterable[str] | None = None,
                     seed: int = 0) -> dict[str, float]:
     """The zero-cost proxies ``names`` (default: all of ``PROXIES``) for one architecture, plus
     ``"score"`` (``default_score``) when the ensemble's members are among them."""
@@ -243,7 +243,7 @@ def compute_proxies(arch: Arch | str, data: ProxyData, names: Iterable[str] | No
     unknown = [n for n in names if n not in PROXIES and n != "score"]
     if unknown:
         raise UserError(f"proxy.proxies: unknown proxy '{unknown[0]}' (known: {', '.join(PROXIES)})")
-    ctx = ProxyContext(resolve_arch(arch), data, seed)
+    ctx = ProxyContext(arch, data, seed)
     out = {n: PROXIES[n](ctx) for n in names if n != "score"}
     if all(n in out for n in DEFAULT_ENSEMBLE):
         out["score"] = default_score(out)

@@ -27,10 +27,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from ..common.files import prepare_out_dir
+from ..common.threads import torch_threads
 from ..errors import UserError
-from ..model.arch import Arch, resolve_arch
+from ..measure.env import compute_lock
+from ..model.arch import Arch
 from ..model.compile import build
 from .data import DataSpec, ProxyData, load_data
 
@@ -43,7 +46,7 @@ def steps_per_epoch(data: ProxyData) -> int:
 
 
 def train_arch(
-    arch: Arch | str,
+    arch: Arch,
     data: DataSpec | Mapping[str, Any] | str,
     epochs: int,
     out_dir: str | Path,
@@ -57,15 +60,12 @@ def train_arch(
     """Train ``arch`` for ``epochs`` epochs on the proxy task ``data``; write the weights,
     arch and metrics into ``out_dir`` and return the metrics. ``threads``: torch intra-op
     threads while training (None: leave torch's setting)."""
-    from ..measure.env import compute_lock
-
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise UserError(f"--epochs: {epochs!r} must be an integer >= 1")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise UserError(f"--lr: {lr!r} must be a positive number")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise UserError(f"--threads: {threads!r} must be an integer >= 1")
-    arch = resolve_arch(arch)
     spec = DataSpec(name=data) if isinstance(data, str) else DataSpec.from_dict(data, "--data")
     out = prepare_out_dir(Path(out_dir), UserError)
     pd = load_data(spec)
@@ -84,8 +84,6 @@ def train_arch(
     epoch_losses: list[float] = []
     bar = None
     if not quiet:
-        from tqdm import tqdm
-
         bar = tqdm(total=total, desc=f"train {arch.archid}", unit="step", file=sys.stderr,
                    dynamic_ncols=True)
 
@@ -103,17 +101,13 @@ def train_arch(
                 bar.set_postfix_str(f"epoch {(step - 1) // spe + 1}, loss {loss:.3f}{val}", refresh=False)
 
     t0 = time.perf_counter()
-    threads_before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     try:
-        with compute_lock():
+        with torch_threads(threads), compute_lock():
             h = train_model(model, pd, steps=total, lr=lr, weight_decay=weight_decay, seed=seed,
                             on_step=on_step)
             train_acc = evaluate(model, pd, "train")
-        threads_used = torch.get_num_threads()
+            threads_used = torch.get_num_threads()
     finally:
-        torch.set_num_threads(threads_before)
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
@@ -193,11 +187,11 @@ def train_model(model: nn.Module, data: ProxyData, *, steps: int = 150, lr: floa
     return {"train_loss_sum": float(sum(losses)), "losses": losses}
 
 
-def short_train(arch: Arch | str, data: ProxyData, *, steps: int = 150, lr: float = 0.05,
+def short_train(arch: Arch, data: ProxyData, *, steps: int = 150, lr: float = 0.05,
                 seed: int = 0) -> dict[str, Any]:
     """The short-training proxy: a seeded fresh network trained ``steps`` steps on the proxy
     task. Returns ``val_acc``, ``train_loss_sum`` (lower is better), ``steps``, ``seconds``."""
-    a = resolve_arch(arch).replace(num_classes=data.num_classes)
+    a = arch.replace(num_classes=data.num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build(a)

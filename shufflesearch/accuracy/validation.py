@@ -5,13 +5,16 @@ rank correlation with the trained accuracy, with bootstrap CIs and the seed-nois
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..common.stats import bootstrap_ci, kendall_tau, spearman_rho
 from ..errors import UserError
 from ..model.arch import Arch, resolve_arch
 from ..model.cost import costs
@@ -20,36 +23,6 @@ from .proxies import DEFAULT_ENSEMBLE, PROXIES, compute_proxies
 from .training import short_train
 
 # --- validation: do the proxies rank architectures the way training does? --------------------
-
-
-def _tau(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import kendalltau
-
-    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(kendalltau(a, b).statistic)
-
-
-def _rho(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(spearmanr(a, b).statistic)
-
-
-def _ci(fn: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray, b: np.ndarray,
-        n_boot: int, rng: np.random.Generator) -> list[float]:
-    """95% percentile bootstrap interval over architectures (resampled with replacement)."""
-    vals = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(a), len(a))
-        v = fn(a[i], b[i])
-        if math.isfinite(v):
-            vals.append(v)
-    if not vals:
-        return [float("nan"), float("nan")]
-    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
 
 
 def top_k_precision(proxy: np.ndarray, truth: np.ndarray, k: int) -> float:
@@ -68,7 +41,6 @@ def rank_report(scores: dict[str, np.ndarray], truth: np.ndarray, params: np.nda
     bootstrap CIs, τ within #params buckets (equal-count, sorted by #params; averaged), and
     top-k precision (k = ⌈n/5⌉). The noise ceiling is the mean τ between training seeds.
     """
-    rng = np.random.default_rng(seed)
     n = len(truth)
     k = max(1, math.ceil(n / 5))
     order = np.argsort(params, kind="stable")
@@ -77,18 +49,18 @@ def rank_report(scores: dict[str, np.ndarray], truth: np.ndarray, params: np.nda
     for name, s in scores.items():
         s = np.asarray(s, dtype=np.float64)
         s = np.where(np.isfinite(s), s, np.nanmin(np.where(np.isfinite(s), s, np.nan)) - 1)
-        within = [_tau(s[g], truth[g]) for g in groups]
+        within = [kendall_tau(s[g], truth[g]) for g in groups]
         within = [w for w in within if math.isfinite(w)]
         out["proxies"][name] = {
-            "kendall_tau": _tau(s, truth),
-            "kendall_tau_ci": _ci(_tau, s, truth, n_boot, rng),
-            "spearman_rho": _rho(s, truth),
-            "spearman_rho_ci": _ci(_rho, s, truth, n_boot, rng),
+            "kendall_tau": kendall_tau(s, truth),
+            "kendall_tau_ci": list(bootstrap_ci(kendall_tau, s, truth, n_boot=n_boot, seed=seed)),
+            "spearman_rho": spearman_rho(s, truth),
+            "spearman_rho_ci": list(bootstrap_ci(spearman_rho, s, truth, n_boot=n_boot, seed=seed)),
             "tau_within_params_buckets": float(np.mean(within)) if within else float("nan"),
             "top_k_precision": top_k_precision(s, truth, k),
         }
     if seed_accs is not None and len(seed_accs) >= 2:
-        pairs = [_tau(seed_accs[i], seed_accs[j])
+        pairs = [kendall_tau(seed_accs[i], seed_accs[j])
                  for i in range(len(seed_accs)) for j in range(i + 1, len(seed_accs))]
         pairs = [p for p in pairs if math.isfinite(p)]
         out["noise_ceiling_tau"] = float(np.mean(pairs)) if pairs else float("nan")
@@ -104,9 +76,6 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
 
     With ``rows_path`` each finished architecture is appended there as one JSON line, and rows
     already present (same archid, steps, seeds, lr) are reused: an interrupted run resumes."""
-    import json
-    import os
-
     if len(archs) < 3:
         raise UserError(f"validate needs at least 3 architectures, got {len(archs)}")
     if seeds < 1:
@@ -120,8 +89,7 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
                 if (r.get("steps"), r.get("lr"), len(r["val_acc"])) == (steps, lr, seeds):
                     done[r["archid"]] = r
     rows = []
-    resolved = [resolve_arch(a) for a in archs]
-    for i, a in enumerate(resolved):
+    for i, a in enumerate(archs):
         if a.archid in done and set(names) <= set(done[a.archid]["scores"]):
             rows.append(done[a.archid])
             continue
@@ -223,26 +191,15 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
-def load_validation_set(path: str, n: int, seed: int = 0) -> tuple[list[Arch], dict[str, Any]]:
-    """The architectures and proxy block to validate on, from either a search-space YAML
-    (``n`` archs via ``sample_random``) or a minimal file ``{proxy: {...}, archs: [arch or
-    preset name, ...]}`` (all its archs, ``n`` ignored)."""
-    import yaml
-
-    try:
-        with open(path) as f:
-            doc = yaml.safe_load(f)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if isinstance(doc, dict) and "archs" in doc and "space" not in doc:
-        if not isinstance(doc["archs"], list) or not doc["archs"]:
-            raise UserError(f"{path}: archs: must be a non-empty list of architectures or presets")
-        archs = [resolve_arch(a) if isinstance(a, str) else Arch.from_dict(a, f"{path}: archs[{i}]")
-                 for i, a in enumerate(doc["archs"])]
-        return archs, dict(doc.get("proxy") or {})
-    from ..search.space import load_space
-
-    space = load_space(path)
-    return space.sample_random(n, seed=seed), dict(space.raw["proxy"])
+def validation_set(doc: Any, where: str) -> tuple[list[Arch], dict[str, Any]] | None:
+    """The architectures and proxy block of a minimal validation file ``{proxy: {...}, archs:
+    [arch or preset name, ...]}`` (already parsed); None when ``doc`` is not one (the caller
+    then reads it as a search space and samples from it)."""
+    if not (isinstance(doc, dict) and "archs" in doc and "space" not in doc):
+        return None
+    if not isinstance(doc["archs"], list) or not doc["archs"]:
+        raise UserError(f"{where}: archs: must be a non-empty list of architectures or presets")
+    # A preset name or an arch file named inside the file is input, resolved as it is read.
+    archs = [resolve_arch(a) if isinstance(a, str) else Arch.from_dict(a, f"{where}: archs[{i}]")
+             for i, a in enumerate(doc["archs"])]
+    return archs, dict(doc.get("proxy") or {})

@@ -1,2 +1,8 @@
-"""Plumbing every stage shares, and nothing else: the YAML reader, rank statistics, the torch
-thread setting, output folders. Imports nothing from the rest of the package but errors."""
+"""Plumbing every stage shares, and nothing else.
+
+Owns: the one YAML reader (yamlio: safe loading, file:line errors, the alias-bomb guard), rank
+statistics (stats: Kendall's tau, Spearman's rho, bootstrap intervals), the torch thread
+setting (threads.torch_threads) and output folders (files).
+May import: errors only (the stages below it in the order common < model < measure <
+guidelines < accuracy < search < review < cli import it).
+"""

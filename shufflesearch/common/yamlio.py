@@ -1,5 +1,13 @@
-"""Safe YAML loading that remembers where every value came from, so that errors can name
-both the path (``space.stages[2].width``) and the line of the file."""
+"""The one YAML reader of the package: safe loading, one-line errors that name the file and
+line, a guard against alias bombs, and (``load_yaml``) a map from every value's path
+(``space.stages[2].width``) to its line, so that later errors can name both.
+
+Alias bombs ("billion laughs"): PyYAML shares an aliased node instead of copying it, so a few
+hundred bytes can stand for 10^9 values, and whatever walks the data afterwards (validation,
+the line map, JSON output) hangs. The composed node graph is measured before anything is
+built from it: more than ``MAX_NODES`` nodes once aliases are expanded, or an alias that
+contains itself, is refused.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,10 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
+
+# Expanded YAML nodes one file may hold. A search space or an arch file has a few hundred; a
+# validation set of 1000 archs about 40k.
+MAX_NODES = 200_000
 
 
 class Located:
@@ -69,18 +81,75 @@ def read_text(path: str | Path) -> str:
     return text
 
 
-def load_yaml(path: str | Path) -> Located:
-    """Load a YAML file safely; a syntax error, an empty or binary file is a UserError."""
-    path = Path(path)
-    text = read_text(path)
+def _expanded_size(root: yaml.Node, source: str) -> int:
+    """Nodes in the document once every alias is expanded (memoised, so this costs one visit
+    per distinct node); a UserError past ``MAX_NODES`` or on an alias inside itself."""
+    memo: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        k = id(n)
+        if k in memo:
+            return memo[k]
+        if k in open_:
+            raise UserError(f"{source}:{n.start_mark.line + 1}: not valid YAML: an alias refers to "
+                            "the node that contains it (recursive data)")
+        open_.add(k)
+        if isinstance(n, yaml.MappingNode):
+            s = 1 + sum(size(a) + size(b) for a, b in n.value)
+        elif isinstance(n, yaml.SequenceNode):
+            s = 1 + sum(size(c) for c in n.value)
+        else:
+            s = 1
+        open_.discard(k)
+        if s > MAX_NODES:
+            raise UserError(f"{source}:{n.start_mark.line + 1}: not valid YAML: aliases expand to more "
+                            f"than {MAX_NODES:,} values (an alias bomb?); refused")
+        memo[k] = s
+        return s
+
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        return size(root)
+    except RecursionError:
+        raise UserError(f"{source}: not valid YAML: nested too deeply") from None
+
+
+def _parse(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    """The document's data and its node graph; every failure is a one-line UserError."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _expanded_size(node, source)
+        return loader.construct_document(node), node
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         at = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{at}: not valid YAML: {problem}") from None
+        raise UserError(f"{source}{at}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{source}: not valid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def parse_yaml(text: str, source: str = "<yaml>") -> Any:
+    """YAML text to plain data (None when it holds no document), under the same rules and
+    error messages as the files: ``source`` names the text in errors."""
+    return _parse(text, source)[0]
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's data, without the line map; empty, binary or malformed is a UserError."""
+    return load_yaml(path).data
+
+
+def load_yaml(path: str | Path) -> Located:
+    """Load a YAML file safely; a syntax error, an alias bomb, an empty or binary file is a
+    UserError."""
+    path = Path(path)
+    data, node = _parse(read_text(path), str(path))
     if data is None and node is None:  # only comments or document markers
         raise UserError(f"{path}: the file is empty (no YAML content)")
     lines: dict[str, int] = {}

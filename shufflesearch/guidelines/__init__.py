@@ -1,0 +1,6 @@
+"""The ShuffleNet V2 paper's four guidelines (G1-G4) as checks, benched on this machine.
+
+Owns: the G1-G4 checkers and their report (checks), the Tables 1-4 micro-bench (microbench) and
+the per-machine cost coefficients fitted on it (calibration).
+May import: common, model, measure and errors.
+"""

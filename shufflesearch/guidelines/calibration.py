@@ -12,17 +12,20 @@ Stored as JSON under ``$SHUFFLESEARCH_CACHE_DIR`` (else ``~/.cache/shufflesearch
 
 from __future__ import annotations
 
+import datetime
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import networkx as nx
+import numpy as np
+from scipy.optimize import nnls
 
 from ..errors import UserError
-
-if TYPE_CHECKING:
-    import networkx as nx
-
-    from .checks import GuidelineReport
+from ..measure.env import cache_dir, fingerprint, fingerprint_id
+from ..model.cost import ELEMENTWISE, node_cost
 
 
 @dataclass
@@ -50,13 +53,13 @@ class Calibration:
         except TypeError as e:
             raise UserError(f"{where}: not a calibration file ({e})") from None
 
-    def annotate(self, report: GuidelineReport, g: nx.DiGraph, macs: dict[str, int]) -> None:
-        """Fill in the estimated milliseconds of a report's findings (guidelines.check)."""
-        from ..model.cost import ELEMENTWISE, node_cost
-
-        for f in report.findings:
+    def annotate(self, findings: Iterable[Any], g: nx.DiGraph, macs: dict[str, int]) -> tuple[float, float | None]:
+        """Fill in the estimated milliseconds of each finding (checks.Finding) and return the
+        total overhead in ms and the element-wise ops' share of the estimated time."""
+        overhead = 0.0
+        for f in findings:
             f.overhead_ms = self.estimate_ms(0, f.overhead_mac, f.overhead_ops)
-        report.overhead_ms = sum(f.overhead_ms or 0.0 for f in report.findings)
+            overhead += f.overhead_ms
         t_all = t_ew = 0.0
         for n, m in macs.items():
             a = g.nodes[n]
@@ -66,8 +69,7 @@ class Calibration:
             t_all += t
             if a["op"] in ELEMENTWISE:
                 t_ew += t
-        report.elementwise_time_share = t_ew / t_all if t_all else None
-        report.calibration = self.fingerprint_id
+        return overhead, (t_ew / t_all if t_all else None)
 
 
 def fit(points: list[tuple[float, float, float, float]]) -> tuple[float, float, float, float]:
@@ -75,9 +77,6 @@ def fit(points: list[tuple[float, float, float, float]]) -> tuple[float, float, 
 
     ``points`` are (macs, mac, ops, ms). Returns (ms_per_gmac, ms_per_melem, ms_per_op,
     median relative error)."""
-    import numpy as np
-    from scipy.optimize import nnls
-
     a = np.array([[p[0] / 1e9, p[1] / 1e6, p[2]] for p in points], dtype=float)
     y = np.array([p[3] for p in points], dtype=float)
     w = 1.0 / y  # fit relative error, so the small blocks count as much as the big ones
@@ -86,10 +85,8 @@ def fit(points: list[tuple[float, float, float, float]]) -> tuple[float, float, 
     return float(coef[0]), float(coef[1]), float(coef[2]), float(np.median(rel))
 
 
-def path_for(fingerprint_id: str) -> Path:
-    from ..measure.env import cache_dir
-
-    return cache_dir() / "calibration" / f"{fingerprint_id}.json"
+def path_for(fid: str) -> Path:
+    return cache_dir() / "calibration" / f"{fid}.json"
 
 
 def save(cal: Calibration) -> Path:
@@ -101,14 +98,9 @@ def save(cal: Calibration) -> Path:
     return p
 
 
-def load(fingerprint_id: str | None = None, threads: int = 1) -> Calibration | None:
-    """The calibration stored for ``fingerprint_id`` (default: this machine at ``threads``)."""
-    if fingerprint_id is None:
-        from ..measure.env import fingerprint
-        from ..measure.env import fingerprint_id as fid
-
-        fingerprint_id = fid(fingerprint(threads))
-    p = path_for(fingerprint_id)
+def load(fid: str | None = None, threads: int = 1) -> Calibration | None:
+    """The calibration stored for fingerprint id ``fid`` (default: this machine at ``threads``)."""
+    p = path_for(fid if fid is not None else fingerprint_id(fingerprint(threads)))
     if not p.exists():
         return None
     try:
@@ -121,10 +113,6 @@ def load(fingerprint_id: str | None = None, threads: int = 1) -> Calibration | N
 
 def calibrate(points: list[tuple[float, float, float, float]], threads: int = 1, **extra: Any) -> Calibration:
     """Fit and wrap the coefficients for this machine at ``threads`` (not saved)."""
-    import datetime
-
-    from ..measure.env import fingerprint, fingerprint_id
-
     a, b, c, err = fit(points)
     fp = fingerprint(threads)
     return Calibration(

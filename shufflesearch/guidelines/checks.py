@@ -24,16 +24,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import networkx as nx
 
-from ..model.cost import ELEMENTWISE, node_cost
 from ..errors import UserError
-
-if TYPE_CHECKING:
-    from ..model.arch import Arch
-    from .calibration import Calibration
+from ..model.arch import Arch
+from ..model.cost import ELEMENTWISE, node_cost
+from ..model.graph import op_graph
+from .calibration import Calibration, load
 
 GUIDELINES = ("G1", "G2", "G3", "G4")
 
@@ -367,20 +366,15 @@ def _check_g4(g: nx.DiGraph, s: GuidelineSettings, macs: dict[str, int], total_m
 
 
 def check(
-    arch_or_graph: Arch | str | nx.DiGraph,
+    arch_or_graph: Arch | nx.DiGraph,
     resolution: int = 224,
     settings: GuidelineSettings | None = None,
     calibration: Calibration | None = None,
 ) -> GuidelineReport:
-    """G1-G4 findings and penalties for an Arch (or preset name / arch file) or an OpGraph."""
+    """G1-G4 findings and penalties for an Arch or an OpGraph (the public
+    ``shufflesearch.check`` also takes a preset name or an arch file)."""
     s = settings or GuidelineSettings()
-    if isinstance(arch_or_graph, nx.DiGraph):
-        g = arch_or_graph
-    else:
-        from ..model.arch import resolve_arch
-        from ..model.graph import op_graph
-
-        g = op_graph(resolve_arch(arch_or_graph), resolution)
+    g = arch_or_graph if isinstance(arch_or_graph, nx.DiGraph) else op_graph(arch_or_graph, resolution)
     macs = {n: _deployed_mac(g, n, s) for n in g}
     total_mac = max(1, sum(macs.values()))
     total_ops = max(1, sum(_is_op(g, n, s) for n in g))
@@ -396,14 +390,13 @@ def check(
         findings, penalties, total, None, total_mac, total_ops, ew_mac / total_mac,
     )
     if calibration is not None:
-        calibration.annotate(report, g, macs)
+        report.overhead_ms, report.elementwise_time_share = calibration.annotate(report.findings, g, macs)
+        report.calibration = calibration.fingerprint_id
     return report
 
 
 def load_calibration(fingerprint_id: str | None = None) -> Calibration | None:
     """The stored calibration for this machine (or for ``fingerprint_id``), or None."""
-    from .calibration import load
-
     return load(fingerprint_id)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..common.stats import kendall_tau  # tau-b; also part of this module's API
 from ..model.units import ConvBN, fold_conv_bn
 
 HW = 56  # the paper's input size for Tables 1-3
@@ -208,16 +209,6 @@ class Measured:
 
 def _order(xs: list[float]) -> list[int]:
     return sorted(range(len(xs)), key=lambda i: -xs[i])
-
-
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's tau-a between two lists (1 = same ordering)."""
-    n = len(a)
-    s = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            s += int(math.copysign(1, (a[i] - a[j]) * (b[i] - b[j]))) if (a[i] - a[j]) * (b[i] - b[j]) else 0
-    return 2 * s / (n * (n - 1)) if n > 1 else 1.0
 
 
 def run(

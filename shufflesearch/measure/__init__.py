@@ -1,0 +1,7 @@
+"""Latency on this machine: what is timed, how, and what is remembered.
+
+Owns: the target spec and Latency record (target), the environment fingerprint, cache folder
+and cross-process locks (env), the timing protocol (protocol), the latency cache (cache), the
+drift monitor (drift) and the per-unit latency predictor (predictor).
+May import: common, model and errors.
+"""

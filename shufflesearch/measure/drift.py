@@ -45,9 +45,10 @@ class DriftMonitor:
     @property
     def model(self) -> Any:
         if self._model is None:
+            from ..model.arch import resolve_arch
             from ..model.compile import build
 
-            self._model = build(self.reference, inference=True)
+            self._model = build(resolve_arch(self.reference), inference=True)
         return self._model
 
     def check(self) -> DriftCheck:

@@ -31,13 +31,15 @@ from typing import Any
 import networkx as nx
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ..errors import UserError
 from ..model.arch import Arch, ArchError, Stage, Stem
+from ..model.compile import build
 from ..model.cost import node_cost
 from ..model.graph import op_graph
 from .env import cache_dir, fingerprint, fingerprint_id
-from .protocol import measure_model
+from .protocol import measure, measure_model
 from .target import TargetSpec
 
 KINDS = ("stem", "v1", "v1_down", "v2", "v2_down", "head", "classifier")
@@ -226,10 +228,6 @@ def build_table(
 ) -> LatencyTable:
     """Time every distinct unit of ``archs`` (skipping those already in ``table``), then time the
     first ``calibrate`` whole models to fit the scale."""
-    from tqdm import tqdm
-
-    from ..model.compile import build
-
     archs = list(archs)
     fp = fingerprint(spec.threads, spec.backend)
     t = table or LatencyTable(spec.to_dict(), fp)
@@ -271,8 +269,6 @@ def build_table(
 
 
 def _time_module(m: nn.Module, shape: tuple[int, ...], spec: TargetSpec, seconds: float) -> float:
-    from .protocol import measure
-
     return measure(m, shape, threads=spec.threads, channels_last=spec.channels_last,  # type: ignore[arg-type]
                    max_seconds=seconds).median_ms
 
@@ -294,10 +290,6 @@ class Validation:
 
 def validate(table: LatencyTable, archs: Iterable[Arch], *, max_seconds: float = 1.0,
              progress: bool = True) -> Validation:
-    from tqdm import tqdm
-
-    from ..model.compile import build
-
     spec = TargetSpec(**table.spec)
     rows = []
     for a in tqdm(list(archs), disable=not progress, desc="validate"):
@@ -316,13 +308,10 @@ def validate(table: LatencyTable, archs: Iterable[Arch], *, max_seconds: float =
 # --- random architectures ----------------------------------------------------------------------------
 
 
-def random_archs(n: int, seed: int = 0, space: str | None = None) -> list[Arch]:
-    """``n`` random valid V1/V2 Archs: from a search-space file if given, else from a small
-    built-in space (3 stages, widths on a grid of 16/32, depths 2-6, kernels 3/5)."""
-    if space is not None:
-        from ..search.space import load_space
-
-        return load_space(space).sample_random(n, seed)
+def random_archs(n: int, seed: int = 0) -> list[Arch]:
+    """``n`` random valid V1/V2 Archs from a small built-in space (3 stages, widths on a grid of
+    16/32, depths 2-6, kernels 3/5). To sample a search space instead, the caller asks the
+    space (``SearchSpace.sample_random``) and passes the Archs in."""
     rng = random.Random(seed)
     out: list[Arch] = []
     while len(out) < n:
@@ -344,32 +333,3 @@ def random_archs(n: int, seed: int = 0, space: str | None = None) -> list[Arch]:
         except ArchError:
             continue  # e.g. widths that do not grow across a v1 stage: draw again
     return out
-
-
-# --- CLI ---------------------------------------------------------------------------------------------
-
-
-def cli_predictor(args: Any, spec: TargetSpec) -> int:
-    """``shufflesearch latency build-table`` and ``shufflesearch latency validate``."""
-    progress = not (args.quiet or args.json)
-    path = table_path(spec)
-    if args.arch == "build-table":
-        old = LatencyTable.load(path) if path.exists() and not args.remeasure else None
-        archs = random_archs(max(args.n, 1), args.seed, args.space)
-        t = build_table(archs, spec, table=old, progress=progress)
-        t.save(path)
-        info = {"table": str(path), "entries": len(t.entries), "scale": t.scale, "fingerprint": t.fingerprint}
-        if args.json:
-            print(json.dumps(info, indent=2))
-        else:
-            print(f"{len(t.entries)} unit entries, scale {t.scale:.3f} → {path}")
-        return 0
-    t = LatencyTable.load(path)
-    v = validate(t, random_archs(args.n, args.seed + 10_000, args.space), max_seconds=args.max_seconds,
-                 progress=progress)
-    if args.json:
-        print(json.dumps(v.to_dict(), indent=2))
-    else:
-        print(f"{v.n} random architectures: {100 * v.within_10:.0f}% within ±10%, median |error| "
-              f"{v.median_abs_err_pct:.1f}%, table hit rate {100 * v.table_hit_rate:.0f}%")
-    return 0

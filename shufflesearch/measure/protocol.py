@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..common.threads import torch_threads
 from ..errors import UserError
 from .cache import LatencyCache
 from .env import clock_for, fingerprint, timing_lock
@@ -113,18 +114,12 @@ def measure(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    old_threads = torch.get_num_threads()
     ctx = timing_lock() if lock else contextlib.nullcontext()
-    with ctx:
-        torch.set_num_threads(threads)
-        try:
-            with torch.inference_mode():
-                runs, _ = _time_runs(
-                    lambda: model(x), max_seconds=max_seconds, target_rel_iqr=target_rel_iqr,
-                    clock_name=clock_for(threads),
-                )
-        finally:
-            torch.set_num_threads(old_threads)
+    with ctx, torch_threads(threads), torch.inference_mode():
+        runs, _ = _time_runs(
+            lambda: model(x), max_seconds=max_seconds, target_rel_iqr=target_rel_iqr,
+            clock_name=clock_for(threads),
+        )
     spec = {
         "resolution": input_shape[2], "batch": input_shape[0], "threads": threads,
         "channels_last": channels_last, "backend": "torch",

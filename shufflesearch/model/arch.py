@@ -9,6 +9,7 @@ recognised whatever order the fields were written in.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from ..common.yamlio import parse_yaml, read_text
 from ..errors import UserError
 
 FAMILIES = ("v1", "v2")
@@ -172,21 +174,13 @@ class Arch:
     @classmethod
     def from_yaml(cls, text: str, where: str = "") -> Arch:
         try:
-            d = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ArchError(f"{where}: not valid YAML ({_yaml_where(e)})") from None
+            d = parse_yaml(text, where or "<arch>")
+        except UserError as e:
+            raise ArchError(str(e)) from None
         return cls.from_dict(d, where)
 
 
-def _yaml_where(e: yaml.YAMLError) -> str:
-    mark = getattr(e, "problem_mark", None)
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    return f"line {mark.line + 1}: {problem}" if mark else str(problem)
-
-
 def _check_keys(d: Mapping[str, Any], allowed: set[str], pre: str, path: str) -> None:
-    import difflib
-
     for k in d:
         if k not in allowed:
             hint = difflib.get_close_matches(str(k), sorted(allowed), n=1)
@@ -319,65 +313,6 @@ def validate(a: Arch) -> None:
         c_in = c
 
 
-# --- the units, with their channel arithmetic done once -----------------------------------
-
-
-@dataclass(frozen=True)
-class UnitSpec:
-    """One unit with every width resolved; graph.py and units.py both build from these."""
-
-    name: str  # module path, e.g. "stages.1.0"
-    stage: int
-    index: int  # position in the stage
-    family: str
-    c_in: int
-    c_out: int
-    stride: int
-    kernel: int
-    down: bool  # the two-branch form (stride 2 or a width change): no split, no identity add
-    mid: int  # width inside the main branch (after its first 1x1)
-    main_in: int  # channels entering the main branch
-    main_out: int  # channels the main branch emits
-    proj_out: int  # v2 down: projection branch width; v1 down: the pooled shortcut (= c_in)
-    groups: int = 1  # v1: groups of the second 1x1 (and of the first, but see first_groups)
-    first_groups: int = 1  # v1: groups of the first 1x1 (1 on the stem's output)
-
-    @property
-    def identity(self) -> int:
-        """v2 basic unit: channels that bypass the branch."""
-        return self.c_in - self.main_in
-
-
-def unit_specs(a: Arch) -> list[UnitSpec]:
-    specs: list[UnitSpec] = []
-    c_in = a.stem.channels
-    for i, s in enumerate(a.stages):
-        for j, k in enumerate(s.kernels()):
-            stride = s.stride if j == 0 else 1
-            down = j == 0 and (stride == 2 or c_in != s.channels)
-            c = s.channels
-            name = f"stages.{i}.{j}"
-            if s.family == "v2":
-                b = round(c * s.split)
-                if not down:
-                    spec = UnitSpec(name, i, j, "v2", c_in, c, 1, k, False, b, b, b, 0)
-                elif s.layout == "megvii":
-                    spec = UnitSpec(name, i, j, "v2", c_in, c, stride, k, True, b, c_in, c - c_in, c_in)
-                else:
-                    spec = UnitSpec(name, i, j, "v2", c_in, c, stride, k, True, b, c_in, b, c - b)
-            else:
-                mid = round(c * s.bottleneck)
-                g1 = 1 if (i == 0 and j == 0) else s.groups
-                out = c - c_in if down else c
-                spec = UnitSpec(
-                    name, i, j, "v1", c_in, c, stride, k, down, mid, c_in, out,
-                    c_in if down else 0, s.groups, g1,
-                )
-            specs.append(spec)
-            c_in = c
-    return specs
-
-
 # --- presets ------------------------------------------------------------------------------
 
 V2_WIDTHS = {  # torchvision / paper Table 5: stage2..4 and conv5 widths
@@ -432,8 +367,6 @@ def preset(name: str) -> Arch:
     try:
         return PRESETS[name]
     except KeyError:
-        import difflib
-
         hint = difflib.get_close_matches(name, PRESETS, n=1)
         dym = f"; did you mean '{hint[0]}'?" if hint else ""
         raise ArchError(f"unknown preset '{name}'{dym} (see `shufflesearch show --list`)") from None
@@ -449,8 +382,6 @@ def preset_name(arch: Arch) -> str | None:
 
 def load_arch(path: str | Path) -> Arch:
     """Read an Arch from a .yaml/.yml/.json file (the format `export` writes)."""
-    from ..common.yamlio import read_text
-
     path = Path(path)
     try:
         text = read_text(path)
@@ -466,7 +397,8 @@ def load_arch(path: str | Path) -> Arch:
 
 
 def resolve_arch(spec: str | Path | Arch) -> Arch:
-    """A preset name, an arch file path, or an Arch."""
+    """A preset name, an arch file path, or an Arch. Only the edges call this (the CLI and the
+    public API in shufflesearch/__init__.py); the stages below take an Arch."""
     if isinstance(spec, Arch):
         return spec
     spec = str(spec)

@@ -1,9 +1,11 @@
 """Arch → a standalone PyTorch source file (the bundle's ``model.py``).
 
 The file depends only on torch and reads like a torchvision model file: ``channel_shuffle`` →
-the units → the network → a factory. The architecture appears in it as plain data: one row of
-resolved widths per unit (the output of ``unit_specs``), so the file builds exactly that
-network and nothing else, and no channel arithmetic has to be re-derived by the reader.
+the units → the network → the architecture as data → a factory. Its code is not a copy kept
+in step by hand: the unit row type (specs.UnitSpec), the units and the network (units.py,
+training form) are taken with ``inspect.getsource`` from the very code the library runs, so
+the exported file and the library cannot drift. The architecture appears as plain data: one
+UnitSpec row of resolved widths per unit, so no channel arithmetic is re-derived by the reader.
 
 Module paths equal those of the training form in units.py (``stem.conv``,
 ``stages.1.0.main.pw1.conv``, ``head.bn``, ``fc`` ...), so our state_dicts load into it
@@ -12,7 +14,12 @@ unchanged. export.py checks that claim on every export; this module only writes 
 
 from __future__ import annotations
 
-from .arch import Arch, UnitSpec, preset_name, unit_specs
+import dataclasses
+import inspect
+
+from . import units
+from .arch import Arch, preset_name
+from .specs import UnitSpec, unit_specs
 
 # The pieces of the file, each emitted only when the Arch uses it (a V2-only network carries no
 # V1 unit), so the file stays short enough to read.
@@ -35,177 +42,20 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 '''
 
-_SHUFFLE = '''
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Interleave the channels of ``groups`` groups (ShuffleNet V1, Fig. 1c) so that the next
-    grouped or split operation sees channels from every group."""
-    b, c, h, w = x.shape  # (B, C, H, W)
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-
-class ChannelShuffle(nn.Module):
-    def __init__(self, groups: int) -> None:
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return channel_shuffle(x, self.groups)
-
-
-class ConvBN(nn.Sequential):
-    """k x k conv without bias → BatchNorm → optional ReLU."""
-
-    def __init__(
-        self, c_in: int, c_out: int, k: int = 1, stride: int = 1, groups: int = 1, relu: bool = True
-    ) -> None:
-        layers: OrderedDict[str, nn.Module] = OrderedDict(
-            conv=nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
-            bn=nn.BatchNorm2d(c_out),
-        )
-        if relu:
-            layers["relu"] = nn.ReLU()
-        super().__init__(layers)
-
-
-class UnitCfg(NamedTuple):
-    """One unit with every width resolved."""
-
-    family: str  # "v1" (grouped 1x1 + add) or "v2" (channel split + concat)
-    c_in: int  # input channels
-    c_out: int  # output channels
-    stride: int  # stride of the depthwise conv
-    kernel: int  # depthwise kernel size
-    down: bool  # two-branch form (stride 2 or a width change): no identity path
-    mid: int  # width inside the main branch
-    main_out: int  # channels the main branch emits; the shortcut supplies c_out - main_out
-    groups: int = 1  # v1: groups of the 1x1 convs
-    first_groups: int = 1  # v1: groups of the first 1x1 (1 when its input is the stem's)
-'''
-
-_V2 = '''
-
-class V2Unit(nn.Module):
-    """ShuffleNet V2 unit (Ma et al. 2018, Fig. 3c/d). Basic: split the channels, send one part
-    through 1x1 → DW → 1x1 and concat it with the untouched rest (G1: equal in/out widths,
-    G4: no add). Down: both branches see the whole input. Then shuffle 2 groups (Sec. 3)."""
-
-    def __init__(self, u: UnitCfg) -> None:
-        super().__init__()
-        main_in = u.c_in if u.down else u.mid
-        self.split_sizes = None if u.down else (u.c_in - u.mid, u.mid)
-        self.proj = None
-        if u.down:
-            self.proj = nn.Sequential(OrderedDict(
-                dw=ConvBN(u.c_in, u.c_in, u.kernel, u.stride, u.c_in, relu=False),
-                pw=ConvBN(u.c_in, u.c_out - u.main_out),
-            ))
-        self.main = nn.Sequential(OrderedDict(
-            pw1=ConvBN(main_in, u.mid),  # plain 1x1, not grouped (G2)
-            dw=ConvBN(u.mid, u.mid, u.kernel, u.stride, u.mid, relu=False),
-            pw2=ConvBN(u.mid, u.main_out),
-        ))
-        self.shuffle = ChannelShuffle(2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.proj is not None:
-            y = torch.cat((self.proj(x), self.main(x)), dim=1)
-        else:
-            identity, z = torch.split(x, self.split_sizes, dim=1)
-            y = torch.cat((identity, self.main(z)), dim=1)
-        return self.shuffle(y)
-'''
-
-_V1 = '''
-
-class V1Unit(nn.Module):
-    """ShuffleNet V1 unit (Zhang et al. 2018, Fig. 2b/c): grouped 1x1 → shuffle → DW → grouped
-    1x1. Basic: add the identity, then ReLU. Down: concat with the 3x3 avg-pooled input."""
-
-    def __init__(self, u: UnitCfg) -> None:
-        super().__init__()
-        self.down = u.down
-        layers: OrderedDict[str, nn.Module] = OrderedDict(
-            pw1=ConvBN(u.c_in, u.mid, 1, 1, u.first_groups)
-        )
-        if u.groups > 1:
-            layers["shuffle"] = ChannelShuffle(u.groups)
-        layers["dw"] = ConvBN(u.mid, u.mid, u.kernel, u.stride, u.mid, relu=False)
-        # When down, the ReLU after the concat only touches the new channels: the pooled
-        # shortcut is already non-negative.
-        layers["pw2"] = ConvBN(u.mid, u.main_out, 1, 1, u.groups, relu=u.down)
-        self.main = nn.Sequential(layers)
-        self.proj = None
-        if u.down and u.stride == 2:
-            self.proj = nn.Sequential(OrderedDict(pool=nn.AvgPool2d(3, 2, 1)))
-        self.relu = None if u.down else nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.down:
-            shortcut = self.proj(x) if self.proj is not None else x
-            return torch.cat((shortcut, self.main(x)), dim=1)
-        return self.relu(self.main(x) + x)
-'''
-
-_NETWORK = '''
-
-UNITS: dict[str, type[nn.Module]] = {{{units}}}
-
-
-class ShuffleNet(nn.Module):
-    """stem (3x3 conv{pool_note}) → stages of units → {head_note}global pool → fc."""
-
-    def __init__(self, stages: list[list[UnitCfg]], num_classes: int = NUM_CLASSES) -> None:
-        super().__init__()
-        stem: OrderedDict[str, nn.Module] = OrderedDict(
-            conv=nn.Conv2d(IN_CHANNELS, STEM_CHANNELS, 3, STEM_STRIDE, 1, bias=False),
-            bn=nn.BatchNorm2d(STEM_CHANNELS),
-            relu=nn.ReLU(),
-        )
-        if STEM_POOL:
-            stem["pool"] = nn.MaxPool2d(3, 2, 1)
-        self.stem = nn.Sequential(stem)
-        self.stages = nn.ModuleList(
-            nn.Sequential(*[UNITS[u.family](u) for u in units]) for units in stages
-        )
-        width = stages[-1][-1].c_out
-        self.head = ConvBN(width, HEAD) if HEAD else None
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(HEAD or width, num_classes, bias=FC_BIAS)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)  # (B, {stem_channels}, H/{stem_div}, W/{stem_div})
-        for stage in self.stages:
-            x = stage(x)
-        if self.head is not None:
-            x = self.head(x)
-        return x  # (B, {feat}, H/{total_stride}, W/{total_stride})
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.forward_features(x)), 1))  # (B, classes)
-
+_FACTORY = '''
 
 def shufflenet(
     num_classes: int = NUM_CLASSES, weights: str | os.PathLike[str] | None = None
-) -> ShuffleNet:
+) -> Network:
     """The network, freshly initialised or loaded from a state_dict file (e.g. weights.pt)."""
-    model = ShuffleNet(STAGES, num_classes)
+    model = Network(IN_CHANNELS, STEM_CHANNELS, STEM_STRIDE, STEM_POOL, STAGES, HEAD, num_classes,
+                    FC_BIAS)
     if weights is not None:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model
@@ -216,16 +66,21 @@ if __name__ == "__main__":
     n = sum(p.numel() for p in net.parameters())
     with torch.no_grad():
         y = net(torch.randn(1, IN_CHANNELS, 224, 224))
-    print(f"{{n:,}} parameters; output {{tuple(y.shape)}}")
+    print(f"{n:,} parameters; output {tuple(y.shape)}")
 '''
 
 
+def _code(*objs: object) -> str:
+    """The library's own source of ``objs``, each set off by two blank lines."""
+    return "".join("\n\n" + inspect.getsource(o) for o in objs)  # type: ignore[arg-type]
+
+
 def _unit_row(u: UnitSpec) -> str:
-    args = [f'"{u.family}"', u.c_in, u.c_out, u.stride, u.kernel, u.down, u.mid, u.main_out]
-    row = ", ".join(str(a) for a in args)
-    if u.family == "v1":
-        row += f", groups={u.groups}, first_groups={u.first_groups}"
-    return f"        UnitCfg({row}),"
+    return f"        UnitSpec({', '.join(_lit(v) for v in dataclasses.astuple(u))}),"
+
+
+def _lit(v: object) -> str:
+    return f'"{v}"' if isinstance(v, str) else repr(v)  # double quotes, as ruff's style wants
 
 
 def _stage_line(i: int, arch: Arch) -> str:
@@ -258,6 +113,7 @@ def model_source(arch: Arch, version: str = "") -> str:
         rows.append(f"    [  # stage {i}: {s.family}, {s.channels} channels")
         rows += [_unit_row(u) for u in specs if u.stage == i]
         rows.append("    ],")
+    fields = ", ".join(f.name for f in dataclasses.fields(UnitSpec))
     data = "\n".join([
         "",
         "",
@@ -270,20 +126,25 @@ def model_source(arch: Arch, version: str = "") -> str:
         f"HEAD = {arch.head}  # width of the final 1x1 conv (0: none)",
         f"NUM_CLASSES = {arch.num_classes}",
         f"FC_BIAS = {arch.fc_bias}",
-        "# One row per unit: family, in, out, stride, kernel, down, mid, main_out[, groups]",
-        "STAGES: list[list[UnitCfg]] = [",
+        "# One UnitSpec per unit, stage by stage. Fields:",
+        *[f"# {line}" for line in _wrap(fields)],
+        "STAGES: list[list[UnitSpec]] = [",
         *rows,
         "]",
     ])
-    stem_div = arch.stem.stride * (2 if arch.stem.pool else 1)
-    network = _NETWORK.format(
-        units=", ".join(f'"{f}": {f.upper()}Unit' for f in sorted(set(arch.families))),
-        pool_note=" + max-pool" if arch.stem.pool else "",
-        head_note="1x1 head conv → " if arch.head else "",
-        stem_channels=arch.stem.channels,
-        stem_div=stem_div,
-        feat=arch.head or arch.stages[-1].channels,
-        total_stride=arch.total_stride,
-    )
-    body = _SHUFFLE + (_V2 if "v2" in fams else "") + (_V1 if "v1" in fams else "")
-    return header + body + data + network
+    used = [u for f, u in (("v2", units.V2Unit), ("v1", units.V1Unit)) if f in fams]
+    registry = ", ".join(f'"{f}": {f.upper()}Unit' for f in sorted(fams))
+    code = (_code(UnitSpec, units.channel_shuffle, units.ChannelShuffle, units.ConvBN, *used)
+            + f"\n\nUNITS: dict[str, type[nn.Module]] = {{{registry}}}\n" + _code(units.Network))
+    return header + code + data + "\n" + _FACTORY
+
+
+def _wrap(text: str, width: int = 96) -> list[str]:
+    lines, cur = [], ""
+    for word in text.split(" "):
+        if cur and len(cur) + 1 + len(word) > width:
+            lines.append(cur)
+            cur = word
+        else:
+            cur = f"{cur} {word}" if cur else word
+    return lines + [cur]

@@ -8,20 +8,21 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .arch import Arch, resolve_arch
 from ..errors import UserError
+from .arch import Arch
 from .units import ShuffleNet, ShuffleNetInference
 
 
-def build(arch: Arch | str, inference: bool = False, num_classes: int | None = None) -> nn.Module:
-    """The network of ``arch`` (an Arch, preset name or arch file).
+def build(arch: Arch, inference: bool = False, num_classes: int | None = None) -> nn.Module:
+    """The network of ``arch`` (the public ``shufflesearch.build`` also takes a preset name or
+    an arch file).
 
     ``inference=False`` gives the training form (conv, BN and ReLU modules whose paths match
     the OpGraph's node names). ``inference=True`` gives the eval-mode inference form of a
     freshly initialised network; use ``to_inference`` to convert a trained one.
     ``num_classes`` overrides the Arch's classifier width (e.g. for the proxy task).
     """
-    model = ShuffleNet(resolve_arch(arch), num_classes)
+    model = ShuffleNet(arch, num_classes)
     return to_inference(model) if inference else model
 
 

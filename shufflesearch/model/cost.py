@@ -18,8 +18,9 @@ from typing import Any
 
 import networkx as nx
 
-from .arch import Arch, resolve_arch
+from .arch import Arch
 from .graph import op_graph
+from .specs import unit_specs
 
 # Ops that compute per element (no reduction over channels): the G4 family.
 ELEMENTWISE = frozenset({"relu", "add", "bn", "split", "concat", "shuffle"})
@@ -105,9 +106,10 @@ def graph_costs(g: nx.DiGraph) -> Costs:
     )
 
 
-def costs(arch: Arch | str, resolution: int | tuple[int, int] = 224) -> Costs:
-    """Totals and per-node/per-unit figures for ``arch`` (an Arch, preset name or file)."""
-    return graph_costs(op_graph(resolve_arch(arch), resolution))
+def costs(arch: Arch, resolution: int | tuple[int, int] = 224) -> Costs:
+    """Totals and per-node/per-unit figures for ``arch`` (the public ``shufflesearch.costs``
+    also takes a preset name or an arch file)."""
+    return graph_costs(op_graph(arch, resolution))
 
 
 def _m(x: int) -> str:
@@ -116,8 +118,6 @@ def _m(x: int) -> str:
 
 def format_costs(arch: Arch, c: Costs) -> str:
     """A per-stage, per-unit table with totals (for `shufflesearch show`)."""
-    from .arch import unit_specs
-
     specs = {u.name: u for u in unit_specs(arch)}
     rows = [f"archid {arch.archid}   resolution {c.resolution[0]}x{c.resolution[1]}", ""]
     head = f"{'unit':<14}{'family':<7}{'in':>6}{'out':>6}{'str':>4}{'k':>3}  {'params':>10}{'MACs':>10}{'MAC':>10}"

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import networkx as nx
 
-from .arch import Arch, UnitSpec, unit_specs
+from .arch import Arch
+from .specs import UnitSpec, unit_specs
 
 Shape = tuple[int, int, int]  # (C, H, W)
 

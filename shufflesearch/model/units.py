@@ -1,6 +1,11 @@
 """The ShuffleNet building blocks as nn.Modules: channel shuffle, the V1 and V2 units, and the
 network. Module paths match the OpGraph's node names (see graph.py).
 
+The training form (everything above "inference form" below) depends only on torch and on
+UnitSpec rows: codegen.py copies its source, as it is, into every exported model.py, so the
+deployed file and the library cannot drift. Keep it that way (no Arch, no package imports,
+lines of at most 100 characters).
+
 Each unit comes in two forms:
   training form   conv → BN → ReLU as separate modules, ready to train or load weights into;
   inference form  BN folded into the conv, the V1 shuffle folded into the weights, and the V2
@@ -16,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import Arch, UnitSpec, unit_specs
+from .arch import Arch
+from .specs import UnitSpec, unit_specs
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -40,7 +46,9 @@ class ChannelShuffle(nn.Module):
 class ConvBN(nn.Sequential):
     """k x k conv (no bias) → BN → optional ReLU; children are named conv, bn, relu."""
 
-    def __init__(self, c_in: int, c_out: int, k: int = 1, stride: int = 1, groups: int = 1, relu: bool = True):
+    def __init__(
+        self, c_in: int, c_out: int, k: int = 1, stride: int = 1, groups: int = 1, relu: bool = True
+    ) -> None:
         layers: OrderedDict[str, nn.Module] = OrderedDict(
             conv=nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
             bn=nn.BatchNorm2d(c_out),
@@ -87,7 +95,9 @@ class V1Unit(nn.Module):
     def __init__(self, u: UnitSpec) -> None:
         super().__init__()
         self.down = u.down
-        layers: OrderedDict[str, nn.Module] = OrderedDict(pw1=ConvBN(u.c_in, u.mid, 1, 1, u.first_groups))
+        layers: OrderedDict[str, nn.Module] = OrderedDict(
+            pw1=ConvBN(u.c_in, u.mid, 1, 1, u.first_groups)
+        )
         if u.groups > 1:
             layers["shuffle"] = ChannelShuffle(u.groups)
         layers["dw"] = ConvBN(u.mid, u.mid, u.kernel, u.stride, u.mid, relu=False)
@@ -109,29 +119,30 @@ class V1Unit(nn.Module):
 UNITS: dict[str, type[nn.Module]] = {"v1": V1Unit, "v2": V2Unit}
 
 
-class ShuffleNet(nn.Module):
-    """A ShuffleNet-family network built from an Arch: stem → stages → head → pool → fc."""
+class Network(nn.Module):
+    """stem (3x3 conv → BN → ReLU, optional 3x3 max-pool) → stages of units → optional 1x1 head
+    conv → global average pool → fc, built from plain numbers and one UnitSpec per unit."""
 
-    def __init__(self, arch: Arch, num_classes: int | None = None) -> None:
+    def __init__(
+        self, in_channels: int, stem_channels: int, stem_stride: int, stem_pool: bool,
+        stages: list[list[UnitSpec]], head: int, num_classes: int, fc_bias: bool,
+    ) -> None:
         super().__init__()
-        self.arch = arch
         stem: OrderedDict[str, nn.Module] = OrderedDict(
-            conv=nn.Conv2d(arch.in_channels, arch.stem.channels, 3, arch.stem.stride, 1, bias=False),
-            bn=nn.BatchNorm2d(arch.stem.channels),
+            conv=nn.Conv2d(in_channels, stem_channels, 3, stem_stride, 1, bias=False),
+            bn=nn.BatchNorm2d(stem_channels),
             relu=nn.ReLU(),
         )
-        if arch.stem.pool:
+        if stem_pool:
             stem["pool"] = nn.MaxPool2d(3, 2, 1)
         self.stem = nn.Sequential(stem)
-        specs = unit_specs(arch)
         self.stages = nn.ModuleList(
-            nn.Sequential(*[UNITS[u.family](u) for u in specs if u.stage == i])
-            for i in range(len(arch.stages))
+            nn.Sequential(*[UNITS[u.family](u) for u in units]) for units in stages
         )
-        c = arch.stages[-1].channels
-        self.head = ConvBN(c, arch.head) if arch.head else None
+        c = stages[-1][-1].c_out
+        self.head = ConvBN(c, head) if head else None
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(arch.head or c, num_classes or arch.num_classes, bias=arch.fc_bias)
+        self.fc = nn.Linear(head or c, num_classes, bias=fc_bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -147,7 +158,7 @@ class ShuffleNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)  # (B, C0, H/4, W/4) with the paper's stem
+        x = self.stem(x)  # (B, C0, H/4, W/4) with the paper's stem (conv stride 2 + pool)
         for stage in self.stages:
             x = stage(x)
         if self.head is not None:
@@ -156,6 +167,17 @@ class ShuffleNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.forward_features(x)), 1))  # (B, classes)
+
+
+class ShuffleNet(Network):
+    """The network of an Arch (training form); ``num_classes`` overrides the Arch's."""
+
+    def __init__(self, arch: Arch, num_classes: int | None = None) -> None:
+        specs = unit_specs(arch)
+        stages = [[u for u in specs if u.stage == i] for i in range(len(arch.stages))]
+        super().__init__(arch.in_channels, arch.stem.channels, arch.stem.stride, arch.stem.pool,
+                         stages, arch.head, num_classes or arch.num_classes, arch.fc_bias)
+        self.arch = arch
 
 
 # --- inference form -----------------------------------------------------------------------

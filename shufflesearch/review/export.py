@@ -47,7 +47,7 @@ from ..model.cost import costs, format_costs
 
 ARTEFACTS = ("arch.yaml", "model.py", "weights.pt", "model.pt2", "model.onnx", "report.md")
 # model.py may import these and nothing else: "depends only on torch" is checked, not hoped.
-_ALLOWED_IMPORTS = {"__future__", "os", "collections", "typing", "torch"}
+_ALLOWED_IMPORTS = {"__future__", "os", "collections", "typing", "dataclasses", "torch"}
 _MAX_FINDINGS = 15  # rows of guideline findings in report.md
 _BATCH = 2  # verification batch: 2 so that the dynamic batch dimension is exercised
 # Tolerances relative to the largest reference output (freshly initialised logits are ~1e-8,

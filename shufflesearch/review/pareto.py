@@ -8,8 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scipy.stats import kendalltau, spearmanr
-
+from ..common.stats import kendall_tau, spearman_rho
 from ..errors import UserError
 from ..search.front import knee, pareto_front
 from ..search.records import GUIDELINES, TrialRecord, completed, failed, trial_records
@@ -182,11 +181,11 @@ class RankCorrelation:
 
 
 def rank_correlation(xs: Sequence[float], ys: Sequence[float]) -> RankCorrelation:
-    """Spearman's rho and Kendall's tau-b (ties handled as scipy does); nan below 3 points."""
+    """Spearman's rho and Kendall's tau-b (common.stats); nan below 3 points or on a constant side."""
     n = len(xs)
-    if n < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+    if n < 3:
         return RankCorrelation(math.nan, math.nan, n)
-    return RankCorrelation(float(spearmanr(xs, ys)[0]), float(kendalltau(xs, ys)[0]), n)
+    return RankCorrelation(spearman_rho(xs, ys), kendall_tau(xs, ys), n)
 
 
 # --- picking a trial for export ---------------------------------------------------------------

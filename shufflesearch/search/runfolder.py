@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 import yaml
 
+from ..common.yamlio import parse_yaml
 from ..errors import UserError
 from .space import SearchSpace
 
@@ -120,7 +121,7 @@ def open_run(space: SearchSpace, name: str | None = None, runs_root: str | Path 
     fp = space.fingerprint()
     if cfg.exists():
         try:
-            old = yaml.safe_load(cfg.read_text()) or {}
+            old = parse_yaml(cfg.read_text(), str(cfg)) or {}
         except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not UTF-8
             raise UserError(f"{cfg}: unreadable run config ({e.__class__.__name__}); use a new --name") from None
         if not isinstance(old, dict) or old.get("fingerprint") != fp:
@@ -165,7 +166,7 @@ def load_run(path: str | Path) -> tuple[Run, optuna.Study]:
     if not cfg.exists():
         raise UserError(f"{root}: not a shufflesearch run (no config.yaml)")
     try:
-        doc = yaml.safe_load(cfg.read_text())
+        doc = parse_yaml(cfg.read_text(), str(cfg))
         url = doc["storage"]
     except Exception:
         raise UserError(f"{cfg}: unreadable run config") from None

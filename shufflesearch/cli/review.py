@@ -1,0 +1,122 @@
+"""Commands that read a run: pareto, report, export."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from ..model.arch import Arch
+from ..review.export import export_arch
+from ..review.html import write_report
+from ..review.pareto import (
+    export_info,
+    format_breaks,
+    format_failed,
+    format_pareto,
+    load_records,
+    pareto_rows,
+    pick_trial,
+)
+from ..search.records import completed, failed
+from .output import print_artefacts, print_json
+
+# --- pareto / report / export (review a run) ---------------------------------------------------
+
+
+def _add_pareto(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run folder, e.g. runs/v2")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    fmt.add_argument("--csv", action="store_true", help="print CSV")
+    p.add_argument("--all", action="store_true", help="every completed trial, not just the front and baselines")
+    p.add_argument("--failed", action="store_true", help="list failed/pruned trials and their reasons")
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    run, records = load_records(args.run)
+    if args.failed:
+        bad = failed(records)
+        if args.json:
+            print_json([{"trial": r.trial, "state": r.state, "archid": r.archid or None,
+                        "fail_reason": r.fail_reason} for r in bad])
+        elif args.csv:
+            w = csv.writer(sys.stdout)
+            w.writerow(["trial", "state", "archid", "fail_reason"])
+            w.writerows([r.trial, r.state, r.archid, r.fail_reason] for r in bad)
+        else:
+            print(format_failed(records))
+        return 0
+    rows = pareto_rows(records, all_trials=args.all)
+    if args.json:
+        print_json([r.to_dict() for r in rows])
+    elif args.csv:
+        w = csv.writer(sys.stdout)
+        flat = [{**{k: v for k, v in r.to_dict().items() if k not in ("penalties", "breaks")}, **r.penalties,
+                 "breaks": format_breaks(r.breaks)} for r in rows]
+        if flat:
+            w.writerow(flat[0].keys())
+            w.writerows(d.values() for d in flat)
+    elif not rows:
+        n, done = len(failed(records)), len(completed(records))
+        if done:  # every completed trial breaks a constraint: nothing is on the front
+            print(f"{run.root}: no feasible trial yet ({done} completed, all infeasible: see --all)")
+        else:
+            print(f"{run.root}: no completed trials yet" + (f" ({n} failed: see --failed)" if n else ""))
+    else:
+        print(format_pareto(rows, [n for n, _ in run.space.objectives]))
+    return 0
+
+
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run folder, e.g. runs/v2")
+    p.add_argument("--out", help="the HTML file (default RUN/report.html); PNGs go beside it")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.run) / "report.html"
+    res = write_report(args.run, out, log=None if args.quiet else
+                       (lambda m: print(f"report: {m}", file=sys.stderr, flush=True)))
+    print(f"wrote {res.html} ({res.html.stat().st_size // 1024} KB, self-contained) and "
+          f"{', '.join(p.name for p in res.pngs)} beside it")
+    return 0
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run folder, e.g. runs/v2")
+    pick = p.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--trial", type=int, help="this trial number (see `shufflesearch pareto RUN`)")
+    pick.add_argument("--knee", action="store_true", help="the knee of the (proxy, latency) front")
+    pick.add_argument("--max-latency", type=float, metavar="MS",
+                      help="the best proxy on the front at or under this measured latency")
+    p.add_argument("--out", required=True, help="folder for the bundle (created if missing)")
+    onnx = p.add_mutually_exclusive_group()
+    onnx.add_argument("--onnx", dest="onnx", action="store_true", default=None,
+                      help="require model.onnx (default: written when onnx/onnxruntime are installed)")
+    onnx.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip model.onnx")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    run, records = load_records(args.run)
+    rec = pick_trial(records, trial=args.trial, use_knee=args.knee, max_latency=args.max_latency)
+    quiet = args.quiet or args.json
+
+    def log(msg: str) -> None:
+        print(f"export: {msg}", file=sys.stderr, flush=True)
+
+    if not quiet:
+        log(f"trial {rec.trial} ({rec.archid}): proxy {rec.proxy:.4f}, "
+            f"{rec.latency_ms:.3f} ms measured")
+    res = export_arch(Arch.from_dict(rec.arch), args.out, info=export_info(rec, run.name),
+                      resolution=run.space.target.resolution, onnx=args.onnx,
+                      log=None if quiet else log)
+    if args.json:
+        print_json({"trial": rec.trial, **res.to_dict()})
+        return 0
+    print(f"exported trial {rec.trial} = {res.archid} ({res.params:,} params) to {res.out_dir}/")
+    print_artefacts(res)
+    return 0

@@ -1,0 +1,165 @@
+"""Commands that search or study: run, validate (a space), guidelines (the device bench),
+proxies validate. A search-space file becomes a SearchSpace here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..accuracy.data import DataSpec, load_data
+from ..accuracy.validation import format_report as format_validation
+from ..accuracy.validation import plot_report, validate_proxies, validation_set
+from ..common.threads import torch_threads
+from ..common.yamlio import read_yaml
+from ..errors import UserError
+from ..guidelines.calibration import save
+from ..guidelines.microbench import FULL, QUICK, bench, format_tables, n_measurements
+from ..search.engine import search
+from ..search.space import load_space
+from .output import print_json
+
+# --- run / validate ---------------------------------------------------------------------------
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("space", help="a search-space YAML file, e.g. search_spaces/v2.yaml")
+    p.add_argument("--budget", type=int, default=200, help="completed search trials to reach (default 200)")
+    p.add_argument("--name", help="run name: the folder runs/NAME (default: the space file's stem)")
+    p.add_argument("--runs", default="runs", help="where run folders live (default runs/)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--storage", help="an RDB URL (e.g. postgresql://...) shared by many machines")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    run = search(args.space, args.budget, name=args.name, runs_root=args.runs,
+                 storage=args.storage, workers=args.workers, quiet=args.quiet)
+    if not args.quiet:
+        print(f"done: {run.root}  (review: shufflesearch pareto {run.root})")
+    return 0
+
+
+def _add_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("space", help="a search-space YAML file")
+    p.add_argument("--sample", type=int, default=20, help="also sample this many architectures (default 20)")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    space = load_space(args.space)
+    archs = space.sample_random(args.sample, space.seed) if args.sample else []
+    print(f"{args.space}: ok")
+    print(f"  objectives: {', '.join(f'{n} ({d})' for n, d in space.objectives)}")
+    print(f"  stages: {len(space.stages)}; baselines: {', '.join(space.baselines) or 'none'}")
+    if args.sample:
+        print(f"  sampled {len(archs)} distinct valid architectures out of {args.sample} asked")
+    return 0
+
+
+# --- guidelines ----------------------------------------------------------------------------
+
+
+def _add_guidelines(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="x1 and x2 widths, 3 rounds (< 2 min)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, like ARM)")
+    p.add_argument("--out", help="also write the JSON results here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_guidelines(args: argparse.Namespace) -> int:
+    if args.threads < 1:
+        raise UserError(f"--threads: must be >= 1, got {args.threads}")
+    bar = None
+    if not (args.quiet or args.json):
+        cfg = QUICK if args.quick else FULL
+        bar = tqdm(total=n_measurements(cfg["scales"], cfg["rounds"]), desc="guideline bench",
+                   unit="run", file=sys.stderr)
+    try:
+        res = bench(args.quick, args.threads, progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    path = save(res.calibration)
+    d = res.to_dict()
+    bench_path = path.with_suffix(".bench.json")
+    bench_path.write_text(json.dumps(d, indent=2))
+    if args.out:
+        try:
+            with open(args.out, "w") as f:
+                json.dump(d, f, indent=2)
+        except OSError as e:
+            raise UserError(f"--out {args.out}: cannot write ({e.strerror})") from None
+    if args.json:
+        print_json(d)
+        return 0
+    c = res.calibration
+    print(format_tables(res.results, res.comparisons))
+    print(f"calibration ({c.n_points} blocks, median fit error {c.median_rel_error:.0%}): "
+          f"{c.ms_per_gmac:.3f} ms/GMAC compute, {c.ms_per_melem:.3f} ms per M elements moved, "
+          f"{c.ms_per_op * 1e3:.1f} us per op")
+    print(f"saved {path} (used by `check` and the search) and {bench_path}"
+          + (f" and {args.out}" if args.out else ""))
+    return 0
+
+
+# --- proxies ------------------------------------------------------------------------------
+
+
+def _add_proxies(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["validate"], help="validate: rank proxies against short training")
+    p.add_argument("space", help="a search-space YAML, or {proxy: {...}, archs: [...]}")
+    p.add_argument("--n", type=int, default=30, help="architectures to sample (default 30)")
+    p.add_argument("--seeds", type=int, default=2, help="short-training seeds per arch (default 2)")
+    p.add_argument("--steps", type=int, default=150, help="short-training SGD steps (default 150)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the architecture sample")
+    p.add_argument("--out", default=None, help="folder for validation.json and validation.png")
+    p.add_argument("--json", action="store_true", help="print the JSON report")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+
+
+def cmd_proxies(args: argparse.Namespace) -> int:
+    if args.n < 3:
+        raise UserError(f"--n: {args.n} must be >= 3")
+    if args.threads < 1:
+        raise UserError(f"--threads: must be >= 1, got {args.threads}")
+    with torch_threads(args.threads):
+        return _validate_proxies(args)
+
+
+def _validate_proxies(args: argparse.Namespace) -> int:
+    # Either a minimal file {proxy: {...}, archs: [...]} or a search space to sample from.
+    vset = validation_set(read_yaml(args.space), args.space)
+    if vset is None:
+        space = load_space(args.space)
+        vset = space.sample_random(args.n, seed=args.sample_seed), dict(space.raw["proxy"])
+    archs, proxy = vset
+    data = load_data(DataSpec.from_dict(proxy))
+    names = proxy.get("proxies") or None
+    quiet = args.quiet or args.json
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {args.out}: cannot create ({e.strerror})") from None
+    report = validate_proxies(archs, data, seeds=args.seeds, names=names, steps=args.steps,
+                              progress=None if quiet else lambda m: print(m, file=sys.stderr, flush=True),
+                              rows_path=str(out / "rows.jsonl") if out else None)
+    if out is not None:
+        try:
+            (out / "validation.json").write_text(json.dumps(report, indent=2))
+            plot_report(report, str(out / "validation.png"))
+        except OSError as e:
+            raise UserError(f"--out {args.out}: cannot write ({e.strerror})") from None
+    if args.json:
+        print_json(report)
+    else:
+        print(format_validation(report))
+        if args.out:
+            print(f"wrote {Path(args.out) / 'validation.json'} and {Path(args.out) / 'validation.png'}")
+    return 0

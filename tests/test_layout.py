@@ -1,0 +1,194 @@
+"""The package's layout rules, read off its import graph (ast, every import statement,
+function-level and TYPE_CHECKING ones included).
+
+The order of the stages, each importing only from itself and the stages before it:
+    common < model < measure < guidelines < accuracy < search < review < cli
+(errors.py and the package's __init__.py sit outside the order; nothing imports review or cli).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "shufflesearch"
+ORDER = ("common", "model", "measure", "guidelines", "accuracy", "search", "review", "cli")
+EXEMPT = {"errors", "__init__"}  # the exception type and the public API's lazy re-exports
+MAX_LINES = 450
+# Heavy optional packages a function may import where it uses them, so that `import
+# shufflesearch` (and every command that does not need them) stays light.
+HEAVY = {"onnx", "onnxruntime", "onnxscript", "matplotlib", "optuna", "sklearn", "PIL", "scipy",
+         "psycopg2"}
+LAZY_MARK = "# lazy:"
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted name (relative to the package, e.g. ``model.arch``) -> file."""
+    out = {}
+    for f in sorted(PKG.rglob("*.py")):
+        parts = f.relative_to(PKG).with_suffix("").parts
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        out[".".join(parts)] = f
+    return out
+
+
+MODULES = _modules()
+
+
+def _stage(mod: str) -> str:
+    return mod.split(".")[0]
+
+
+def _resolve(mod: str, path: Path, node: ast.ImportFrom | ast.Import) -> list[str]:
+    """The package-internal modules an import statement names (dotted, package-relative)."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+        return [n.removeprefix("shufflesearch.") for n in names
+                if n == "shufflesearch" or n.startswith("shufflesearch.")]
+    if node.level == 0:
+        if not (node.module or "").startswith("shufflesearch"):
+            return []
+        base = (node.module or "").removeprefix("shufflesearch").lstrip(".")
+    else:
+        here = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+        if path.name == "__init__.py" and mod == "__init__":
+            here = []
+        up = here[: len(here) - (node.level - 1)] if node.level > 1 else here
+        base = ".".join([*up, *([node.module] if node.module else [])])
+    out = []
+    for a in node.names:
+        sub = f"{base}.{a.name}" if base else a.name
+        out.append(sub if sub in MODULES else base)  # `from .x import y`: y a module or a name
+    return [o for o in out if o]
+
+
+def _imports(mod: str, source: str | None = None) -> list[tuple[str, int, bool, ast.AST]]:
+    """(target module, line, function-level?, node) for every import in ``mod`` (its file, or
+    ``source`` in its place)."""
+    path = MODULES[mod]
+    tree = ast.parse(path.read_text() if source is None else source)
+    out = []
+
+    def visit(node: ast.AST, in_func: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                for t in _resolve(mod, path, child):
+                    out.append((t, child.lineno, in_func, child))
+                if in_func:
+                    out.append(("<any>", child.lineno, in_func, child))
+            visit(child, in_func or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(tree, False)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    g: dict[str, set[str]] = {m: set() for m in MODULES}
+    for m in MODULES:
+        for t, *_ in _imports(m):
+            if t in MODULES and t != m:
+                g[m].add(t)
+    return g
+
+
+def _owned(stage: str) -> list[str]:
+    return [m for m in MODULES if _stage(m) == stage]
+
+
+def test_the_layout_is_readable() -> None:
+    assert set(ORDER) <= {_stage(m) for m in MODULES}, "a stage of the order is missing"
+    unknown = {_stage(m) for m in MODULES} - set(ORDER) - EXEMPT
+    assert not unknown, f"modules outside the stage order: {sorted(unknown)}"
+
+
+def test_no_import_cycles() -> None:
+    g = _graph()
+    cycles = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(g[m]):
+            if state.get(t) == 1:
+                cycles.append(stack[stack.index(t):] + [t])
+            elif t not in state:
+                dfs(t)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(g):
+        if m not in state:
+            dfs(m)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+@pytest.mark.parametrize("stage", ORDER)
+def test_imports_point_down(stage: str) -> None:
+    bad = []
+    for m in _owned(stage):
+        for t, line, _, _ in _imports(m):
+            if t not in MODULES or _stage(t) in EXEMPT:
+                continue
+            ts = _stage(t)
+            # review and cli close the order, so "nothing imports review or cli" (but cli, which
+            # sits above review) follows from it.
+            if ORDER.index(ts) > ORDER.index(stage):
+                bad.append(f"{m}:{line} imports {t} ({ts} sits above {stage})")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("stage", ORDER)
+def test_modules_are_short(stage: str) -> None:
+    long = {m: n for m in _owned(stage) if (n := len(MODULES[m].read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+@pytest.mark.parametrize("stage", ORDER)
+def test_every_package_says_what_it_owns_and_may_import(stage: str) -> None:
+    init = PKG / stage / "__init__.py"
+    assert init.exists(), f"{stage}/ is not a package"
+    doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+    assert "Owns" in doc, f"{stage}/__init__.py: the docstring must say what the package owns ('Owns ...')"
+    assert "May import" in doc, f"{stage}/__init__.py: the docstring must say what it may import ('May import ...')"
+    # The docstring's import rule must agree with the order enforced above.
+    allowed = [s for s in ORDER[: ORDER.index(stage)]]
+    rule = doc[doc.index("May import"):]
+    for s in allowed:
+        assert s in rule, f"{stage}/__init__.py: 'May import' does not mention {s}"
+
+
+@pytest.mark.parametrize("stage", ORDER)
+def test_function_level_imports_are_heavy_or_explained(stage: str) -> None:
+    bad = []
+    for m in _owned(stage):
+        lines = MODULES[m].read_text().splitlines()
+        for t, line, _, node in _imports(m):
+            if t != "<any>":
+                continue
+            if isinstance(node, ast.Import):
+                tops = {a.name.split(".")[0] for a in node.names}
+            else:
+                tops = {(node.module or "").split(".")[0]} if node.level == 0 else {"shufflesearch"}
+            if tops <= HEAVY:
+                continue
+            # The reason may sit on the import line, or on the comment line just above it.
+            near = lines[line - 1] + (lines[line - 2] if line >= 2 else "")
+            if LAZY_MARK not in near:
+                bad.append(f"{m}:{line}: {lines[line - 1].strip()}")
+    assert not bad, (f"function-level imports that are neither heavy optional packages ({sorted(HEAVY)}) "
+                     f"nor explained with a '{LAZY_MARK} <why>' comment:\n" + "\n".join(bad))
+
+
+def test_the_checker_sees_every_import() -> None:
+    # Guard the checks above: imports inside functions, methods and TYPE_CHECKING blocks count.
+    src = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..search import space\n"
+           "class A:\n    def f(self):\n        from ..review.pareto import pick_trial\n"
+           "def g():\n    import numpy\n")
+    found = {(t, in_func) for t, _, in_func, _ in _imports("model.arch", src)}
+    assert ("search.space", False) in found and ("review.pareto", True) in found
+    assert sum(in_func for t, _, in_func, _ in _imports("model.arch", src) if t == "<any>") == 2
