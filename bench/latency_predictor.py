@@ -16,9 +16,9 @@ import statistics
 import tempfile
 import time
 
-from shufflesearch.measure.target import TargetSpec
 from shufflesearch.measure.env import fingerprint
 from shufflesearch.measure.predictor import build_table, random_archs, validate
+from shufflesearch.measure.target import TargetSpec
 
 
 def main() -> None:

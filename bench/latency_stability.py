@@ -17,10 +17,10 @@ import time
 
 from scipy.stats import kendalltau
 
-from shufflesearch.measure.target import TargetSpec
 from shufflesearch.measure.env import fingerprint
-from shufflesearch.measure.protocol import measure_arch
 from shufflesearch.measure.predictor import random_archs
+from shufflesearch.measure.protocol import measure_arch
+from shufflesearch.measure.target import TargetSpec
 
 
 def main() -> None:

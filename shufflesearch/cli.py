@@ -67,8 +67,8 @@ def _add_latency(p: argparse.ArgumentParser) -> None:
 
 def cmd_latency(args: argparse.Namespace) -> int:
     from .measure.cache import LatencyCache
-    from .measure.target import TargetSpec
     from .measure.protocol import measure_arch
+    from .measure.target import TargetSpec
 
     spec = TargetSpec(args.resolution, args.batch, args.threads, args.channels_last, args.backend)
     if args.max_seconds <= 0:
@@ -80,12 +80,20 @@ def cmd_latency(args: argparse.Namespace) -> int:
     lat = measure_arch(args.arch, spec, cache=LatencyCache(), remeasure=args.remeasure,
                        max_seconds=args.max_seconds)
     if args.json:
-        _print_json(lat.to_dict())
-    else:
-        src = "cached" if lat.cached else "measured"
-        print(f"{lat.median_ms:.3f} ms median, IQR {lat.iqr_ms:.3f} ms ({100 * lat.rel_iqr:.1f}%), "
-              f"n={lat.n}, {src}; {spec.resolution}x{spec.resolution} batch {spec.batch}, "
-              f"{spec.threads} thread(s), {spec.backend}; {lat.fingerprint['cpu']}")
+        _print_json(lat.to_dict())  # ratio, ratio_ci, estimator, reference, protocol included
+        return 0
+    src = "cached" if lat.cached else "measured"
+    where = (f"{spec.resolution}x{spec.resolution} batch {spec.batch}, {spec.threads} thread(s), "
+             f"{spec.backend}{', NHWC' if spec.channels_last else ''}; {lat.fingerprint['cpu']}")
+    if lat.ratio is None:  # a cached figure from before relative timing
+        print(f"{lat.median_ms:.3f} ms median, IQR {lat.iqr_ms:.3f} ms, n={lat.n}, {src}; {where}")
+        return 0
+    ref = lat.reference or {}
+    lo, hi = lat.ratio_ci or (float("nan"), float("nan"))
+    spread = f" ± {100 * ref['spread']:.1f}%" if ref.get("spread") is not None else ""
+    print(f"{lat.median_ms:.3f} ms = {lat.ratio:.3f} x {ref.get('arch')} ({ref.get('ms', float('nan')):.3f} ms"
+          f"{spread}, n={ref.get('n')}); ratio 95% CI {lo:.3f}-{hi:.3f}, {lat.n} rounds, {src}"
+          f"{', DRIFTED' if lat.drifted else ''}; {where}")
     return 0
 
 
@@ -491,7 +499,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "report": ("one self-contained HTML report of a run, with PNG plots beside it", _add_report, cmd_report),
     "export": ("export a run's trial (--trial N, --knee, --max-latency MS) as a verified bundle", _add_export, cmd_export),
     "show": ("per-unit channels, params, MACs and MAC of one architecture", _add_show, cmd_show),
-    "latency": ("measured latency of one architecture (median, IQR, n), and the latency predictor", _add_latency, cmd_latency),
+    "latency": ("measured latency of one architecture (ratio to a reference, CI), and the latency predictor", _add_latency, cmd_latency),
     "check": ("G1-G4 guideline findings of one architecture, worst first", _add_check, cmd_check),
     "guidelines": ("device bench: the V2 paper's Tables 1-4 here, and calibration", _add_guidelines, cmd_guidelines),
     "export-arch": ("write and verify a deployable bundle of one architecture", _add_export_arch, cmd_export_arch),

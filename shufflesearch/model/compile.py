@@ -13,16 +13,18 @@ from ..errors import UserError
 from .units import ShuffleNet, ShuffleNetInference
 
 
-def build(arch: Arch | str, inference: bool = False, num_classes: int | None = None) -> nn.Module:
+def build(arch: Arch | str, inference: bool = False, num_classes: int | None = None,
+          channels_last: bool = True) -> nn.Module:
     """The network of ``arch`` (an Arch, preset name or arch file).
 
     ``inference=False`` gives the training form (conv, BN and ReLU modules whose paths match
     the OpGraph's node names). ``inference=True`` gives the eval-mode inference form of a
     freshly initialised network; use ``to_inference`` to convert a trained one.
     ``num_classes`` overrides the Arch's classifier width (e.g. for the proxy task).
+    ``channels_last`` is the inference form's memory format (the target's ``channels_last``).
     """
     model = ShuffleNet(resolve_arch(arch), num_classes)
-    return to_inference(model) if inference else model
+    return to_inference(model, channels_last) if inference else model
 
 
 def to_inference(model: ShuffleNet, channels_last: bool = True) -> nn.Module:
