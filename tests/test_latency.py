@@ -583,3 +583,17 @@ def test_joint_unit_model_recovers_a_linear_machine(monkeypatch: pytest.MonkeyPa
         parts = t.unit_breakdown(a)  # what the report's per-unit column shows
         assert set(parts) == {e.name for e in P.unit_entries(a, spec)}
         assert sum(parts.values()) == pytest.approx(t.predict(a))
+
+
+# --- the guideline bench ------------------------------------------------------------------------
+
+
+def test_guideline_bench_rows_are_ratios_to_the_first_row_in_one_window() -> None:
+    from shufflesearch.guidelines.microbench import TABLES, run
+
+    res = run(scales=(1,), rounds=1, max_seconds=0.05, tables=("2",))
+    assert [m.label for m in res] == [r.label for r in TABLES["2"]["rows"]]
+    assert res[0].ratio == pytest.approx(1.0)
+    base = res[0].ms
+    for m in res:
+        assert m.ms == pytest.approx(m.ratio * base) and m.rel_iqr >= 0
