@@ -6,6 +6,7 @@ Nothing here asserts a wall-clock figure: the lock tests compare timestamps of t
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import statistics
@@ -174,9 +175,11 @@ def test_without_the_lock_they_do_overlap() -> None:
 
 def test_locks_are_reentrant_in_one_process() -> None:
     with E.compute_lock(), E.timing_lock(), E.compute_lock():
-        pass  # would deadlock if a nested lock reopened the file
+        assert E._proc["mode"] == fcntl.LOCK_EX and E._proc["depth"] == 3  # would deadlock if reopened
+    assert E._proc["mode"] is None and E._proc["depth"] == 0  # all released
     with E.timing_lock():
-        L.measure(Recorder(), (1, 3, 8, 8), max_seconds=0.05)
+        lat = L.measure(Recorder(), (1, 3, 8, 8), max_seconds=0.05)
+    assert lat.n >= L.MIN_RUNS and E._proc["depth"] == 0
 
 
 # --- a fake machine for the bookkeeping tests ---------------------------------------------------
