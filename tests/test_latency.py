@@ -450,6 +450,9 @@ def test_onnxruntime_backend_in_its_own_process() -> None:
     lat = L.measure_arch(TINY, T.TargetSpec(resolution=32, backend="onnxruntime"), max_seconds=0.2)
     assert lat.n >= L.MIN_RUNS and lat.median_ms > 0
     assert lat.fingerprint["backend"] == "onnxruntime" and "onnxruntime" in lat.fingerprint
+    # timed against the reference exported the same way, in the same child, in rounds
+    assert lat.ratio is not None and lat.reference["arch"] == T.REFERENCE_ARCH
+    assert len(lat.ref_runs_ms) == lat.n and lat.spec["backend"] == "onnxruntime"
 
 
 def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
