@@ -2,7 +2,9 @@
 
 Builds a table from the fused units of --train random architectures (plus --calibrate whole
 models for the scale), then predicts and measures --n other random architectures, one after
-the other, and prints the share of predictions within ±10% and the median |error|.
+the other, and prints the share of predictions within ±10% and the median |error|. Whole-model
+figures are relative: each is timed interleaved with the reference network and scaled by the
+table's one reference figure, so the errors compare ratios, not the machine's phases.
 Goal (issue 4): >= 90% within ±10%; nn-Meter reports 99% on a Cortex-A76 CPU (REFERENCE.md).
 
     python bench/latency_predictor.py [--n 50] [--train 30] [--resolution 224]
@@ -50,6 +52,8 @@ def main() -> None:
     signed = [r["err_pct"] for r in v.rows]
     print(f"\nfingerprint: {fingerprint(a.threads)}")
     print(f"table: {len(table.entries)} unit entries from {a.train} archs, scale {table.scale:.3f}, built in {t1 - t0:.0f}s")
+    print(f"reference figure {table.reference_ms:.3f} ms (spread {100 * table.reference.get('spread', float('nan')):.1f}% "
+          f"over {table.reference.get('n')} calibration windows)")
     print(f"validation: {v.n} other random archs at {a.resolution}x{a.resolution} batch 1, {t2 - t1:.0f}s")
     print(f"within ±10%: {100 * v.within_10:.0f}%   (goal >= 90%; nn-Meter 99% on Cortex-A76)")
     print(f"median |error|: {v.median_abs_err_pct:.1f}%   median signed error: {statistics.median(signed):+.1f}%")

@@ -6,6 +6,7 @@ Nothing here asserts a wall-clock figure: the lock tests compare timestamps of t
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import statistics
@@ -19,10 +20,14 @@ import pytest
 import torch
 from torch import nn
 
-from shufflesearch.measure import cache as C, drift as D, env as E, protocol as L, target as T
-from shufflesearch.model.arch import Arch, Stage, Stem
 from shufflesearch.cli import main
 from shufflesearch.errors import UserError
+from shufflesearch.measure import cache as C
+from shufflesearch.measure import drift as D
+from shufflesearch.measure import env as E
+from shufflesearch.measure import protocol as L
+from shufflesearch.measure import target as T
+from shufflesearch.model.arch import Arch, Stage, Stem
 
 TINY = Arch(stages=(Stage("v2", 16, 2), Stage("v2", 32, 2)), stem=Stem(channels=8), head=64, num_classes=10)
 
@@ -170,42 +175,87 @@ def test_without_the_lock_they_do_overlap() -> None:
 
 def test_locks_are_reentrant_in_one_process() -> None:
     with E.compute_lock(), E.timing_lock(), E.compute_lock():
-        pass  # would deadlock if a nested lock reopened the file
+        assert E._proc["mode"] == fcntl.LOCK_EX and E._proc["depth"] == 3  # would deadlock if reopened
+    assert E._proc["mode"] is None and E._proc["depth"] == 0  # all released
     with E.timing_lock():
-        L.measure(Recorder(), (1, 3, 8, 8), max_seconds=0.05)
+        lat = L.measure(Recorder(), (1, 3, 8, 8), max_seconds=0.05)
+    assert lat.n >= L.MIN_RUNS and E._proc["depth"] == 0
+
+
+# --- a fake machine for the bookkeeping tests ---------------------------------------------------
+
+
+class FakeMachine:
+    """Stands in for the timing window: the reference takes 5 ms x speed, a candidate its own
+    fixed multiple of that, with a little round-to-round noise. Counts windows."""
+
+    def __init__(self) -> None:
+        self.speed = 1.0
+        self.windows = 0
+
+    def __call__(self, models: list[nn.Module], spec: T.TargetSpec, **kw) -> list[list[float]]:  # type: ignore[no-untyped-def]
+        self.windows += 1
+        noise = [1.0, 1.01, 0.99, 1.02, 0.98] * 4
+        rounds = [[5.0 * self.speed * e for e in noise]]
+        for m in models:
+            mult = 1.0 + sum(p.numel() for p in m.parameters()) / 1e5
+            rounds.append([5.0 * mult * self.speed * e for e in noise])
+        return rounds
+
+
+@pytest.fixture
+def machine(monkeypatch: pytest.MonkeyPatch) -> FakeMachine:
+    m = FakeMachine()
+    monkeypatch.setattr(L, "_window", m)
+    return m
 
 
 # --- the cache ----------------------------------------------------------------------------------
 
 
-def test_cache_hit_skips_measurement_and_misses_on_changes(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[T.TargetSpec] = []
-    real = L.measure_model
-
-    def counting(model: nn.Module, spec: T.TargetSpec, **kw):  # type: ignore[no-untyped-def]
-        calls.append(spec)
-        return real(model, spec, max_seconds=0.05)
-
-    monkeypatch.setattr(L, "measure_model", counting)
+def test_cache_hit_skips_measurement_and_misses_on_changes(monkeypatch: pytest.MonkeyPatch, machine: FakeMachine) -> None:
     cache = C.LatencyCache()
     spec = T.TargetSpec(resolution=32)
     first = L.measure_arch(TINY, spec, cache=cache)
-    assert not first.cached and len(calls) == 1
+    assert not first.cached and machine.windows == 1
     hit = L.measure_arch(TINY, spec, cache=cache)
-    assert hit.cached and len(calls) == 1
-    assert hit.median_ms == first.median_ms and hit.runs_ms == first.runs_ms
+    assert hit.cached and machine.windows == 1
+    assert hit.median_ms == first.median_ms and hit.ratio == first.ratio and hit.ratio_ci == first.ratio_ci
+    assert hit.reference == first.reference and hit.protocol == T.PROTOCOL_VERSION
     assert L.measure_arch(TINY, spec, cache=C.LatencyCache()).cached  # persisted on disk
 
     L.measure_arch(TINY, T.TargetSpec(resolution=48), cache=cache)  # another spec: miss
-    assert len(calls) == 2
+    assert machine.windows == 2
     L.measure_arch(TINY, spec, cache=cache, remeasure=True)
-    assert len(calls) == 3
+    assert machine.windows == 3
 
     real_fp = E.fingerprint
     monkeypatch.setattr(L, "fingerprint", lambda threads=1, backend="torch": {**real_fp(threads, backend), "cpu": "other"})
     assert not L.measure_arch(TINY, spec, cache=cache).cached  # another machine: miss
-    assert len(calls) == 4
+    assert machine.windows == 4
     assert len(cache) == 3
+
+
+def test_cache_key_follows_the_inference_code_protocol_and_reference(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, machine: FakeMachine) -> None:
+    """Issue 11 item 4: an edit to the inference form (units.py / compile.py), a new protocol
+    version or another reference never serves the old figure."""
+    import shufflesearch.model.compile as compile_mod
+
+    code = tmp_path / "compile_copy.py"
+    code.write_text(Path(compile_mod.__file__).read_text())
+    monkeypatch.setattr(C, "TIMED_CODE", (*C.TIMED_CODE, str(code)))
+    cache, spec = C.LatencyCache(), T.TargetSpec(resolution=32)
+    L.measure_arch(TINY, spec, cache=cache)
+    assert L.measure_arch(TINY, spec, cache=cache).cached
+    code.write_text(code.read_text().replace("channels_last: bool = True", "channels_last: bool = False"))
+    assert not L.measure_arch(TINY, spec, cache=cache).cached  # to_inference changed: timed again
+    assert L.measure_arch(TINY, spec, cache=cache).cached
+    monkeypatch.setattr(C, "PROTOCOL_VERSION", T.PROTOCOL_VERSION + 1)
+    assert not L.measure_arch(TINY, spec, cache=cache).cached
+    monkeypatch.setattr(C, "REFERENCE_ARCH", "shufflenet_v2_x1_0")
+    assert not L.measure_arch(TINY, spec, cache=cache).cached
+    assert machine.windows == 4
 
 
 def test_cache_is_shared_by_processes() -> None:
@@ -220,25 +270,175 @@ def test_cache_is_shared_by_processes() -> None:
     assert out.stdout.strip() == "True", out.stderr
 
 
-# --- drift --------------------------------------------------------------------------------------
+# --- relative timing ----------------------------------------------------------------------------
+
+TINY2 = Arch(stages=(Stage("v2", 32, 2), Stage("v2", 64, 3)), stem=Stem(channels=8), head=128, num_classes=10)
 
 
-def test_drift_monitor_flags_a_slowed_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    speed = {"f": 1.0}
+def test_a_slowdown_for_part_of_a_measurement_moves_the_ratio_far_less_than_the_median() -> None:
+    """A busy loop in the timed thread makes every forward (of the candidate and of the
+    reference alike) 3x slower for 3/4 of the rounds: the absolute median moves by about 3x,
+    the ratio to the reference, taken round by round, by a small fraction of that (what it
+    does move comes from the busy loop evicting caches, a fixed cost per forward that weighs
+    more on the smaller model, as a real neighbour's load does)."""
+    spec = T.TargetSpec(resolution=32)
+    cand, ref = L.inference_model(TINY2, spec), L.reference_model(spec)
+    slow = {"on": False}
+    t0: list[float] = []
 
-    def fake(model: nn.Module, spec: T.TargetSpec, **kw):  # type: ignore[no-untyped-def]
-        return T.Latency(10.0 * speed["f"], 0.1, 10, [10.0] * 10, E.fingerprint(), spec.to_dict())
+    def pre(m, inp):  # type: ignore[no-untyped-def]
+        t0.append(time.thread_time())
 
-    monkeypatch.setattr(L, "measure_model", fake)
-    monkeypatch.setattr(D, "measure_model", fake)
-    mon = D.DriftMonitor(T.TargetSpec(resolution=32), reference=TINY, bound=0.10, every=1)
-    assert not mon.measure_arch(TINY).drifted
-    speed["f"] = 1.5  # e.g. another heavy job started
+    def post(m, inp, out):  # type: ignore[no-untyped-def]
+        took = time.thread_time() - t0.pop()
+        if slow["on"]:
+            end = time.thread_time() + 2 * took
+            while time.thread_time() < end:  # the busy loop: twice as long as the forward
+                pass
+
+    hooks = [h for m in (cand, ref) for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    try:
+        quiet = L._torch_window([cand], spec, max_seconds=5, lock=False, max_rounds=40)
+        loaded = L._torch_window([cand], spec, max_seconds=5, lock=False, max_rounds=40,
+                                 on_round=lambda i: slow.update(on=i >= 10))
+    finally:
+        for h in hooks:
+            h.remove()
+    abs_q, abs_l = statistics.median(quiet[1]), statistics.median(loaded[1])
+    r_q, r_l = L.estimate(quiet[1], quiet[0]), L.estimate(loaded[1], loaded[0])
+    abs_move, ratio_move = abs(abs_l / abs_q - 1), abs(r_l / r_q - 1)
+    assert abs_move > 1.0, (abs_q, abs_l)  # the slowdown really happened
+    assert ratio_move < abs_move / 5, (r_q, r_l, abs_q, abs_l)
+
+
+def test_estimators_on_paired_rounds() -> None:
+    # The machine runs at 1x for 12 rounds, then 1.5x for 8: every estimator sees ratio 2 when
+    # the slowdown hits both alike; only the ratio of medians is thrown by the phase when the
+    # candidate's and the reference's medians fall in different phases (unequal counts).
+    r = [5.0] * 12 + [7.5] * 8
+    c = [10.0] * 12 + [15.0] * 8
+    assert set(L.ESTIMATORS) == {"median_of_ratios", "ratio_of_minima", "ratio_of_medians"}
+    for name in L.ESTIMATORS:
+        assert L.estimate(c, r, name) == pytest.approx(2.0)
+    assert L.ESTIMATOR in L.ESTIMATORS
+    lo, hi = L.estimate_ci(c, r)
+    assert lo <= 2.0 <= hi
+    noisy_c = [v * (1 + 0.03 * ((i % 5) - 2)) for i, v in enumerate(c)]
+    lo, hi = L.estimate_ci(noisy_c, r)
+    assert lo < 2.0 < hi and hi - lo < 0.2
+
+
+def test_measure_arch_is_relative_and_records_the_reference() -> None:
+    spec = T.TargetSpec(resolution=32)
+    lat = L.measure_arch(TINY, spec, max_seconds=0.2)
+    assert lat.protocol == T.PROTOCOL_VERSION and lat.estimator == L.ESTIMATOR
+    ref = lat.reference
+    assert ref["arch"] == T.REFERENCE_ARCH and ref["archid"] == L.reference_archid()
+    assert lat.median_ms == pytest.approx(lat.ratio * ref["ms"])
+    assert lat.ratio_ci[0] <= lat.ratio <= lat.ratio_ci[1]
+    assert len(lat.runs_ms) == len(lat.ref_runs_ms) == lat.n >= L.MIN_RUNS
+    # the ratio is the chosen estimator over the recorded rounds, nothing else
+    assert lat.ratio == pytest.approx(L.estimate(lat.runs_ms, lat.ref_runs_ms), rel=1e-3)
+
+
+def test_retime_times_a_set_in_one_window() -> None:
+    spec = T.TargetSpec(resolution=32)
+    lats = L.retime([TINY, TINY2, TINY], spec, max_seconds=0.5)
+    assert len(lats) == 3
+    assert len({lat.n for lat in lats}) == 1 and len({lat.reference["ms"] for lat in lats}) == 1
+    assert all(lat.ref_runs_ms == lats[0].ref_runs_ms for lat in lats)  # one reference, one window
+    assert lats[1].ratio > lats[0].ratio  # TINY2 is wider and deeper: more work per forward
+    assert T.is_tie(lats[0], lats[2])  # the same network twice is inside its own noise
+    assert not T.is_tie(lats[0], lats[1])
+
+
+def test_ties_are_decided_by_the_intervals() -> None:
+    def lat(ratio: float, lo: float, hi: float, archid: str = "r") -> T.Latency:
+        return T.Latency(ratio * 5, 0.1, 20, [], {}, {}, ratio=ratio, ratio_ci=[lo, hi],
+                         reference={"archid": archid, "ms": 5.0}, protocol=2)
+
+    assert T.is_tie(lat(1.50, 1.48, 1.52), lat(1.52, 1.50, 1.54))
+    assert not T.is_tie(lat(1.50, 1.49, 1.51), lat(1.60, 1.59, 1.61))
+    assert T.is_tie(lat(1.60, 1.59, 1.61), lat(1.50, 1.49, 1.51)) is False  # symmetric
+    # different references: compared in ms with the intervals scaled (1.5 x 5 vs 1.0 x 7.5)
+    a = lat(1.50, 1.48, 1.52)
+    b = T.Latency(7.5, 0.1, 20, [], {}, {}, ratio=1.0, ratio_ci=[0.99, 1.01], reference={"archid": "o", "ms": 7.5})
+    assert T.is_tie(a, b)  # 7.5 ms both
+    assert T.ties(1.0, (0.85, 1.15), 1.2, (1.05, 1.35)) and not T.ties(1.0, (0.99, 1.01), 1.2, (1.19, 1.21))
+
+
+# --- the memory format (issue 11 item 6) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_target_decides_the_memory_format_that_is_timed(channels_last: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []  # per conv input: NHWC (True) or NCHW (False)
+    real = nn.Conv2d._conv_forward
+
+    def spy(self, x, w, b):  # type: ignore[no-untyped-def]
+        nhwc, nchw = x.is_contiguous(memory_format=torch.channels_last), x.is_contiguous()
+        if nhwc != nchw:  # tensors with 1x1 or 1-channel planes are both: they tell nothing
+            seen.append(nhwc)
+        return real(self, x, w, b)
+
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", spy)
+    L.measure_arch(TINY, T.TargetSpec(resolution=32, channels_last=channels_last), max_seconds=0.05)
+    assert seen
+    if channels_last:
+        assert all(seen)  # NHWC from the input on
+    else:
+        assert not any(seen)  # no NHWC tensor anywhere in what was timed
+
+
+# --- drift: the reference schedule --------------------------------------------------------------
+
+
+def test_drift_monitor_flags_a_slowed_machine(machine: FakeMachine) -> None:
+    mon = D.DriftMonitor(T.TargetSpec(resolution=32), bound=0.10, every=100)
+    monkey_check(mon, machine)
+    for _ in range(3):
+        assert not mon.measure_arch(TINY, remeasure=True).drifted
+    machine.speed = 1.5  # e.g. another heavy job started
     lat = mon.measure_arch(TINY)
     assert lat.drifted and lat.speed_factor == pytest.approx(1.5)
-    speed["f"] = 1.05
+    assert lat.ratio == pytest.approx(1 + sum(p.numel() for p in L.inference_model(TINY, mon.spec).parameters()) / 1e5)
+    machine.speed = 1.05
     lat = mon.measure_arch(TINY)
-    assert not lat.drifted and mon.history[-1].factor == pytest.approx(1.05)
+    assert not lat.drifted and mon.history[-1].factor == pytest.approx(1.05, rel=0.02)
+    fig = mon.reference_figure
+    assert fig["n"] >= 5 and fig["ms"] == pytest.approx(5.0 * 1.05, rel=0.06)
+
+
+def monkey_check(mon: D.DriftMonitor, machine: FakeMachine) -> None:
+    """The monitor's own reference check on the fake machine."""
+    def check() -> D.DriftCheck:
+        before = mon.schedule.figure()
+        ms = 5.0 * machine.speed
+        mon.schedule.add(ms)
+        mon._since = 0
+        return mon._record(ms, before)
+
+    mon.check = check  # type: ignore[method-assign]
+
+
+def test_a_figure_still_drifted_after_its_retime_is_not_cached(machine: FakeMachine) -> None:
+    """Issue 11 item 5: a drifted figure is re-timed once; still drifted, it keeps the flag and
+    is not cached (a later run measures it again); once the machine is back, it is cached."""
+    cache, spec = C.LatencyCache(), T.TargetSpec(resolution=32)
+    mon = D.DriftMonitor(spec, every=100)
+    monkey_check(mon, machine)
+    for _ in range(3):
+        mon.measure_arch(TINY2, cache=cache, remeasure=True)
+    machine.speed = 1.4
+    before = machine.windows
+    lat = mon.measure_arch(TINY, cache=cache)
+    assert machine.windows == before + 2  # measured, drifted, re-timed once
+    assert lat.drifted and T.Latency.from_dict(lat.to_dict()).drifted  # the flag is in the record
+    assert C.LatencyCache().get(TINY.archid, spec, E.fingerprint()) is None  # not cached
+    machine.speed = 1.0
+    lat = mon.measure_arch(TINY, cache=cache)
+    assert not lat.cached and not lat.drifted
+    assert mon.measure_arch(TINY, cache=cache).cached
 
 
 # --- backends and CLI ---------------------------------------------------------------------------
@@ -250,6 +450,9 @@ def test_onnxruntime_backend_in_its_own_process() -> None:
     lat = L.measure_arch(TINY, T.TargetSpec(resolution=32, backend="onnxruntime"), max_seconds=0.2)
     assert lat.n >= L.MIN_RUNS and lat.median_ms > 0
     assert lat.fingerprint["backend"] == "onnxruntime" and "onnxruntime" in lat.fingerprint
+    # timed against the reference exported the same way, in the same child, in rounds
+    assert lat.ratio is not None and lat.reference["arch"] == T.REFERENCE_ARCH
+    assert len(lat.ref_runs_ms) == lat.n and lat.spec["backend"] == "onnxruntime"
 
 
 def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -257,7 +460,11 @@ def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f.write_text(TINY.to_json())
     assert main(["latency", str(f), "--resolution", "32", "--max-seconds", "0.1", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert {"median_ms", "iqr_ms", "n", "fingerprint"} <= set(d) and d["n"] >= L.MIN_RUNS
+    assert {"median_ms", "iqr_ms", "n", "fingerprint", "ratio", "ratio_ci", "reference", "protocol"} <= set(d)
+    assert d["n"] >= L.MIN_RUNS and d["protocol"] == T.PROTOCOL_VERSION
+    assert d["reference"]["arch"] == T.REFERENCE_ARCH and d["reference"]["ms"] > 0
+    assert d["ratio_ci"][0] <= d["ratio"] <= d["ratio_ci"][1]
+    assert d["median_ms"] == pytest.approx(d["ratio"] * d["reference"]["ms"])
     assert d["spec"]["resolution"] == 32 and not d["cached"]
     assert main(["latency", str(f), "--resolution", "32", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["cached"]
@@ -281,8 +488,8 @@ def test_cli_bad_input_is_one_line(argv: list[str], needle: str, capsys: pytest.
 
 
 def test_unit_entries_key_fused_units_by_shapes() -> None:
-    from shufflesearch.model.arch import preset
     from shufflesearch.measure.predictor import unit_entries
+    from shufflesearch.model.arch import preset
 
     es = unit_entries(preset("shufflenet_v2_x1_0"), T.TargetSpec(resolution=64))
     assert [e.name for e in es][:3] == ["stem", "stages.0.0", "stages.0.1"]
@@ -309,18 +516,28 @@ def test_predictor_sums_table_entries_and_validates(monkeypatch: pytest.MonkeyPa
     def fake_model(model: nn.Module, s: T.TargetSpec, **kw):  # type: ignore[no-untyped-def]
         # the "measured" model is 2x its units, so the calibrated scale must come out as 2
         total = 2 * sum(fake_ms[e.kind] for e in units[model.arch.archid])
-        return T.Latency(total, 0.0, 10, [total] * 10, E.fingerprint(), s.to_dict())
+        return _relative(total, s)
 
     monkeypatch.setattr(P, "_time_module", lambda m, shape, s, sec: fake_ms[_kind_of(m)])
     monkeypatch.setattr(P, "measure_model", fake_model)
     t = P.build_table(archs, spec, calibrate=2, progress=False)
     assert t.scale == pytest.approx(2.0)
+    assert t.reference_ms == pytest.approx(4.0)  # fitted on ratios x one reference figure
     expect = 2 * sum(fake_ms[e.kind] for e in units[archs[0].archid])
     assert t.predict(archs[0]) == pytest.approx(expect) and t.hit_rate(archs[0]) == 1.0
     v = P.validate(t, archs, progress=False)
     assert v.within_10 == 1.0 and v.median_abs_err_pct == pytest.approx(0, abs=1e-9)
     t.save(E.cache_dir() / "t.json")
     assert P.LatencyTable.load(E.cache_dir() / "t.json").predict(archs[1]) == pytest.approx(t.predict(archs[1]))
+
+
+def _relative(ms: float, s: T.TargetSpec, ref_ms: float = 4.0) -> T.Latency:
+    """A protocol-2 figure of ``ms`` against a reference that took ``ref_ms`` in its window.
+    The window's own reference time varies (x1.3 here); the table's figure does not."""
+    window = ref_ms * (1.3 if int(ms * 1000) % 2 else 1.0)
+    return T.Latency(ms, 0.0, 10, [ms] * 10, E.fingerprint(), s.to_dict(), ratio=ms / ref_ms,
+                     ratio_ci=[ms / ref_ms] * 2, reference={"arch": T.REFERENCE_ARCH, "archid": "x", "ms": window,
+                                                            "window_ms": ref_ms}, protocol=2)
 
 
 def _kind_of(m: nn.Module) -> str:
@@ -360,8 +577,7 @@ def test_joint_unit_model_recovers_a_linear_machine(monkeypatch: pytest.MonkeyPa
     by_id = {a.archid: a for a in archs}
 
     def fake_model(model: nn.Module, s: T.TargetSpec, **kw):  # type: ignore[no-untyped-def]
-        ms = true_ms(by_id[model.arch.archid])
-        return T.Latency(ms, 0.0, 10, [ms] * 10, E.fingerprint(), s.to_dict())
+        return _relative(true_ms(by_id[model.arch.archid]), s)
 
     monkeypatch.setattr(P, "_time_module", lambda m, shape, s, sec: 1.0)  # biased isolated timings
     monkeypatch.setattr(P, "measure_model", fake_model)
@@ -369,6 +585,21 @@ def test_joint_unit_model_recovers_a_linear_machine(monkeypatch: pytest.MonkeyPa
     assert len(t.joint) == 8
     for a in archs[P.JOINT_MIN:]:
         assert t.predict(a) == pytest.approx(true_ms(a), rel=1e-3)
+        assert t.predict_ratio(a) == pytest.approx(true_ms(a) / 4.0, rel=1e-3)
         parts = t.unit_breakdown(a)  # what the report's per-unit column shows
         assert set(parts) == {e.name for e in P.unit_entries(a, spec)}
         assert sum(parts.values()) == pytest.approx(t.predict(a))
+
+
+# --- the guideline bench ------------------------------------------------------------------------
+
+
+def test_guideline_bench_rows_are_ratios_to_the_first_row_in_one_window() -> None:
+    from shufflesearch.guidelines.microbench import TABLES, run
+
+    res = run(scales=(1,), rounds=1, max_seconds=0.05, tables=("2",))
+    assert [m.label for m in res] == [r.label for r in TABLES["2"]["rows"]]
+    assert res[0].ratio == pytest.approx(1.0)
+    base = res[0].ms
+    for m in res:
+        assert m.ms == pytest.approx(m.ratio * base) and m.rel_iqr >= 0

@@ -58,7 +58,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "report": ("one self-contained HTML report of a run, with PNG plots beside it", _add_report, cmd_report),
     "export": ("export a run's trial (--trial N, --knee, --max-latency MS) as a verified bundle", _add_export, cmd_export),
     "show": ("per-unit channels, params, MACs and MAC of one architecture", _add_show, cmd_show),
-    "latency": ("measured latency of one architecture (median, IQR, n), and the latency predictor", _add_latency, cmd_latency),
+    "latency": ("measured latency of one architecture (ratio to a reference, CI), and the latency predictor", _add_latency, cmd_latency),
     "check": ("G1-G4 guideline findings of one architecture, worst first", _add_check, cmd_check),
     "guidelines": ("device bench: the V2 paper's Tables 1-4 here, and calibration", _add_guidelines, cmd_guidelines),
     "export-arch": ("write and verify a deployable bundle of one architecture", _add_export_arch, cmd_export_arch),

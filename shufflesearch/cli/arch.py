@@ -74,12 +74,20 @@ def cmd_latency(args: argparse.Namespace) -> int:
     lat = measure_arch(resolve_arch(args.arch), spec, cache=LatencyCache(), remeasure=args.remeasure,
                        max_seconds=args.max_seconds)
     if args.json:
-        print_json(lat.to_dict())
-    else:
-        src = "cached" if lat.cached else "measured"
-        print(f"{lat.median_ms:.3f} ms median, IQR {lat.iqr_ms:.3f} ms ({100 * lat.rel_iqr:.1f}%), "
-              f"n={lat.n}, {src}; {spec.resolution}x{spec.resolution} batch {spec.batch}, "
-              f"{spec.threads} thread(s), {spec.backend}; {lat.fingerprint['cpu']}")
+        print_json(lat.to_dict())  # ratio, ratio_ci, estimator, reference, protocol included
+        return 0
+    src = "cached" if lat.cached else "measured"
+    where = (f"{spec.resolution}x{spec.resolution} batch {spec.batch}, {spec.threads} thread(s), "
+             f"{spec.backend}{', NHWC' if spec.channels_last else ''}; {lat.fingerprint['cpu']}")
+    if lat.ratio is None:  # a cached figure from before relative timing
+        print(f"{lat.median_ms:.3f} ms median, IQR {lat.iqr_ms:.3f} ms, n={lat.n}, {src}; {where}")
+        return 0
+    ref = lat.reference or {}
+    lo, hi = lat.ratio_ci or (float("nan"), float("nan"))
+    spread = f" ± {100 * ref['spread']:.1f}%" if ref.get("spread") is not None else ""
+    print(f"{lat.median_ms:.3f} ms = {lat.ratio:.3f} x {ref.get('arch')} ({ref.get('ms', float('nan')):.3f} ms"
+          f"{spread}, n={ref.get('n')}); ratio 95% CI {lo:.3f}-{hi:.3f}, {lat.n} rounds, {src}"
+          f"{', DRIFTED' if lat.drifted else ''}; {where}")
     return 0
 
 

@@ -24,6 +24,9 @@ import torch
 from torch import nn
 
 from ..common.stats import kendall_tau  # tau-b; also part of this module's API
+from ..common.threads import torch_threads
+from ..measure.env import clock_for, timing_lock
+from ..measure.protocol import ESTIMATOR, _iqr, estimate, time_rounds, torch_runner
 from ..model.units import ConvBN, fold_conv_bn
 
 HW = 56  # the paper's input size for Tables 1-3
@@ -197,10 +200,11 @@ class Measured:
     macs: int
     mac: int
     ops: int
-    ms: float  # median over the interleaved rounds of each round's median
-    rel_iqr: float  # spread of the last round
+    ms: float  # ratio to the table's first row x that row's own median, in one window
+    rel_iqr: float  # IQR/median of this row's per-round ratios to the first row
     paper_gpu: float
     paper_arm: float
+    ratio: float = 1.0  # this row / the table's first row, in the same rounds
 
     @property
     def per_second(self) -> float:
@@ -220,10 +224,11 @@ def run(
     progress: Any = None,
 ) -> list[Measured]:
     """Time every row of every table at every scale. The rows of one table and scale are
-    measured in interleaved rounds (row 1, 2, ..., then again) and each figure is the median
-    of its rounds, so a burst of load from elsewhere hits all rows of a comparison alike."""
-    from ..measure.protocol import measure
-
+    timed in one window, interleaved in rounds (row 1, 2, ..., then again, order rotating),
+    so a burst of load from elsewhere hits all rows of a comparison alike. Each row's figure
+    is its ratio to the table's first row, by the latency protocol's estimator (the one that
+    ranked most stably in bench/latency_stability.py), times the first row's own median in
+    that window. The window is capped at ``rounds x rows x max_seconds``."""
     torch.manual_seed(0)
     out: list[Measured] = []
     for t in tables:
@@ -231,19 +236,20 @@ def run(
             rows = TABLES[t]["rows"]
             models = [build_stack(r, s) for r in rows]
             costs = [block_costs(r, s) for r in rows]
-            times: list[list[float]] = [[] for _ in rows]
-            spread = [0.0] * len(rows)
-            for _ in range(rounds):
-                for i, (m, c) in enumerate(zip(models, costs)):
-                    lat = measure(m, (1, c.in_channels, HW, HW), threads=threads, max_seconds=max_seconds)
-                    times[i].append(lat.median_ms)
-                    spread[i] = lat.rel_iqr
-                    if progress is not None:
-                        progress()
+            runners = [torch_runner(m, torch.randn(1, c.in_channels, HW, HW)) for m, c in zip(models, costs)]
+            with timing_lock(), torch_threads(threads), torch.inference_mode():
+                times = time_rounds(runners, clock_name=clock_for(threads),
+                                    max_seconds=rounds * len(rows) * max_seconds)
+            base = statistics.median(times[0])
+            if progress is not None:
+                for _ in range(rounds * len(rows)):  # the bar counts rows x rounds, as before
+                    progress()
             k = SCALES.index(s)
-            for r, c, ts, sp in zip(rows, costs, times, spread):
-                out.append(Measured(t, r.label, s, scaled(r, s), c.macs, c.mac, c.ops,
-                                    statistics.median(ts), sp, r.paper_gpu[k], r.paper_arm[k]))
+            for r, c, ts in zip(rows, costs, times):
+                q = [a / b for a, b in zip(ts, times[0])]
+                ratio = estimate(ts, times[0], ESTIMATOR)
+                out.append(Measured(t, r.label, s, scaled(r, s), c.macs, c.mac, c.ops, ratio * base,
+                                    _iqr(q) / statistics.median(q), r.paper_gpu[k], r.paper_arm[k], ratio))
     return out
 
 

@@ -1,8 +1,10 @@
-"""The latency cache: one figure per (archid, target spec, fingerprint), shared by every run."""
+"""The latency cache: one figure per (archid, target spec, timing version, fingerprint), shared
+by every run, and the log of the reference network's absolute timings (the reference schedule)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sqlite3
 import time
@@ -10,15 +12,37 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import UserError
+from ..model import compile as _compile
+from ..model import units as _units
 from .env import cache_dir, fingerprint_id
-from .target import Latency, TargetSpec
+from .target import PROTOCOL_VERSION, REFERENCE_ARCH, Latency, TargetSpec, stable_hash
+
+# The source of the inference form: BN folding, the merged shuffle, memory format. A change to
+# any of it changes what is timed, so its hash is part of the key (an edited to_inference
+# never serves a figure taken with the old code).
+TIMED_CODE: tuple[str, ...] = (_units.__file__, _compile.__file__)
+
+
+def timing_version() -> str:
+    """A version of everything that changes a timing besides the spec and the environment:
+    the inference form's code, the protocol and the reference it is relative to."""
+    h = hashlib.sha256()
+    for f in TIMED_CODE:
+        h.update(Path(f).read_bytes())
+    return stable_hash({"code": h.hexdigest()[:16], "protocol": PROTOCOL_VERSION, "reference": REFERENCE_ARCH})
+
+
+def cache_key(spec: TargetSpec) -> str:
+    return stable_hash([spec.key(), timing_version()])
+
 
 # --- the cache ----------------------------------------------------------------------------------
 
 
 class LatencyCache:
-    """Measured figures keyed by (archid, spec.key(), fingerprint_id); one SQLite file shared by
-    every worker (WAL mode and a busy timeout make concurrent writers wait, not fail)."""
+    """Measured figures keyed by (archid, cache_key(spec), fingerprint_id); one SQLite file
+    shared by every worker (WAL mode and a busy timeout make concurrent writers wait, not fail).
+    The same file logs the reference's absolute timings per (cache_key, fingerprint)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else cache_dir() / "latency.sqlite"
@@ -28,6 +52,7 @@ class LatencyCache:
                 "CREATE TABLE IF NOT EXISTS latency (archid TEXT, spec_key TEXT, fp_id TEXT,"
                 " record TEXT NOT NULL, created REAL, PRIMARY KEY (archid, spec_key, fp_id))"
             )
+            db.execute("CREATE TABLE IF NOT EXISTS reference_log (spec_key TEXT, fp_id TEXT, ms REAL, created REAL)")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -46,7 +71,7 @@ class LatencyCache:
         with self._connect() as db:
             row = db.execute(
                 "SELECT record FROM latency WHERE archid=? AND spec_key=? AND fp_id=?",
-                (archid, spec.key(), fingerprint_id(fp)),
+                (archid, cache_key(spec), fingerprint_id(fp)),
             ).fetchone()
         if row is None:
             return None
@@ -59,9 +84,25 @@ class LatencyCache:
         with self._connect() as db:
             db.execute(
                 "INSERT OR REPLACE INTO latency VALUES (?, ?, ?, ?, ?)",
-                (archid, spec.key(), fingerprint_id(lat.fingerprint), json.dumps(rec), time.time()),
+                (archid, cache_key(spec), fingerprint_id(lat.fingerprint), json.dumps(rec), time.time()),
             )
 
     def __len__(self) -> int:
         with self._connect() as db:
             return db.execute("SELECT COUNT(*) FROM latency").fetchone()[0]
+
+    # --- the reference schedule's log -----------------------------------------------------------
+
+    def log_reference(self, spec: TargetSpec, fp: dict, ms: float) -> None:
+        with self._connect() as db:
+            db.execute("INSERT INTO reference_log VALUES (?, ?, ?, ?)",
+                       (cache_key(spec), fingerprint_id(fp), float(ms), time.time()))
+
+    def reference_history(self, spec: TargetSpec, fp: dict, last: int) -> list[float]:
+        """The reference's last ``last`` absolute timings on this spec and machine, oldest first."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT ms FROM reference_log WHERE spec_key=? AND fp_id=? ORDER BY created DESC, rowid DESC LIMIT ?",
+                (cache_key(spec), fingerprint_id(fp), last),
+            ).fetchall()
+        return [r[0] for r in reversed(rows)]

@@ -1,14 +1,32 @@
-"""The drift monitor: re-times a fixed reference network on a schedule, and flags figures
-taken while the machine ran off its own starting speed."""
+"""The reference schedule (formerly the drift monitor): keeps the reference network's absolute
+figure current, and flags figures taken while the machine ran off its usual speed.
+
+Every measurement window times the reference anyway (protocol.py), and adds its median to the
+schedule; the monitor also times the reference on its own every ``every`` fresh measurements,
+so a run whose figures all come from the cache still tracks the machine. The reference figure
+is the median of the schedule's recent entries, recorded with its spread in every Latency."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from .cache import LatencyCache
-from .protocol import measure_arch, measure_model
+from .env import clock_for
+from .protocol import (
+    DRIFT_BOUND,
+    ReferenceSchedule,
+    _timing_context,
+    _window,
+    measure_arch,
+    reference_model,
+    time_rounds,
+    torch_runner,
+)
 from .target import REFERENCE_ARCH, Latency, TargetSpec
 
 # --- drift ------------------------------------------------------------------------------------------
@@ -16,67 +34,79 @@ from .target import REFERENCE_ARCH, Latency, TargetSpec
 
 @dataclass
 class DriftCheck:
-    reference_ms: float  # the reference model's median now
-    baseline_ms: float  # ... and when the monitor started
+    reference_ms: float  # the reference's time in this check or window
+    baseline_ms: float  # ... and its scheduled figure before it
     factor: float  # reference_ms / baseline_ms: > 1 means the machine is slower now
     drifted: bool  # |factor - 1| > bound
     time: float = field(default_factory=time.time)
 
 
 class DriftMonitor:
-    """Re-times a fixed reference model during a long search and records the machine's speed
-    factor; figures taken while it lies beyond ``bound`` are flagged (and re-timed once when
-    ``retime``). Pareto-front figures should come from undrifted measurements."""
+    """The reference schedule of one target during a search. ``measure_arch`` measures
+    relative to the reference with the schedule's figure; a window whose reference ran beyond
+    ``bound`` off that figure is re-timed once (``retime``), and a figure still drifted is
+    flagged and not cached. ``history`` lists every check and window with its speed factor."""
 
-    def __init__(self, spec: TargetSpec, reference: Any = REFERENCE_ARCH, *, bound: float = 0.10,
-                 every: int = 10, retime: bool = True, max_seconds: float = 1.0) -> None:
+    def __init__(self, spec: TargetSpec, reference: Any = REFERENCE_ARCH, *, bound: float = DRIFT_BOUND,
+                 every: int = 10, retime: bool = True, max_seconds: float = 1.0,
+                 cache: LatencyCache | None = None) -> None:
+        if reference != REFERENCE_ARCH:
+            raise ValueError(f"reference: figures are relative to {REFERENCE_ARCH}, got {reference!r}")
         self.spec = spec
-        self.reference = reference
-        self._model: Any = None  # built on first use: constructing a monitor costs nothing
         self.bound, self.every, self.retime, self.max_seconds = bound, every, retime, max_seconds
-        self.baseline: float | None = None
+        self.schedule = ReferenceSchedule(spec, cache)
         self.history: list[DriftCheck] = []
-        self._since = 0
+        self._since: int | None = None  # fresh measurements since the last check (None: never)
 
     @property
     def factor(self) -> float:
         return self.history[-1].factor if self.history else 1.0
 
     @property
-    def model(self) -> Any:
-        if self._model is None:
-            from ..model.arch import resolve_arch
-            from ..model.compile import build
+    def reference_figure(self) -> dict[str, Any] | None:
+        """{"ms", "spread", "n"} of the schedule now."""
+        return self.schedule.figure()
 
-            self._model = build(resolve_arch(self.reference), inference=True)
-        return self._model
+    def _record(self, ms: float, before: dict[str, Any] | None) -> DriftCheck:
+        base = before["ms"] if before else ms
+        f = ms / base
+        c = DriftCheck(ms, base, f, bool(before and before["n"] >= 3 and abs(f - 1) > self.bound))
+        self.history.append(c)
+        return c
 
     def check(self) -> DriftCheck:
-        ref = measure_model(self.model, self.spec, max_seconds=self.max_seconds).median_ms
-        if self.baseline is None:
-            self.baseline = ref
-        f = ref / self.baseline
-        c = DriftCheck(ref, self.baseline, f, abs(f - 1) > self.bound)
-        self.history.append(c)
+        """Time the reference alone (its own median) and add it to the schedule."""
+        before = self.schedule.figure()
+        if self.spec.backend == "torch":
+            x = torch.randn(*self.spec.input_shape)
+            if self.spec.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _timing_context(self.spec.threads, True):
+                runs = time_rounds([torch_runner(reference_model(self.spec), x)],
+                                   clock_name=clock_for(self.spec.threads), max_seconds=self.max_seconds,
+                                   target_rel_ci=0.03)[0]
+            ms = statistics.median(runs)
+        else:  # other backends time the reference in their own window: use a window's figure
+            ms = statistics.median(_window([], self.spec, max_seconds=self.max_seconds, lock=True)[0])
+        self.schedule.add(ms)
         self._since = 0
-        return c
+        return self._record(ms, before)
 
     def measure_arch(self, arch: Any, *, cache: LatencyCache | None = None,
                      remeasure: bool = False) -> Latency:
-        """``measure_arch`` with a drift check every ``every`` fresh measurements."""
-        if self.baseline is None or self._since >= self.every:
+        """``protocol.measure_arch`` on this schedule, with a dedicated reference check every
+        ``every`` fresh measurements."""
+        if cache is not None and self.schedule.cache is None:
+            self.schedule.cache = cache  # share the reference log with every other process
+        if self._since is None or self._since >= self.every:
             self.check()
-        lat = measure_arch(arch, self.spec, cache=cache, remeasure=remeasure, max_seconds=self.max_seconds)
+        lat = measure_arch(arch, self.spec, cache=cache, remeasure=remeasure, max_seconds=self.max_seconds,
+                           schedule=self.schedule, bound=self.bound, retime_drifted=self.retime)
         if lat.cached:
             return lat
-        self._since += 1
-        if abs(self.factor - 1) > self.bound and self.retime:
-            if not self.check().drifted:  # the disturbance has passed: take the figure again
-                lat = measure_arch(arch, self.spec, cache=cache, remeasure=True, max_seconds=self.max_seconds)
-        lat.speed_factor = round(self.factor, 4)
-        lat.drifted = abs(self.factor - 1) > self.bound
-        if cache is not None:
-            from ..model.arch import resolve_arch
-
-            cache.put(resolve_arch(arch).archid, self.spec, lat)
+        self._since = (self._since or 0) + 1
+        ref = lat.reference or {}
+        f = lat.speed_factor if lat.speed_factor is not None else 1.0
+        self.history.append(DriftCheck(ref.get("window_ms", float("nan")), ref.get("window_ms", 1.0) / f,
+                                       f, lat.drifted))
         return lat

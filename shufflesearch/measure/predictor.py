@@ -15,6 +15,11 @@ alone misses how it runs inside the network (the NHWC hand-off of halves between
 state), and fitting the unit model on whole networks removes that bias. The per-unit entries
 stay for per-unit breakdowns. The search may use the prediction as a cheap pre-filter;
 Pareto-front figures are always measured.
+
+Whole-model figures are relative (protocol.py): each calibration and validation model is timed
+interleaved with the reference network, and its ratio is scaled by ONE reference figure (the
+median of the reference over the table's calibration windows, stored in the table), so the fit
+sees the models' ratios, not the machine's phases between them.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from ..model.compile import build
 from ..model.cost import node_cost
 from ..model.graph import op_graph
 from .env import cache_dir, fingerprint, fingerprint_id
-from .protocol import measure, measure_model
+from .protocol import _iqr, measure, measure_model
 from .target import TargetSpec
 
 KINDS = ("stem", "v1", "v1_down", "v2", "v2_down", "head", "classifier")
@@ -160,6 +165,8 @@ class LatencyTable:
     scale: float = 1.0  # measured whole model / sum of its units (median over calibration)
     coef: dict[str, list[float]] = field(default_factory=dict)  # kind → fallback weights
     joint: list[float] = field(default_factory=list)  # unit model fitted on whole models
+    reference_ms: float = 0.0  # the reference's figure the whole-model ratios are scaled by
+    reference: dict = field(default_factory=dict)  # arch, archid, spread, n of that figure
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -217,6 +224,12 @@ class LatencyTable:
         """Predicted whole-model latency in ms on the table's spec."""
         return sum(self.unit_breakdown(arch).values())
 
+    def predict_ratio(self, arch: Arch) -> float:
+        """Predicted latency relative to the reference network (what fronts rank by)."""
+        if not self.reference_ms:
+            raise UserError("this latency table predates relative timing; rebuild it")
+        return self.predict(arch) / self.reference_ms
+
     def hit_rate(self, arch: Arch) -> float:
         es = unit_entries(arch, TargetSpec(**self.spec))
         return sum(e.key in self.entries for e in es) / len(es)
@@ -244,20 +257,33 @@ def build_table(
         m = models.get(a.archid)
         if m is None:
             models.clear()  # one model alive at a time
-            m = models[a.archid] = build(a, inference=True)
+            m = models[a.archid] = build(a, inference=True, channels_last=spec.channels_last)
         lat = _time_module(_unit_module(m, e.name), (spec.batch, *e.in_shape), spec, unit_seconds)
         t.entries[e.key], t.kinds[e.key], t.features[e.key] = lat, e.kind, list(e.features)
         bar.update()
     t.fit()
+    cal = archs[:calibrate]
+    lats = []
+    for a in cal:
+        lats.append(measure_model(build(a, inference=True, channels_last=spec.channels_last), spec,
+                                  max_seconds=model_seconds))
+        bar.update()
+    bar.close()
+    if lats:
+        # One reference figure for every calibration model: the median of the reference over
+        # all their windows; each model's figure is its ratio times it (see the docstring).
+        refs = [lat.reference["window_ms"] for lat in lats]  # type: ignore[index]
+        t.reference_ms = statistics.median(refs)
+        first = lats[0].reference or {}
+        t.reference = {"arch": first.get("arch"), "archid": first.get("archid"),
+                       "spread": _iqr(refs) / t.reference_ms, "n": len(refs)}
     ratios, rows, ys = [], [], []
-    for a in archs[:calibrate]:
+    for a, lat in zip(cal, lats):
         es = unit_entries(a, spec)
-        ms = measure_model(build(a, inference=True), spec, max_seconds=model_seconds).median_ms
+        ms = _relative_ms(lat, t.reference_ms)
         ratios.append(ms / sum(t.unit_ms(e)[0] for e in es))
         rows.append([sum(col) for col in zip(*([1.0, *e.features] for e in es))])
         ys.append(ms)
-        bar.update()
-    bar.close()
     t.scale = statistics.median(ratios) if ratios else 1.0
     if len(ys) >= JOINT_MIN:
         from sklearn.linear_model import LinearRegression
@@ -266,6 +292,11 @@ def build_table(
         reg = LinearRegression(positive=True, fit_intercept=False).fit(rows, ys, sample_weight=[1 / y**2 for y in ys])
         t.joint = [float(c) for c in reg.coef_]
     return t
+
+
+def _relative_ms(lat: Any, reference_ms: float) -> float:
+    """A whole-model figure on the table's reference figure (its own when it has no ratio)."""
+    return lat.ratio * reference_ms if lat.ratio is not None and reference_ms else lat.median_ms
 
 
 def _time_module(m: nn.Module, shape: tuple[int, ...], spec: TargetSpec, seconds: float) -> float:
@@ -294,9 +325,11 @@ def validate(table: LatencyTable, archs: Iterable[Arch], *, max_seconds: float =
     rows = []
     for a in tqdm(list(archs), disable=not progress, desc="validate"):
         pred = table.predict(a)
-        meas = measure_model(build(a, inference=True), spec, max_seconds=max_seconds)
-        rows.append({"archid": a.archid, "predicted_ms": pred, "measured_ms": meas.median_ms,
-                     "rel_iqr": meas.rel_iqr, "err_pct": 100 * (pred - meas.median_ms) / meas.median_ms,
+        meas = measure_model(build(a, inference=True, channels_last=spec.channels_last), spec,
+                             max_seconds=max_seconds)
+        ms = _relative_ms(meas, table.reference_ms)  # both on the table's reference figure
+        rows.append({"archid": a.archid, "predicted_ms": pred, "measured_ms": ms, "ratio": meas.ratio,
+                     "rel_iqr": meas.rel_iqr, "err_pct": 100 * (pred - ms) / ms,
                      "hit_rate": table.hit_rate(a)})
     errs = [abs(r["err_pct"]) for r in rows]
     return Validation(

@@ -17,7 +17,12 @@ def stable_hash(obj: Any) -> str:
 
 
 BACKENDS = ("torch", "onnxruntime")
-REFERENCE_ARCH = "shufflenet_v2_x0_5"  # the drift monitor's fixed yardstick
+# Every figure is a ratio to this network, timed in the same window on the same target spec
+# (same backend, memory format, threads): a fixed yardstick the machine's slow phases hit alike.
+REFERENCE_ARCH = "shufflenet_v2_x0_5"
+# Bump when the timing protocol changes what a figure means; it is part of the cache key.
+# 1: absolute median of one model timed alone. 2: ratio to REFERENCE_ARCH timed interleaved.
+PROTOCOL_VERSION = 2
 
 
 # --- the target ---------------------------------------------------------------------------
@@ -54,21 +59,38 @@ class TargetSpec:
 
 @dataclass
 class Latency:
-    """One measured figure: per-forward median and IQR in ms over ``n`` timed runs."""
+    """One figure. Since protocol 2 the candidate is timed in rounds interleaved with the
+    reference network; ``ratio`` (candidate / reference, by ``estimator`` over the rounds) is
+    what ranks, and ``median_ms = ratio x reference["ms"]`` is the latency it reports, where
+    the reference's absolute figure comes from the reference schedule (see drift.py)."""
 
-    median_ms: float
-    iqr_ms: float
-    n: int
-    runs_ms: list[float]
+    median_ms: float  # reported per-forward latency: ratio x reference ms (protocol 1: own median)
+    iqr_ms: float  # IQR of the per-round ratios x reference ms (protocol 1: of the runs)
+    n: int  # timed rounds (protocol 1: timed runs)
+    runs_ms: list[float]  # the candidate's own per-round times, in this window only
     fingerprint: dict
     spec: dict
     cached: bool = False
-    speed_factor: float | None = None  # machine speed vs the drift baseline when measured
-    drifted: bool = False  # the speed factor lay beyond the drift monitor's bound
+    speed_factor: float | None = None  # the reference's time in this window / its scheduled figure
+    drifted: bool = False  # the speed factor lay beyond the drift bound, even after one re-time
+    ratio: float | None = None  # candidate / reference in the same rounds (None: protocol 1)
+    ratio_ci: list[float] | None = None  # 95% bootstrap interval of ratio over the rounds
+    estimator: str | None = None  # how ratio was taken from the rounds (protocol.ESTIMATORS)
+    abs_ms: float | None = None  # the candidate's own median in this window (not for ranking)
+    reference: dict | None = None  # arch, archid, ms (absolute figure), spread, n, window_ms
+    ref_runs_ms: list[float] | None = None  # the reference's per-round times, paired with runs_ms
+    protocol: int = 1  # PROTOCOL_VERSION of the protocol that produced it (old records: 1)
 
     @property
     def rel_iqr(self) -> float:
         return self.iqr_ms / self.median_ms if self.median_ms > 0 else float("inf")
+
+    @property
+    def ci_ms(self) -> tuple[float, float] | None:
+        """The ratio's interval in ms (x the same reference figure)."""
+        if self.ratio_ci is None or not self.reference:
+            return None
+        return (self.ratio_ci[0] * self.reference["ms"], self.ratio_ci[1] * self.reference["ms"])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -77,3 +99,31 @@ class Latency:
     def from_dict(cls, d: dict[str, Any]) -> Latency:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def ties(a: float, a_ci: tuple[float, float] | list[float], b: float, b_ci: tuple[float, float] | list[float]) -> bool:
+    """Whether two estimates differ by no more than their measured noise: the difference lies
+    inside the combined half-widths of their intervals (each interval's half on the side that
+    faces the other figure, combined as independent errors: sqrt(ha^2 + hb^2))."""
+    lo, hi = (a, b) if a <= b else (b, a)
+    lo_ci, hi_ci = (a_ci, b_ci) if a <= b else (b_ci, a_ci)
+    h_lo = max(lo_ci[1] - lo, 0.0)  # how far the smaller figure could be larger
+    h_hi = max(hi - hi_ci[0], 0.0)  # how far the larger one could be smaller
+    return hi - lo <= (h_lo**2 + h_hi**2) ** 0.5
+
+
+def is_tie(a: Latency, b: Latency) -> bool:
+    """Whether two figures are a tie, i.e. their difference is inside the measured noise.
+
+    Ratios to the same reference compare directly (the case for a front re-timed side by side
+    or any two protocol-2 figures); otherwise the ms figures compare, with the ratio intervals
+    scaled to ms, or +-IQR/2 for protocol-1 figures that have no interval."""
+    same_ref = (a.ratio is not None and b.ratio is not None and a.ratio_ci and b.ratio_ci
+                and (a.reference or {}).get("archid") == (b.reference or {}).get("archid"))
+    if same_ref:
+        return ties(a.ratio, a.ratio_ci, b.ratio, b.ratio_ci)  # type: ignore[arg-type]
+
+    def ms_ci(x: Latency) -> tuple[float, float]:
+        return x.ci_ms or (x.median_ms - x.iqr_ms / 2, x.median_ms + x.iqr_ms / 2)
+
+    return ties(a.median_ms, ms_ci(a), b.median_ms, ms_ci(b))

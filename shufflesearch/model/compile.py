@@ -13,7 +13,8 @@ from .arch import Arch
 from .units import ShuffleNet, ShuffleNetInference
 
 
-def build(arch: Arch, inference: bool = False, num_classes: int | None = None) -> nn.Module:
+def build(arch: Arch, inference: bool = False, num_classes: int | None = None,
+          channels_last: bool = True) -> nn.Module:
     """The network of ``arch`` (the public ``shufflesearch.build`` also takes a preset name or
     an arch file).
 
@@ -21,9 +22,10 @@ def build(arch: Arch, inference: bool = False, num_classes: int | None = None) -
     the OpGraph's node names). ``inference=True`` gives the eval-mode inference form of a
     freshly initialised network; use ``to_inference`` to convert a trained one.
     ``num_classes`` overrides the Arch's classifier width (e.g. for the proxy task).
+    ``channels_last`` is the inference form's memory format (the target's ``channels_last``).
     """
     model = ShuffleNet(arch, num_classes)
-    return to_inference(model) if inference else model
+    return to_inference(model, channels_last) if inference else model
 
 
 def to_inference(model: ShuffleNet, channels_last: bool = True) -> nn.Module:
