@@ -202,6 +202,8 @@ def measure_onnxruntime(
 def measure_model(model: nn.Module, spec: TargetSpec, *, max_seconds: float = 1.0,
                   target_rel_iqr: float = 0.03, lock: bool = True) -> Latency:
     """Time an already-built inference-form model on ``spec`` with its backend."""
+    if spec.backend == "onnxruntime-int8":  # needs calibration images: measure/backends.py
+        raise UserError("target.backend: onnxruntime-int8 is not timed by this protocol yet (use torch or onnxruntime)")
     if spec.backend == "onnxruntime":
         return measure_onnxruntime(model, spec.input_shape, threads=spec.threads,
                                    max_seconds=max_seconds, target_rel_iqr=target_rel_iqr, lock=lock)

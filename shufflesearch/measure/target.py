@@ -16,7 +16,7 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")  # measure/backends.py runs each
 REFERENCE_ARCH = "shufflenet_v2_x0_5"  # the drift monitor's fixed yardstick
 
 
@@ -31,7 +31,7 @@ class TargetSpec:
     batch: int = 1  # images per forward pass
     threads: int = 1  # intra-op threads (torch.set_num_threads / ORT intra_op_num_threads)
     channels_last: bool = False  # NHWC memory format for input and weights
-    backend: str = "torch"  # "torch" (inference form) or "onnxruntime" (own process)
+    backend: str = "torch"  # "torch" (inference form), "onnxruntime" or "onnxruntime-int8"
 
     def __post_init__(self) -> None:
         for name in ("resolution", "batch", "threads"):

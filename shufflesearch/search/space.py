@@ -16,6 +16,7 @@ from typing import Any
 
 from ..common.yamlio import Located, check_keys, load_yaml
 from ..errors import UserError
+from ..measure.target import BACKENDS
 from ..model.arch import FAMILIES, KERNELS, LAYOUTS, PRESETS, Arch, ArchError, Stage, Stem
 
 OBJECTIVES = {  # name → direction
@@ -339,7 +340,7 @@ def parse_space(doc: Located) -> SearchSpace:
         "batch": _scalar(doc, t, "batch", "target", int, 1, 1, 4096),
         "threads": _scalar(doc, t, "threads", "target", int, 1, 1, 256),
         "num_classes": _scalar(doc, t, "num_classes", "target", int, 1000, 1, 1_000_000),
-        "backend": _scalar(doc, t, "backend", "target", str, "torch", allowed=("torch", "onnxruntime")),
+        "backend": _scalar(doc, t, "backend", "target", str, "torch", allowed=BACKENDS),
         "channels_last": _scalar(doc, t, "channels_last", "target", bool, False),
         "max_seconds": _scalar(doc, t, "max_seconds", "target", float, 1.0, 0.05, 600),
         # > 0: skip measuring architectures the latency predictor puts above the latency_ms
