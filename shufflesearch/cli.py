@@ -143,6 +143,9 @@ def _add_export_arch(p: argparse.ArgumentParser) -> None:
                       help="require model.onnx (default: written when onnx/onnxruntime are installed)")
     onnx.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip model.onnx")
     p.add_argument("--no-pt2", action="store_true", help="skip model.pt2 (torch.export)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write model.int8.onnx, calibrated on --data's training split")
+    p.add_argument("--data", default="digits", help="--int8: proxy task, digits, folder:PATH or npz:PATH (default digits)")
     p.add_argument("--latency", action="store_true",
                    help="measure latency (batch 1, 1 thread, at --resolution) for report.md")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -168,7 +171,8 @@ def cmd_export_arch(args: argparse.Namespace) -> int:
         lat = measure_arch(args.arch, TargetSpec(resolution=args.resolution), cache=LatencyCache())
         info = {"latency": lat.to_dict()}
     res = export_arch(args.arch, args.out, state_dict=args.weights, info=info, resolution=args.resolution,
-                      onnx=args.onnx, torch_export=not args.no_pt2, log=None if quiet else log)
+                      onnx=args.onnx, torch_export=not args.no_pt2, log=None if quiet else log,
+                      int8=args.int8, proxy={"dataset": args.data})
     if args.json:
         _print_json(res.to_dict())
         return 0
@@ -441,6 +445,8 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     onnx.add_argument("--onnx", dest="onnx", action="store_true", default=None,
                       help="require model.onnx (default: written when onnx/onnxruntime are installed)")
     onnx.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip model.onnx")
+    p.add_argument("--int8", action="store_true",
+                   help="also write model.int8.onnx, calibrated on the run's proxy task")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -462,7 +468,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{rec['latency_ms']:.3f} ms measured")
     res = export_arch(Arch.from_dict(rec["arch"]), args.out, info=export_info(rec, run.name),
                       resolution=int(run.space.target["resolution"]), onnx=args.onnx,
-                      log=None if quiet else log)
+                      log=None if quiet else log, int8=args.int8, proxy=run.space.proxy)
     if args.json:
         _print_json({"trial": rec["trial"], **res.to_dict()})
         return 0
@@ -476,6 +482,8 @@ def _print_artefacts(res: Any) -> None:
     for name, path in res.files.items():
         diff = res.max_abs_diff.get(name)
         note = f"verified, max abs diff {diff:.3g}" if diff is not None else "verified"
+        if name == "model.int8.onnx":
+            note += f", top-1 agreement with model.onnx {100 * res.int8['top1_agreement']:.1f}%"
         print(f"  {path.name:<11} {note}")
     for name, why in res.skipped.items():
         print(f"  {name:<11} skipped: {why}")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from shufflesearch.accuracy.data import load_data
 from shufflesearch.errors import UserError
 from shufflesearch.measure import backends as B
 from shufflesearch.measure.target import TargetSpec
@@ -191,3 +192,42 @@ def test_target_and_space_accept_the_three_backends(tmp_path):
     with pytest.raises(UserError, match="target.backend") as e:
         load_space(tmp_path / "bad.yaml")
     assert "\n" not in str(e.value) and "onnxruntime-int8" in str(e.value)
+
+
+# --- the export bundle's int8 model -------------------------------------------------------------
+
+
+def test_export_adds_a_verified_int8_model(tmp_path):
+    import onnxruntime as ort
+
+    from shufflesearch.review.export import ARTEFACTS, INT8, ExportError, export_arch
+
+    m = randomised(build(TINY), seed=5)
+    res = export_arch(TINY, tmp_path / "b", state_dict=m.state_dict(), resolution=32, torch_export=False,
+                      int8=True, proxy={"dataset": "digits", "resolution": 16})
+    out = tmp_path / "b"
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(a for a in ARTEFACTS if a != "model.pt2"), INT8])
+    r = res.int8
+    assert r["calibration_images"] == 64 and r["val_images"] == 359  # digits: 1,797 images, 20% held out
+    assert 0.5 <= r["top1_agreement"] <= 1 and r["latency_fp32_ms"] > 0 and r["latency_int8_ms"] > 0
+    assert r["acc_fp32"] is not None and 0 <= r["acc_int8"] <= 1  # 10 outputs: digits' classes
+    assert r["size_int8_kb"] < r["size_fp32_kb"]
+    # Our own session on validation digits (the range it was calibrated for), another batch
+    # size (the dynamic batch is kept): it agrees with the training form as export reported.
+    val = load_data({"dataset": "digits", "resolution": 16}).val
+    x = torch.nn.functional.interpolate(val.x[:100], size=(32, 32), mode="bilinear", align_corners=False)
+    s = ort.InferenceSession(str(out / INT8), providers=["CPUExecutionProvider"])
+    (y,) = s.run(None, {s.get_inputs()[0].name: x.numpy()})
+    ref = reference(m, x.numpy())
+    assert y.shape == (100, 10)
+    assert abs(float((y.argmax(1) == ref.argmax(1)).mean()) - r["top1_agreement"]) < 0.15
+    assert any(n.op_type == "DequantizeLinear" for n in __import__("onnx").load(str(out / INT8)).graph.node)
+    report = (out / "report.md").read_text()
+    assert "## int8 (ONNX Runtime)" in report and f"{100 * r['top1_agreement']:.1f}%" in report
+    assert f"{100 * r['acc_int8']:.1f}%" in report
+
+    # A later export without --int8 leaves no stale int8 model beside the new files.
+    export_arch(TINY, out, resolution=32, torch_export=False, onnx=False)
+    assert not (out / INT8).exists()
+    with pytest.raises(ExportError, match="model.int8.onnx: needs model.onnx"):
+        export_arch(TINY, tmp_path / "c", resolution=32, torch_export=False, onnx=False, int8=True)

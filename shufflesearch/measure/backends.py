@@ -49,12 +49,12 @@ from ..common.threads import torch_threads
 from ..errors import UserError
 from ..model.arch import resolve_arch
 from ..model.compile import build, to_inference
-from .env import cache_dir
+from .env import cache_dir, clock_for
 from .target import BACKENDS, TargetSpec, stable_hash
 
 __all__ = ["BACKENDS", "Runner", "make_runner", "make_module_runner", "seeded_model",
            "export_onnx", "quantize_int8", "calibration_fingerprint", "require_onnx",
-           "onnx_session", "INSTALL_HINT"]
+           "onnx_session", "time_interleaved", "calibration_array", "INSTALL_HINT"]
 
 INSTALL_HINT = 'pip install -e ".[onnx]"'
 OPSET = 17  # ONNX opset of the exports: every op of the inference form exists since 13
@@ -249,7 +249,7 @@ def _cached_export(model: nn.Module, shape: tuple[int, ...], key: str | None,
 # --- int8 --------------------------------------------------------------------------------------
 
 
-def _calibration_batches(images: np.ndarray | Iterable[Any], shape: tuple[int, ...]) -> np.ndarray:
+def calibration_array(images: np.ndarray | Iterable[Any], shape: tuple[int, ...]) -> np.ndarray:
     """The calibration images as one float32 array (N, C, H, W) at the model's input size,
     at most CALIBRATION_LIMIT of them."""
     parts: list[np.ndarray] = []
@@ -357,7 +357,7 @@ def _ort_runner(model: nn.Module, spec: TargetSpec, calibration: Any, *, key: st
         path, info["export_s"], info["export_cached"] = _cached_export(model, shape, key, Path(tmp))
         if int8:
             t0 = time.perf_counter()
-            cal = _calibration_batches(calibration, shape)
+            cal = calibration_array(calibration, shape)
             fp = calibration_fingerprint(cal)
             info["calibration"] = {"images": len(cal), "fingerprint": fp}
             q = (Path(tmp) / "model.int8.onnx" if key is None
@@ -379,3 +379,38 @@ def _ort_runner(model: nn.Module, spec: TargetSpec, calibration: Any, *, key: st
         return sess.run(None, feed)
 
     return Runner(spec.backend, run, x, spec.threads, info)
+
+
+# --- side-by-side timing -------------------------------------------------------------------------
+
+
+def time_interleaved(runners: list[Runner], *, seconds: float = 1.0, min_rounds: int = 7
+                     ) -> list[list[float]]:
+    """Per-call ms of each runner over interleaved rounds: every round times each runner once
+    (a few calls, order rotating), so a slow phase of a shared machine hits all of them alike;
+    ratios should be taken per round. Not the search's protocol (measure/protocol.py): a
+    short side-by-side comparison for benches and export reports."""
+    clock = time.thread_time if clock_for(max(r.threads for r in runners)) == "thread_cpu" else time.perf_counter
+    inner = []
+    with contextlib.ExitStack() as stack:
+        for r in runners:
+            stack.enter_context(r.context())
+        for r in runners:  # warm-up: allocation, ORT's first-run kernel selection
+            for _ in range(3):
+                r()
+            t0 = clock()
+            r()
+            inner.append(max(1, int(0.005 / max(clock() - t0, 1e-6))))  # samples of >= ~5 ms
+        out: list[list[float]] = [[] for _ in runners]
+        start = time.perf_counter()
+        k = 0
+        while k < min_rounds or time.perf_counter() - start < seconds:
+            order = list(range(len(runners)))
+            order = order[k % len(order):] + order[:k % len(order)]
+            for i in order:
+                t0 = clock()
+                for _ in range(inner[i]):
+                    runners[i]()
+                out[i].append((clock() - t0) / inner[i] * 1e3)
+            k += 1
+    return out
