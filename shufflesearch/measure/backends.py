@@ -199,15 +199,17 @@ def _export_tag() -> str:
 def _quiet() -> Iterator[None]:
     """The TorchScript exporter's deprecation notes and ORT's quantiser logging say nothing
     about this model."""
-    lg = logging.getLogger()
-    level = lg.level
-    lg.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(n) for n in ("", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        lg.setLevel(level)
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, *,
@@ -220,7 +222,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     try:
         with torch.inference_mode(False), torch.no_grad(), _quiet():
             if dynamo:
-                torch.onnx.export(model.eval(), (x,), str(tmp), dynamo=True, opset_version=OPSET,
+                torch.onnx.export(model.eval(), (x,), str(tmp), dynamo=True, opset_version=18,  # its lowest
                                   input_names=["x"], output_names=["y"], external_data=False)
             else:
                 torch.onnx.export(model.eval(), (x,), str(tmp), dynamo=False, opset_version=OPSET,
@@ -249,9 +251,10 @@ def _cached_export(model: nn.Module, shape: tuple[int, ...], key: str | None,
 # --- int8 --------------------------------------------------------------------------------------
 
 
-def calibration_array(images: np.ndarray | Iterable[Any], shape: tuple[int, ...]) -> np.ndarray:
-    """The calibration images as one float32 array (N, C, H, W) at the model's input size,
-    at most CALIBRATION_LIMIT of them."""
+def calibration_array(images: np.ndarray | Iterable[Any], shape: tuple[int, ...] | None = None
+                      ) -> np.ndarray:
+    """The calibration images as one float32 array (N, C, H, W), at most CALIBRATION_LIMIT of
+    them, resized to the model's input ``shape`` when given."""
     parts: list[np.ndarray] = []
     count = 0
     it = [images] if isinstance(images, (np.ndarray, torch.Tensor)) else images
@@ -267,7 +270,9 @@ def calibration_array(images: np.ndarray | Iterable[Any], shape: tuple[int, ...]
             break
     if not parts or count == 0:
         raise UserError("calibration: no images given (onnxruntime-int8 calibrates on the proxy task's training split)")
-    x = np.concatenate(parts)[:CALIBRATION_LIMIT]
+    x = np.ascontiguousarray(np.concatenate(parts)[:CALIBRATION_LIMIT], dtype=np.float32)
+    if shape is None:
+        return x
     if x.shape[1] != shape[1]:
         raise UserError(f"calibration: images have {x.shape[1]} channels, the model takes {shape[1]}")
     if x.shape[2:] != tuple(shape[2:]):
@@ -357,14 +362,14 @@ def _ort_runner(model: nn.Module, spec: TargetSpec, calibration: Any, *, key: st
         path, info["export_s"], info["export_cached"] = _cached_export(model, shape, key, Path(tmp))
         if int8:
             t0 = time.perf_counter()
-            cal = calibration_array(calibration, shape)
-            fp = calibration_fingerprint(cal)
-            info["calibration"] = {"images": len(cal), "fingerprint": fp}
+            raw = calibration_array(calibration)  # fingerprinted as given: resizing is skipped
+            fp = calibration_fingerprint(raw)  # when the quantised model is cached
+            info["calibration"] = {"images": len(raw), "fingerprint": fp}
             q = (Path(tmp) / "model.int8.onnx" if key is None
                  else path.with_name(f"{path.stem}_int8_{fp}.onnx"))
             info["quantize_cached"] = q.is_file() and key is not None
             if not info["quantize_cached"]:
-                quantize_int8(path, q, cal, shape[0])
+                quantize_int8(path, q, calibration_array(raw, shape), shape[0])
             info["quantize_s"] = time.perf_counter() - t0
             path = q
         t0 = time.perf_counter()
