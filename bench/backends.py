@@ -4,8 +4,9 @@ int8 agreement. Everything in one process, interleaved, and printed as ratios.
 1. Exporter: seconds per export of the TorchScript exporter vs ``dynamo=True`` (and whether
    the outputs match the torch inference form).
 2. Per-trial cost of each backend as a search pays it for a new architecture: build the model,
-   export (uncached), quantise (int8, calibrated on 64 digits), open the session, time ~1 s;
-   against the torch backend (build + time ~1 s). Then the same with the export cached.
+   export (uncached), quantise (int8, calibrated on 64 digits, and on 16), open the session,
+   time ~1 s; against the torch backend (build + time ~1 s). Then the same with the export
+   cached.
 3. Latency at 224x224, batch 1: the three runners timed in interleaved rounds; the ratio of
    each round is taken and the median reported (onnxruntime/torch, int8/onnxruntime).
 4. int8 top-1 agreement on digits: each preset (10 classes) trained briefly at 32 px, exported
@@ -14,6 +15,7 @@ int8 agreement. Everything in one process, interleaved, and printed as ratios.
 
 The load average before and after is printed: the machine is shared. Usage:
     python bench/backends.py [--presets a,b] [--seconds 3] [--train-steps 100] [--skip-train]
+                             [--small-calibration 16]
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="interleaved timing per preset (part 3)")
     ap.add_argument("--train-steps", type=int, default=100, help="part 4: SGD steps on digits per preset")
     ap.add_argument("--skip-train", action="store_true", help="skip part 4")
+    ap.add_argument("--small-calibration", type=int, default=16,
+                    help="part 2: int8 cost also with this many calibration images (default 16)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     names = args.presets.split(",")
@@ -98,16 +102,17 @@ def main() -> None:
             print(f"{n:<24} {ts:>11.2f} {dy:>8.2f} {dy / ts:>9.1f} {d_ts:>9.1e} {d_dy:>9.1e}")
 
         print("\n2. per-trial cost: set-up + ~1 s timing, seconds; ratio to the torch backend")
-        print(f"{'preset':<24} {'backend':<17} {'setup':>6} {'total':>6} {'/torch':>7} "
+        print(f"{'preset':<24} {'backend':<23} {'setup':>6} {'total':>6} {'/torch':>7} "
               f"{'cached setup':>12} {'total':>6} {'/torch':>7}")
         for n in names:
             base = None
-            for be in B.BACKENDS:
-                first = trial_cost(n, be, cal, 1.0)
-                again = trial_cost(n, be, cal, 1.0)  # the export (and int8 model) now cached
+            for be, k in [(b, len(cal)) for b in B.BACKENDS] + [("onnxruntime-int8", args.small_calibration)]:
+                first = trial_cost(n, be, cal[:k], 1.0)
+                again = trial_cost(n, be, cal[:k], 1.0)  # the export (and int8 model) now cached
                 if base is None:
                     base = (first[1], again[1])
-                print(f"{n:<24} {be:<17} {first[0]:>6.2f} {first[1]:>6.2f} {first[1] / base[0]:>7.2f} "
+                label = f"{be} ({k} img)" if be.endswith("int8") else be
+                print(f"{n:<24} {label:<23} {first[0]:>6.2f} {first[1]:>6.2f} {first[1] / base[0]:>7.2f} "
                       f"{again[0]:>12.2f} {again[1]:>6.2f} {again[1] / base[1]:>7.2f}")
 
         print(f"\n3. latency, ms (median over interleaved rounds of {args.seconds:.0f} s); ratios: median of per-round ratios")

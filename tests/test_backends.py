@@ -231,3 +231,18 @@ def test_export_adds_a_verified_int8_model(tmp_path):
     assert not (out / INT8).exists()
     with pytest.raises(ExportError, match="model.int8.onnx: needs model.onnx"):
         export_arch(TINY, tmp_path / "c", resolution=32, torch_export=False, onnx=False, int8=True)
+
+
+def test_int8_keeps_the_classifier_float(tmp_path):
+    import onnx
+
+    r = B.make_runner(TINY.replace(num_classes=13), TargetSpec(resolution=32, backend="onnxruntime-int8"),
+                      calibration=digits_like(8, 0))
+    fp32 = onnx.load(r.info["path"].replace(f"_int8_{r.info['calibration']['fingerprint']}", ""))
+    fc = B.classifier_nodes(fp32)
+    assert fc and [n.op_type for n in fp32.graph.node if n.name in fc][0] in ("MatMul", "Gemm")
+    g = onnx.load(r.info["path"]).graph
+    producer = {o: n for n in g.node for o in n.output}
+    node = producer[g.output[0].name]  # the logits come from the float classifier, not a DQ node
+    assert node.op_type in ("MatMul", "Gemm", "Add")
+    assert sum(n.op_type == "QuantizeLinear" for n in g.node) > 5  # the rest is quantised

@@ -296,7 +296,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
     """Static post-training quantisation of an ONNX file: QDQ format, per-channel int8 weights,
     int8 activations with MinMax ranges from ``calibration`` fed ``batch`` images at a time
     (the exported batch is fixed)."""
-    _, ort = require_onnx("onnxruntime-int8")
+    onnx, ort = require_onnx("onnxruntime-int8")
     # Heavy optional package, imported with onnxruntime.
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -324,11 +324,32 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
         with _quiet():
             quantize_static(str(fp32_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8)
+                            weight_type=QuantType.QInt8,
+                            nodes_to_exclude=classifier_nodes(onnx.load(str(fp32_path))))
         os.replace(tmp, out_path)
     except Exception as e:
         tmp.unlink(missing_ok=True)
         raise UserError(f"int8 quantisation failed ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def classifier_nodes(model: Any) -> list[str]:
+    """Names of the nodes from the graph output back to the classifier's MatMul/Gemm. They stay
+    float: the logits' int8 grid is (range / 255) wide, coarser than the gap between the top
+    classes of a trained network (V1 g3 on digits: 13% top-1 agreement with the FC quantised,
+    64% without), and the FC is a negligible share of the time."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    names: list[str] = []
+    frontier = [o.name for o in model.graph.output]
+    while frontier:
+        node = producer.get(frontier.pop())
+        if node is None or node.name in names:
+            continue
+        if node.op_type in ("MatMul", "Gemm"):
+            names.append(node.name)
+        elif node.op_type in ("Add", "Flatten", "Reshape", "Squeeze", "Identity"):  # bias, views
+            names.append(node.name)
+            frontier += [i for i in node.input if i in producer]
+    return names
 
 
 # --- ONNX Runtime sessions -------------------------------------------------------------------------
