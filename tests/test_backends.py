@@ -238,7 +238,7 @@ def test_int8_keeps_the_classifier_float(tmp_path):
 
     r = B.make_runner(TINY.replace(num_classes=13), TargetSpec(resolution=32, backend="onnxruntime-int8"),
                       calibration=digits_like(8, 0))
-    fp32 = onnx.load(r.info["path"].replace(f"_int8_{r.info['calibration']['fingerprint']}", ""))
+    fp32 = onnx.load(r.info["path"].split("_int8_")[0] + ".onnx")
     fc = B.classifier_nodes(fp32)
     assert fc and [n.op_type for n in fp32.graph.node if n.name in fc][0] in ("MatMul", "Gemm")
     g = onnx.load(r.info["path"]).graph
@@ -246,3 +246,19 @@ def test_int8_keeps_the_classifier_float(tmp_path):
     node = producer[g.output[0].name]  # the logits come from the float classifier, not a DQ node
     assert node.op_type in ("MatMul", "Gemm", "Add")
     assert sum(n.op_type == "QuantizeLinear" for n in g.node) > 5  # the rest is quantised
+
+
+def test_cli_export_arch_int8(tmp_path, capsys):
+    import json
+
+    from shufflesearch.cli import main
+
+    (tmp_path / "a.yaml").write_text(TINY.to_yaml())
+    assert main(["export-arch", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "b"), "--resolution", "32",
+                 "--no-pt2", "--int8", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert "model.int8.onnx" in d["files"] and 0 <= d["int8"]["top1_agreement"] <= 1
+    assert d["int8"]["proxy"] == "digits" and d["int8"]["calibration_images"] == 64
+    assert main(["export-arch", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "c"), "--int8",
+                 "--data", "nope"]) == 2
+    assert "proxy.name" in capsys.readouterr().err

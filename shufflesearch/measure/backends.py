@@ -23,8 +23,8 @@ version), and int8 models additionally under the calibration images' fingerprint
 architecture re-timed by a later trial or run is not exported again. The weights are the
 seeded fresh ones of ``seeded_model`` (latency does not depend on their values; the cached
 file must not depend on the global RNG either). The exporter is the TorchScript one: on this
-project's 2-core VM it exported V2 1x in 0.4 s against 2.5-3.9 s for ``dynamo=True``, with the
-same outputs (bench/backends.py measures both).
+project's 2-core VM it was 4-13x cheaper than ``dynamo=True`` (V2 1x: 0.6-3.1 s against
+4.1-18.9 s under load), with the same outputs (bench/backends.py measures both).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ __all__ = ["BACKENDS", "Runner", "make_runner", "make_module_runner", "seeded_mo
 
 INSTALL_HINT = 'pip install -e ".[onnx]"'
 OPSET = 17  # ONNX opset of the exports: every op of the inference form exists since 13
-EXPORTER = "torchscript"  # torch.onnx.export(dynamo=False): 6-8x cheaper than dynamo here
+EXPORTER = "torchscript"  # torch.onnx.export(dynamo=False): 4-13x cheaper than dynamo here
 SEED = 0  # the weights of an architecture's cached export
 CALIBRATION_LIMIT = 256  # images a calibration reads at most (ranges settle well before)
 
@@ -193,6 +193,13 @@ def _onnx_dir() -> Path:
 
 def _export_tag() -> str:
     return stable_hash({"exporter": EXPORTER, "opset": OPSET, "torch": torch.__version__})
+
+
+def _int8_tag() -> str:
+    """What else a quantised model depends on: the settings of quantize_int8 and the quantiser."""
+    _, ort = require_onnx("onnxruntime-int8")
+    return stable_hash({"format": "QDQ", "weights": "int8 per-channel", "activations": "int8 minmax",
+                        "classifier": "float", "onnxruntime": ort.__version__})[:8]
 
 
 @contextlib.contextmanager
@@ -387,7 +394,7 @@ def _ort_runner(model: nn.Module, spec: TargetSpec, calibration: Any, *, key: st
             fp = calibration_fingerprint(raw)  # when the quantised model is cached
             info["calibration"] = {"images": len(raw), "fingerprint": fp}
             q = (Path(tmp) / "model.int8.onnx" if key is None
-                 else path.with_name(f"{path.stem}_int8_{fp}.onnx"))
+                 else path.with_name(f"{path.stem}_int8_{_int8_tag()}_{fp}.onnx"))
             info["quantize_cached"] = q.is_file() and key is not None
             if not info["quantize_cached"]:
                 quantize_int8(path, q, calibration_array(raw, shape), shape[0])
