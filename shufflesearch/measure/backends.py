@@ -380,6 +380,7 @@ def onnx_session(path: str | Path, threads: int = 1) -> Any:
 def _ort_runner(model: nn.Module, spec: TargetSpec, calibration: Any, *, key: str | None,
                 input_shape: tuple[int, ...] | None = None) -> Runner:
     require_onnx(spec.backend)
+    # spec.channels_last is a torch memory format; ONNX is NCHW and ORT picks its own layouts.
     shape = tuple(input_shape or spec.input_shape)
     int8 = spec.backend == "onnxruntime-int8"
     if int8 and calibration is None:
