@@ -133,6 +133,9 @@ def _add_export_arch(p: argparse.ArgumentParser) -> None:
                       help="require model.onnx (default: written when onnx/onnxruntime are installed)")
     onnx.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip model.onnx")
     p.add_argument("--no-pt2", action="store_true", help="skip model.pt2 (torch.export)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write model.int8.onnx, calibrated on --data's training split")
+    p.add_argument("--data", default="digits", help="--int8: proxy task, digits, folder:PATH or npz:PATH (default digits)")
     p.add_argument("--latency", action="store_true",
                    help="measure latency (batch 1, 1 thread, at --resolution) for report.md")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -153,7 +156,8 @@ def cmd_export_arch(args: argparse.Namespace) -> int:
         lat = measure_arch(arch, TargetSpec(resolution=args.resolution), cache=LatencyCache())
         info = {"latency": lat.to_dict()}
     res = export_arch(arch, args.out, state_dict=args.weights, info=info, resolution=args.resolution,
-                      onnx=args.onnx, torch_export=not args.no_pt2, log=None if quiet else log)
+                      onnx=args.onnx, torch_export=not args.no_pt2, log=None if quiet else log,
+                      int8=args.int8, proxy={"dataset": args.data})
     if args.json:
         print_json(res.to_dict())
         return 0

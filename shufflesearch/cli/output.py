@@ -15,6 +15,8 @@ def print_artefacts(res: Any) -> None:
     for name, path in res.files.items():
         diff = res.max_abs_diff.get(name)
         note = f"verified, max abs diff {diff:.3g}" if diff is not None else "verified"
+        if name == "model.int8.onnx":
+            note += f", top-1 agreement with model.onnx {100 * res.int8['top1_agreement']:.1f}%"
         print(f"  {path.name:<11} {note}")
     for name, why in res.skipped.items():
         print(f"  {name:<11} skipped: {why}")

@@ -96,6 +96,8 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     onnx.add_argument("--onnx", dest="onnx", action="store_true", default=None,
                       help="require model.onnx (default: written when onnx/onnxruntime are installed)")
     onnx.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip model.onnx")
+    p.add_argument("--int8", action="store_true",
+                   help="also write model.int8.onnx, calibrated on the run's proxy task")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -113,7 +115,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{rec.latency_ms:.3f} ms measured")
     res = export_arch(Arch.from_dict(rec.arch), args.out, info=export_info(rec, run.name),
                       resolution=run.space.target.resolution, onnx=args.onnx,
-                      log=None if quiet else log)
+                      log=None if quiet else log, int8=args.int8, proxy=run.space.data)
     if args.json:
         print_json({"trial": rec.trial, **res.to_dict()})
         return 0

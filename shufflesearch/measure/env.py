@@ -47,7 +47,7 @@ def fingerprint(threads: int = 1, backend: str = "torch") -> dict:
         "backend": backend,
         "clock": clock_for(threads),  # a CPU-time figure and a wall-time one are not comparable
     }
-    if backend == "onnxruntime":
+    if backend.startswith("onnxruntime"):
         try:
             import onnxruntime
 

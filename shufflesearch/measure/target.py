@@ -16,7 +16,7 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")  # measure/backends.py runs each
 # Every figure is a ratio to this network, timed in the same window on the same target spec
 # (same backend, memory format, threads): a fixed yardstick the machine's slow phases hit alike.
 REFERENCE_ARCH = "shufflenet_v2_x0_5"
@@ -36,7 +36,7 @@ class TargetSpec:
     batch: int = 1  # images per forward pass
     threads: int = 1  # intra-op threads (torch.set_num_threads / ORT intra_op_num_threads)
     channels_last: bool = False  # NHWC memory format for input and weights
-    backend: str = "torch"  # "torch" (inference form) or "onnxruntime" (own process)
+    backend: str = "torch"  # "torch" (inference form), "onnxruntime" or "onnxruntime-int8"
 
     def __post_init__(self) -> None:
         for name in ("resolution", "batch", "threads"):

@@ -7,6 +7,10 @@
     weights.pt   a state_dict for model.py (the given weights, else the fresh ones tested)
     model.pt2    torch.export program of the inference form (BN folded, shuffle fused)
     model.onnx   the inference form as ONNX, run through onnxruntime
+    model.int8.onnx  (with ``int8=True``) model.onnx statically quantised to int8 (QDQ,
+                 per-channel weights) on the proxy task's training split; its top-1
+                 agreement with model.onnx on the validation split, both latencies and both
+                 proxy-task accuracies go into report.md
     report.md    costs, guideline findings, latency and fingerprint, what was verified
 
 and verifies every artefact as it goes, against one reference: the compiled training form in
@@ -24,6 +28,7 @@ import importlib.util
 import io
 import logging
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -34,18 +39,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import __version__
+from ..accuracy.data import DataSpec, load_data
 from ..common.files import prepare_out_dir
 from ..errors import UserError
 from ..guidelines import checks as guidelines
+from ..measure import backends as B
 from ..model.arch import Arch, load_arch, preset_name, resolve_arch
 from ..model.codegen import model_source
 from ..model.compile import build, check_state_dict_fits, to_inference
 from ..model.cost import costs, format_costs
 
 ARTEFACTS = ("arch.yaml", "model.py", "weights.pt", "model.pt2", "model.onnx", "report.md")
+INT8 = "model.int8.onnx"  # optional (int8=True): not part of the default bundle
+_CALIBRATION_IMAGES = 64  # from the proxy task's training split; MinMax ranges settle by then
+_AGREEMENT_IMAGES = 500  # validation images compared at most (digits has 360)
 # model.py may import these and nothing else: "depends only on torch" is checked, not hoped.
 _ALLOWED_IMPORTS = {"__future__", "os", "collections", "typing", "dataclasses", "torch"}
 _MAX_FINDINGS = 15  # rows of guideline findings in report.md
@@ -69,6 +80,7 @@ class ExportResult:
     skipped: dict[str, str] = field(default_factory=dict)  # artefact → why it is missing
     params: int = 0
     output_scale: float = 0.0  # max |reference output|: the yardstick for the diffs above
+    int8: dict[str, Any] = field(default_factory=dict)  # agreement, accuracies, latencies (int8=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +91,7 @@ class ExportResult:
             "max_abs_diff": self.max_abs_diff,
             "output_scale": self.output_scale,
             "skipped": self.skipped,
+            **({"int8": self.int8} if self.int8 else {}),
         }
 
 
@@ -92,6 +105,8 @@ def export_arch(
     onnx: bool | None = None,
     torch_export: bool = True,
     log: Callable[[str], None] | None = None,
+    int8: bool = False,
+    proxy: Any = None,
 ) -> ExportResult:
     """Write and verify the bundle of ``arch`` (an Arch, preset name or arch file) in ``out_dir``.
 
@@ -102,6 +117,9 @@ def export_arch(
     exported programs (ONNX and pt2 keep the batch dimension dynamic).
     ``onnx``: None exports ONNX when onnx/onnxruntime are installed and notes the skip
     otherwise; True makes their absence an error; False skips it.
+    ``int8``: also write model.int8.onnx (needs model.onnx), calibrated on the training split
+    of ``proxy`` (a DataSpec or a search space's ``proxy`` mapping; default digits at 32 px)
+    and compared with model.onnx on its validation split.
     """
     say = log or (lambda _msg: None)
     arch = resolve_arch(arch)
@@ -114,14 +132,15 @@ def export_arch(
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         try:
-            result = _export_into(arch, stage, out, state_dict, info or {}, resolution, onnx, torch_export, say)
+            result = _export_into(arch, stage, out, state_dict, info or {}, resolution, onnx, torch_export, say,
+                                  int8, proxy)
         except BaseException:
             if created:  # a failed export leaves the disk as it found it
                 shutil.rmtree(stage, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     out.rmdir()
             raise
-        for old in ARTEFACTS + ("model.onnx.data",):  # no stale files from an earlier export
+        for old in ARTEFACTS + ("model.onnx.data", INT8):  # no stale files from an earlier export
             (out / old).unlink(missing_ok=True)
         for f in stage.iterdir():
             f.replace(out / f.name)
@@ -133,7 +152,8 @@ def export_arch(
 
 def _export_into(
     arch: Arch, d: Path, out: Path, state_dict: Any, info: dict[str, Any], res: int,
-    onnx: bool | None, torch_export: bool, say: Callable[[str], None],
+    onnx: bool | None, torch_export: bool, say: Callable[[str], None], int8: bool = False,
+    proxy: Any = None,
 ) -> ExportResult:
     model = build(arch)
     trained = state_dict is not None
@@ -186,6 +206,14 @@ def _export_into(
             say("model.onnx")
             result.max_abs_diff["model.onnx"] = _export_onnx(inf, x, ref, scale, d / "model.onnx")
             result.files["model.onnx"] = d / "model.onnx"
+
+    if int8:
+        if "model.onnx" not in result.files:
+            raise ExportError(f"{INT8}: needs model.onnx, which was skipped ({result.skipped['model.onnx']})")
+        say(f"{INT8} (calibrating, comparing with model.onnx on the proxy task)")
+        result.int8 = _export_int8(d / "model.onnx", d / INT8, x, ref, scale, arch, proxy)
+        result.max_abs_diff[INT8] = result.int8.pop("max_abs_diff")
+        result.files[INT8] = d / INT8
 
     say("report.md")
     (d / "report.md").write_text(render_report(arch, result, info, res, trained, __version__))
@@ -308,6 +336,83 @@ def _export_onnx(inf: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, scale
     return _max_diff(torch.from_numpy(y), ref, "model.onnx", _FOLDED_TOL * scale)
 
 
+def _export_int8(fp32: Path, path: Path, x: torch.Tensor, ref: torch.Tensor, scale: float,
+                 arch: Arch, proxy: Any) -> dict[str, Any]:
+    """Quantise model.onnx to int8 on the proxy task's training split, check that it runs on
+    the verification batch, and measure what int8 costs and gains: top-1 agreement with
+    model.onnx and accuracy on the validation split, latency of both side by side."""
+    data = load_data(DataSpec.from_dict(proxy))
+    shape = tuple(x.shape[1:])  # (C, H, W): the exported size; proxy images are resized to it
+    try:
+        cal = B.calibration_array(data.batch("train", _CALIBRATION_IMAGES, seed=0).x, (1, *shape))
+        B.quantize_int8(fp32, path, cal, batch=16)
+        q = B.onnx_session(path, threads=torch.get_num_threads())
+        f = B.onnx_session(fp32, threads=torch.get_num_threads())
+        (y,) = q.run(None, {q.get_inputs()[0].name: x.numpy()})
+    except UserError as e:
+        raise ExportError(f"{INT8}: {e}") from None
+    except Exception as e:
+        raise ExportError(f"{INT8}: onnxruntime check failed ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    if y.shape != tuple(ref.shape) or not np.isfinite(y).all():
+        raise ExportError(f"{INT8}: output shape {y.shape} or non-finite values, expected {tuple(ref.shape)}")
+    diff = float(np.abs(y - ref.numpy()).max())
+
+    val = data.val
+    n = min(len(val.y), _AGREEMENT_IMAGES)
+    pred_f, pred_q = [], []
+    for i in range(0, n, 32):
+        xb = B.calibration_array(val.x[i:min(i + 32, n)], (1, *shape))
+        pred_f.append(f.run(None, {f.get_inputs()[0].name: xb})[0].argmax(1))
+        pred_q.append(q.run(None, {q.get_inputs()[0].name: xb})[0].argmax(1))
+    pf, pq = np.concatenate(pred_f), np.concatenate(pred_q)
+    labels = val.y[:n].numpy()
+    same_task = arch.num_classes == data.num_classes  # accuracy needs the proxy task's classes
+    one = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    runners = [B.Runner("onnxruntime", (lambda s=s: s.run(None, {s.get_inputs()[0].name: one})), one, 1, {})
+               for s in (B.onnx_session(fp32, 1), B.onnx_session(path, 1))]
+    t_f, t_q = B.time_interleaved(runners, seconds=1.0)
+    return {
+        "max_abs_diff": diff,
+        "proxy": data.spec.name,
+        "calibration_images": len(cal),
+        "val_images": int(n),
+        "top1_agreement": float((pf == pq).mean()),
+        "acc_fp32": float((pf == labels).mean()) if same_task else None,
+        "acc_int8": float((pq == labels).mean()) if same_task else None,
+        "latency_fp32_ms": statistics.median(t_f),
+        "latency_int8_ms": statistics.median(t_q),
+        "latency_ratio": statistics.median(q_ / f_ for f_, q_ in zip(t_f, t_q)),
+        "size_fp32_kb": fp32.stat().st_size / 1024,
+        "size_int8_kb": path.stat().st_size / 1024,
+    }
+
+
+def _int8_lines(r: Mapping[str, Any], arch: Arch, res: int) -> list[str]:
+    def acc(v: Any) -> str:
+        return f"{100 * v:.1f}%" if v is not None else "n/a"
+
+    lines = [
+        f"`{INT8}`: static post-training quantisation of `model.onnx` (QDQ, int8 activations, "
+        f"per-channel int8 weights), calibrated on {r['calibration_images']} training images of "
+        f"the proxy task ({r['proxy']}, resized to {res}x{res}). On {r['val_images']} validation "
+        f"images its top-1 prediction agrees with `model.onnx` for **{100 * r['top1_agreement']:.1f}%**.",
+        "",
+        "| | model.onnx (fp32) | model.int8.onnx |",
+        "|---|---|---|",
+        f"| latency, ONNX Runtime, batch 1, 1 thread (ms) | {r['latency_fp32_ms']:.3f} | "
+        f"{r['latency_int8_ms']:.3f} (x{r['latency_ratio']:.2f}) |",
+        f"| proxy-task accuracy (validation split) | {acc(r['acc_fp32'])} | {acc(r['acc_int8'])} |",
+        f"| file size (KB) | {r['size_fp32_kb']:.0f} | {r['size_int8_kb']:.0f} |",
+        "",
+        "Latencies are medians over interleaved rounds of the two sessions on this machine when "
+        "exporting; the ratio is the median of the per-round ratios.",
+    ]
+    if r["acc_fp32"] is None:
+        lines += ["", f"Accuracy is n/a: the classifier has {arch.num_classes} outputs, not the proxy "
+                     "task's classes (export weights trained with `shufflesearch train`)."]
+    return lines
+
+
 # --- report.md --------------------------------------------------------------------------------
 
 
@@ -363,6 +468,7 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
         "weights.pt": "state_dict for model.py: " + ("the given weights" if trained else "freshly initialised"),
         "model.pt2": "`torch.export` program of the inference form (BN folded), dynamic batch",
         "model.onnx": "the inference form as ONNX, dynamic batch; input `input`, output `logits`",
+        INT8: "model.onnx quantised to int8 (QDQ, per-channel weights), same input and output",
         "report.md": "this file",
     }
     lines = [
@@ -376,7 +482,7 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
         "| file | what | check |",
         "|---|---|---|",
     ]
-    for art in ARTEFACTS:
+    for art in ARTEFACTS + ((INT8,) if INT8 in result.files else ()):
         if art in result.skipped:
             lines.append(f"| {art} | skipped | {result.skipped[art]} |")
             continue
@@ -384,6 +490,9 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
             check = "reads back with the same archid"
         elif art == "model.py":
             check = f"imported alone; {result.params:,} params; max abs diff {result.max_abs_diff[art]:.3g}"
+        elif art == INT8:
+            check = (f"onnxruntime; max abs diff {result.max_abs_diff[art]:.3g}; top-1 agreement "
+                     f"with model.onnx {100 * result.int8['top1_agreement']:.1f}% (see below)")
         elif art in result.max_abs_diff:
             tool = "onnxruntime" if art == "model.onnx" else "saved, loaded, run"
             check = f"{tool}; max abs diff {result.max_abs_diff[art]:.3g}"
@@ -396,6 +505,8 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
               f"{c.macs / 1e6:.2f}M MACs, MAC {c.mac / 1e6:.2f}M elements, peak activation "
               f"{c.peak_activation / 1e6:.2f}M elements.", "", "```", format_costs(arch, c), "```"]
     lines += ["", "## Guidelines (ShuffleNet V2, Sec. 2)", "", *_guideline_lines(arch, res)]
+    if result.int8:
+        lines += ["", "## int8 (ONNX Runtime)", "", *_int8_lines(result.int8, arch, res)]
     lines += ["", "## Latency", ""]
     lat = info.get("latency")
     if isinstance(lat, Mapping):

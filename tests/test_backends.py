@@ -1,0 +1,264 @@
+"""The runtimes (measure/backends.py): every backend's runner computes what the training form
+computes, exports are cached, int8 calibrates on the images it is given, and a missing
+package is one clear line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shufflesearch.accuracy.data import load_data
+from shufflesearch.errors import UserError
+from shufflesearch.measure import backends as B
+from shufflesearch.measure.target import TargetSpec
+from shufflesearch.model.arch import Arch, Stage, Stem
+from shufflesearch.model.compile import build
+from shufflesearch.search.space import load_space
+
+HERE = Path(__file__).parent
+# Two small stages, one of each family, so both unit kinds go through the exporter.
+TINY = Arch(stages=(Stage("v2", 24, 2), Stage("v1", 48, 1, groups=2)), stem=Stem(channels=8), head=64,
+            num_classes=10)
+
+
+def randomised(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Weights far from the fresh init (non-trivial BN statistics, a large FC) so that logits
+    are O(1) and a wrong op shows up; fresh logits are ~1e-6 and would compare equal to noise."""
+    g = torch.Generator().manual_seed(seed)
+    sd = model.state_dict()
+    for k, v in sd.items():
+        if not v.is_floating_point():
+            continue
+        if k.endswith("running_var"):
+            sd[k] = torch.rand(v.shape, generator=g) + 0.5
+        elif k.startswith("fc."):
+            sd[k] = 0.3 * torch.randn(v.shape, generator=g)
+        else:
+            sd[k] = v + 0.1 * torch.randn(v.shape, generator=g)
+    model.load_state_dict(sd)
+    return model.eval()
+
+
+def reference(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(x)).numpy()
+
+
+def digits_like(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_runner_matches_training_form(backend):
+    spec = TargetSpec(resolution=32, batch=2, backend=backend)
+    r = B.make_runner(TINY, spec)
+    y = r.outputs()
+    ref = reference(B.seeded_model(TINY), r.x)
+    assert r.x.shape == (2, 3, 32, 32) and y.shape == (2, 10)
+    scale = float(np.abs(ref).max())
+    assert scale > 0
+    assert np.abs(y - ref).max() <= 1e-3 * scale  # BN folding reorders float32 arithmetic
+    # The runner is a zero-argument callable that runs again on the same input.
+    assert r() is not None and np.allclose(r.outputs(), y)
+
+
+def test_seeded_weights_do_not_touch_the_callers_rng():
+    torch.manual_seed(123)
+    a = torch.rand(3)
+    torch.manual_seed(123)
+    B.seeded_model(TINY)
+    assert torch.equal(torch.rand(3), a)
+    w1 = B.seeded_model(TINY).fc.weight
+    assert torch.equal(w1, B.seeded_model(TINY).fc.weight)
+
+
+def test_torch_runner_uses_the_spec_threads_and_restores_them():
+    before = torch.get_num_threads()
+    r = B.make_runner(TINY, TargetSpec(resolution=32, threads=2))
+    seen = []
+    real = r._fn
+    r._fn = lambda: (seen.append(torch.get_num_threads()), real())[1]
+    with r.context():
+        r()
+    assert seen == [2] and torch.get_num_threads() == before
+
+
+def test_module_runner_onnx_matches_torch():
+    m = randomised(build(TINY))
+    spec = TargetSpec(resolution=32, backend="onnxruntime")
+    r = B.make_module_runner(m, (3, 3, 32, 32), spec)
+    ref = reference(m, r.x)
+    assert np.abs(r.outputs() - ref).max() <= 1e-3 * np.abs(ref).max()
+    assert np.abs(ref).max() > 0.1  # not two near-zero tensors
+    assert r.info["path"] is None  # no key: not cached
+
+
+def test_export_cache_hits_on_second_call(monkeypatch):
+    spec = TargetSpec(resolution=32, batch=1, backend="onnxruntime")
+    arch = TINY.replace(num_classes=11)  # an archid no other test exported
+    calls = []
+    real = B.export_onnx
+    monkeypatch.setattr(B, "export_onnx", lambda *a, **k: (calls.append(a[2]), real(*a, **k))[1])
+    first = B.make_runner(arch, spec)
+    second = B.make_runner(arch, spec)
+    assert len(calls) == 1 and first.info["export_cached"] is False and second.info["export_cached"] is True
+    assert first.info["path"] == second.info["path"] and arch.archid in Path(first.info["path"]).name
+    assert np.array_equal(first.outputs(), second.outputs())
+    B.make_runner(arch, TargetSpec(resolution=32, batch=2, backend="onnxruntime"))  # another shape
+    assert len(calls) == 2
+
+
+def test_int8_agrees_with_fp32_in_top1():
+    m = randomised(build(TINY), seed=3)
+    shape = (32, 3, 32, 32)
+    r8 = B.make_module_runner(m, shape, TargetSpec(resolution=32, backend="onnxruntime-int8"),
+                              calibration=digits_like(64, 0))
+    ref = reference(m, r8.x)
+    y8 = r8.outputs()
+    assert y8.shape == ref.shape
+    agree = float((y8.argmax(1) == ref.argmax(1)).mean())
+    assert agree >= 0.75, agree
+    # Quantised, not the fp32 graph again: the logits move, but not far.
+    rel = np.abs(y8 - ref).max() / np.abs(ref).max()
+    assert 0 < rel < 0.5, rel
+
+
+def test_int8_calibration_reads_the_images_it_is_given():
+    arch = TINY.replace(num_classes=12)
+    spec = TargetSpec(resolution=32, batch=4, backend="onnxruntime-int8")
+    consumed = []
+
+    def images():  # an iterable of batches, at the proxy task's 16 px: resized to 32
+        for i in range(3):
+            consumed.append(i)
+            yield torch.from_numpy(digits_like(8, i)[:, :, :16, :16].copy())
+
+    a = B.make_runner(arch, spec, calibration=images())
+    assert consumed == [0, 1, 2] and a.info["calibration"]["images"] == 24
+    assert a.info["quantize_cached"] is False
+    again = B.make_runner(arch, spec, calibration=np.concatenate(
+        [digits_like(8, i)[:, :, :16, :16] for i in range(3)]))
+    assert again.info["quantize_cached"] is True  # same images: same fingerprint, same file
+    assert again.info["calibration"] == a.info["calibration"]
+    # Images 50x larger widen every activation range: another file, other quantisation scales.
+    wide = B.make_runner(arch, spec, calibration=50 * digits_like(24, 0))
+    assert wide.info["calibration"]["fingerprint"] != a.info["calibration"]["fingerprint"]
+    assert wide.info["path"] != a.info["path"]
+    scales = []
+    import onnx
+
+    for r in (a, wide):
+        g = onnx.load(r.info["path"]).graph
+        q = [n for n in g.node if n.op_type == "QuantizeLinear"][0]
+        init = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+        scales.append(float(np.max(init[q.input[1]])))
+    assert scales[1] > 5 * scales[0]
+
+
+def test_int8_without_calibration_is_an_error():
+    with pytest.raises(UserError, match="calibration"):
+        B.make_runner(TINY, TargetSpec(resolution=32, backend="onnxruntime-int8"))
+    with pytest.raises(UserError, match="calibration: no images"):
+        B.make_runner(TINY, TargetSpec(resolution=32, backend="onnxruntime-int8"), calibration=[])
+
+
+@pytest.mark.parametrize("hidden", ["onnxruntime", "onnx"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "onnxruntime-int8"])
+def test_missing_package_is_one_line(hidden, backend, monkeypatch):
+    monkeypatch.setitem(sys.modules, hidden, None)  # any `import <hidden>` fails
+    with pytest.raises(UserError) as e:
+        B.make_runner(TINY, TargetSpec(resolution=32, backend=backend), calibration=digits_like(4, 0))
+    msg = str(e.value)
+    assert "\n" not in msg and hidden in msg and 'pip install -e ".[onnx]"' in msg and backend in msg
+    B.make_runner(TINY, TargetSpec(resolution=32))  # torch needs neither
+
+
+def test_target_and_space_accept_the_three_backends(tmp_path):
+    assert B.BACKENDS == ("torch", "onnxruntime", "onnxruntime-int8")
+    for b in B.BACKENDS:
+        assert TargetSpec(backend=b).backend == b
+    with pytest.raises(UserError, match="target.backend: must be one of torch, onnxruntime, onnxruntime-int8"):
+        TargetSpec(backend="int8")
+    text = (HERE / "spaces" / "tiny.yaml").read_text()
+    assert "threads: 1," in text
+    for b in B.BACKENDS:
+        (tmp_path / f"{b}.yaml").write_text(text.replace("threads: 1,", f"threads: 1, backend: {b},"))
+        assert load_space(tmp_path / f"{b}.yaml").target.backend == b
+    (tmp_path / "bad.yaml").write_text(text.replace("threads: 1,", "threads: 1, backend: tensorrt,"))
+    with pytest.raises(UserError, match="target.backend") as e:
+        load_space(tmp_path / "bad.yaml")
+    assert "\n" not in str(e.value) and "onnxruntime-int8" in str(e.value)
+
+
+# --- the export bundle's int8 model -------------------------------------------------------------
+
+
+def test_export_adds_a_verified_int8_model(tmp_path):
+    import onnxruntime as ort
+
+    from shufflesearch.review.export import ARTEFACTS, INT8, ExportError, export_arch
+
+    m = randomised(build(TINY), seed=5)
+    res = export_arch(TINY, tmp_path / "b", state_dict=m.state_dict(), resolution=32, torch_export=False,
+                      int8=True, proxy={"dataset": "digits", "resolution": 16})
+    out = tmp_path / "b"
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(a for a in ARTEFACTS if a != "model.pt2"), INT8])
+    r = res.int8
+    assert r["calibration_images"] == 64 and r["val_images"] == 359  # digits: 1,797 images, 20% held out
+    assert 0.5 <= r["top1_agreement"] <= 1 and r["latency_fp32_ms"] > 0 and r["latency_int8_ms"] > 0
+    assert r["acc_fp32"] is not None and 0 <= r["acc_int8"] <= 1  # 10 outputs: digits' classes
+    assert r["size_int8_kb"] < r["size_fp32_kb"]
+    # Our own session on validation digits (the range it was calibrated for), another batch
+    # size (the dynamic batch is kept): it agrees with the training form as export reported.
+    val = load_data({"dataset": "digits", "resolution": 16}).val
+    x = torch.nn.functional.interpolate(val.x[:100], size=(32, 32), mode="bilinear", align_corners=False)
+    s = ort.InferenceSession(str(out / INT8), providers=["CPUExecutionProvider"])
+    (y,) = s.run(None, {s.get_inputs()[0].name: x.numpy()})
+    ref = reference(m, x.numpy())
+    assert y.shape == (100, 10)
+    assert abs(float((y.argmax(1) == ref.argmax(1)).mean()) - r["top1_agreement"]) < 0.15
+    assert any(n.op_type == "DequantizeLinear" for n in __import__("onnx").load(str(out / INT8)).graph.node)
+    report = (out / "report.md").read_text()
+    assert "## int8 (ONNX Runtime)" in report and f"{100 * r['top1_agreement']:.1f}%" in report
+    assert f"{100 * r['acc_int8']:.1f}%" in report
+
+    # A later export without --int8 leaves no stale int8 model beside the new files.
+    export_arch(TINY, out, resolution=32, torch_export=False, onnx=False)
+    assert not (out / INT8).exists()
+    with pytest.raises(ExportError, match="model.int8.onnx: needs model.onnx"):
+        export_arch(TINY, tmp_path / "c", resolution=32, torch_export=False, onnx=False, int8=True)
+
+
+def test_int8_keeps_the_classifier_float(tmp_path):
+    import onnx
+
+    r = B.make_runner(TINY.replace(num_classes=13), TargetSpec(resolution=32, backend="onnxruntime-int8"),
+                      calibration=digits_like(8, 0))
+    fp32 = onnx.load(r.info["path"].split("_int8_")[0] + ".onnx")
+    fc = B.classifier_nodes(fp32)
+    assert fc and [n.op_type for n in fp32.graph.node if n.name in fc][0] in ("MatMul", "Gemm")
+    g = onnx.load(r.info["path"]).graph
+    producer = {o: n for n in g.node for o in n.output}
+    node = producer[g.output[0].name]  # the logits come from the float classifier, not a DQ node
+    assert node.op_type in ("MatMul", "Gemm", "Add")
+    assert sum(n.op_type == "QuantizeLinear" for n in g.node) > 5  # the rest is quantised
+
+
+def test_cli_export_arch_int8(tmp_path, capsys):
+    import json
+
+    from shufflesearch.cli import main
+
+    (tmp_path / "a.yaml").write_text(TINY.to_yaml())
+    assert main(["export-arch", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "b"), "--resolution", "32",
+                 "--no-pt2", "--int8", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert "model.int8.onnx" in d["files"] and 0 <= d["int8"]["top1_agreement"] <= 1
+    assert d["int8"]["proxy"] == "digits" and d["int8"]["calibration_images"] == 64
+    assert main(["export-arch", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "c"), "--int8",
+                 "--data", "nope"]) == 2
+    assert "proxy.name" in capsys.readouterr().err
