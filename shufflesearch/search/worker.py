@@ -60,8 +60,7 @@ def _mark_started(study: optuna.Study, trial_id: int) -> None:
 class Sweeper:
     """Fails the trials of dead workers: those whose heartbeat went stale (Optuna's sweep, which
     queues a retry), and those orphaned inside ``study.ask()`` - RUNNING, but never marked by a
-    worker (no heartbeat either, so Optuna never sees them). Orphans are timed by this worker's
-    own clock from when it first saw them, so machines with skewed clocks agree."""
+    worker (no heartbeat either, so Optuna never sees them) for ORPHAN_S."""
 
     def __init__(self, study: optuna.Study) -> None:
         self.study = study
@@ -75,7 +74,11 @@ class Sweeper:
             if (t.system_attrs.get(_WORKER_ATTR) or {}).get("trial_id") == t._trial_id:
                 continue
             running.add(t._trial_id)
-            if now - self.seen.setdefault(t._trial_id, now) >= ORPHAN_S:
+            seen = now - self.seen.setdefault(t._trial_id, now)
+            # Its start time (the popping worker's clock) spares a fresh worker the full wait on
+            # one machine; its own observation keeps it right when clocks disagree.
+            age = time.time() - t.datetime_start.timestamp() if t.datetime_start else 0.0
+            if max(seen, age) >= ORPHAN_S:
                 with contextlib.suppress(Exception):  # another worker may be failing it too
                     self.study._storage.set_trial_user_attr(
                         t._trial_id, "fail_reason", "worker died while the trial was being created")
