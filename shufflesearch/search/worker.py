@@ -88,11 +88,6 @@ class Sweeper:
         self.seen = {k: v for k, v in self.seen.items() if k in running}
 
 
-def fail_orphans(study: optuna.Study) -> None:
-    """One sweep with no memory: fails every unmarked RUNNING trial at once if ORPHAN_S is 0."""
-    Sweeper(study)()
-
-
 def _slots(study: optuna.Study, budget: int) -> tuple[int, list[str]]:
     """(completed search trials, keys of the budget's slots that are free or whose owner died).
 
