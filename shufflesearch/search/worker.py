@@ -111,6 +111,14 @@ def _slots(study: optuna.Study, budget: int) -> tuple[int, list[str]]:
     return len(done), free
 
 
+def _in_flight(study: optuna.Study) -> bool:
+    """Whether a search trial that a worker took out of ask() is still RUNNING (orphans of
+    ask() are left to the sweep: they hold nothing and are failed after ORPHAN_S)."""
+    return any((t.system_attrs.get(_WORKER_ATTR) or {}).get("trial_id") == t._trial_id
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if not t.user_attrs.get("baseline"))
+
+
 def _take_slot(study: optuna.Study, trial_id: int, budget: int) -> bool:
     _, free = _slots(study, budget)
     st = study._storage
@@ -262,6 +270,12 @@ def work(run: Run, budget: int, stop_event: Any = None, worker: int = 0) -> int:
         sweep()
         done, free = _slots(study, budget)
         if done >= budget:
+            if _in_flight(study):
+                # A trial still RUNNING holds no slot here: a peer's, about to step back, or a
+                # dead worker's, failed (and queued for retry) once its heartbeat is stale.
+                # Waiting for it means a finished run leaves no RUNNING trial behind.
+                time.sleep(0.5)
+                continue
             return 0
         if not free:
             time.sleep(0.5)  # every slot is held: wait for them to finish or go stale
