@@ -46,7 +46,8 @@ def main() -> int:
     a = ap.parse_args()
     rng = random.Random(a.seed)
     faults = [f"{p}:1" for _ in range(a.repeats) for p in POINTS] + ["external"] * a.external
-    budget = len(faults) + 2
+    # Room for the outside kills to land mid-run: a tiny trial takes about a second.
+    budget = len(faults) + 2 + 10 * a.external
     tmp = Path(tempfile.mkdtemp(prefix="fault-bench-"))
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "SHUFFLESEARCH_CACHE_DIR": str(tmp / "cache")}
     env.pop("SHUFFLESEARCH_FAULT", None)
