@@ -2,12 +2,14 @@
 
     python bench/fault_injection.py [--repeats 2] [--external 2] [--space tests/spaces/tiny.yaml]
 
-Each cycle starts `shufflesearch run` on the same run folder and kills it: at a named point of
-its first trial (SHUFFLESEARCH_FAULT=point:1, for sample, latency, proxies and storage, each
---repeats times), or from outside with SIGKILL after a random 4-12 s (--external times). After
-every kill the completed trials are compared with those before it; a final clean run must
-reach the budget exactly. Prints faults injected, survived, trials lost and architectures
-measured twice.
+Each cycle starts `shufflesearch run` on the same run folder and kills it: at a named point
+(SHUFFLESEARCH_FAULT=point:1, for sample, latency, retry, ask, proxies and storage, each
+--repeats times), or from outside with SIGKILL after a random 4-12 s (--external times).
+`ask` dies inside study.ask() (the trial created, no heartbeat yet); `retry` dies inside the
+ask() that pops the queued retry of the trial the previous cycle killed. After every kill the
+completed trials are compared with those before it; a final clean run must reach the budget
+exactly, with no trial left RUNNING. Prints faults injected, survived, trials lost,
+architectures measured twice, retries and orphans failed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-POINTS = ("sample", "latency", "proxies", "storage")
+POINTS = ("ask", "sample", "latency", "retry", "proxies", "storage")  # retry follows a kill
 
 
 def completed(db: Path) -> dict[int, tuple[list[float], str]]:
@@ -44,7 +46,8 @@ def main() -> int:
     a = ap.parse_args()
     rng = random.Random(a.seed)
     faults = [f"{p}:1" for _ in range(a.repeats) for p in POINTS] + ["external"] * a.external
-    budget = len(faults) + 2
+    # Room for the outside kills to land mid-run: a tiny trial takes about a second.
+    budget = len(faults) + 2 + 10 * a.external
     tmp = Path(tempfile.mkdtemp(prefix="fault-bench-"))
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "SHUFFLESEARCH_CACHE_DIR": str(tmp / "cache")}
     env.pop("SHUFFLESEARCH_FAULT", None)
@@ -70,8 +73,17 @@ def main() -> int:
         survived += rc == -9 and not gone
         print(f"  {f:<10} exit {rc:>3}  completed {len(now):>2}  lost {len(gone)}", flush=True)
         before = now
+    t_kill = time.perf_counter()
     rc = subprocess.run(cmd, env=env).returncode
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
+    swept = 0
+    if rc == 0 and study.get_trials(states=(TrialState.RUNNING,)):
+        # A trial orphaned inside ask() is failed once it is ORPHAN_S (60 s) old; a run that
+        # reaches the budget sooner leaves it RUNNING (it holds no slot), and the next run fails it.
+        swept = len(study.get_trials(states=(TrialState.RUNNING,)))
+        time.sleep(max(0.0, 65 - (time.perf_counter() - t_kill)))
+        rc = subprocess.run(cmd, env=env).returncode
+        study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
     done = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if not t.user_attrs.get("baseline")]
     lost += len([n for n, v in before.items() if completed(db).get(n) != v])
     con = sqlite3.connect(tmp / "cache" / "latency.sqlite")
@@ -82,10 +94,16 @@ def main() -> int:
           f"({a.repeats}x each of {', '.join(POINTS)}; {a.external} external)")
     print(f"faults survived: {survived}; final run exit {rc}; completed {len(done)} of budget {budget} "
           f"(exact: {len(done) == budget}); still RUNNING: {len(study.get_trials(states=(TrialState.RUNNING,)))}")
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") is not None]
+    orphans = [t for t in study.trials if "being created" in t.user_attrs.get("fail_reason", "")]
+    running = len(study.get_trials(states=(TrialState.RUNNING,)))
     print(f"trials lost: {lost}; architectures measured twice: {twice}; "
-          f"stale trials failed and retried: {sum(1 for t in study.trials if t.system_attrs.get('failed_trial') is not None)}; "
+          f"stale trials failed and retried: {len(retries)} ({sum(t.state == TrialState.COMPLETE for t in retries)} "
+          f"retries completed); orphaned inside ask() and failed: {len(orphans)} "
+          f"({swept} by a second run); "
           f"{time.perf_counter() - t0:.0f} s")
-    return 0 if (lost == 0 and len(done) == budget and rc == 0 and twice == 0) else 1
+    ok = lost == 0 and len(done) == budget and rc == 0 and twice == 0 and running == 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -18,33 +19,105 @@ from .evaluator import Evaluator
 from .front import pareto_front, spread_indices
 from .objective import _constraint_system_attrs, constraint_items, objective_values
 from .records import TrialRecord, completed, trial_records
-from .runfolder import Run
+from .runfolder import Run, claim, claims
+from .worker import Sweeper, _heartbeat, _mark_started, evaluate_once
 
 log = logging.getLogger("shufflesearch.search")
 
 
+_FINAL = "shufflesearch:final"  # system attr: this baseline trial ended by its own evaluation
+
+
+def _baseline_settled(storage: Any, trial_id: int) -> bool:
+    """A baseline claim stays with its trial once that trial completed, was rejected by the
+    pre-filter or raised (the same error would come back); it passes on only when its worker
+    died or was interrupted."""
+    try:
+        t = getattr(storage, "_backend", storage).get_trial(trial_id)
+    except KeyError:
+        return False
+    return t.state != TrialState.FAIL or bool(t.system_attrs.get(_FINAL))
+
+
 def evaluate_baselines(run: Run, evaluate: Evaluator | None = None) -> None:
-    """Evaluate the presets that fit the space, once, before any search trial; they are stored
-    as completed trials marked ``baseline`` and do not count towards the budget."""
+    """Evaluate the presets that fit the space, once per study, before this worker's search
+    trials; they are stored as trials marked ``baseline`` and do not count towards the budget.
+
+    Several machines starting one study together share the work: each baseline is claimed in
+    the study's storage by the trial that evaluates it (see runfolder.claim), so it is evaluated
+    once; the others skip it. A baseline the latency pre-filter rejects is a PRUNED trial with
+    its reason, one that raises a FAIL with its reason; neither is evaluated again on re-runs.
+    A baseline whose worker died (its trial went stale) is taken over by the next run."""
     study = run.load_study()
-    have = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    todo = [(n, a) for n, a in run.space.baseline_archs().items() if n not in have]
+    st = study._storage
+    done = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    owned = claims(st, study._study_id, "baseline:")
+    todo = [(n, a) for n, a in run.space.baseline_archs().items()
+            if n not in done and not (f"baseline:{n}" in owned and _baseline_settled(st, owned[f"baseline:{n}"]))]
     if not todo:
         return
     evaluate = evaluate or Evaluator(run.space)
+    sweep = Sweeper(study)
     for name, arch in todo:
-        log.info("baseline %s (%s)", name, arch.archid)
-        timings: dict[str, float] = {}
-        rec = evaluate(arch, timings)
-        rec.constraints = constraint_items(run.space, rec)
-        rec.baseline, rec.timings = name, timings
+        sweep()
         # Stored with the params the space would sample it from, so the sampler learns from it.
         params, dists = run.space.encode(arch) if run.space.contains(arch) else ({}, {})
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions=dists,
-            values=objective_values(run.space, rec), user_attrs=rec.to_user_attrs(),
-            system_attrs=_constraint_system_attrs(rec.constraints),
-        ))
+        tid = st.create_new_trial(study._study_id, template_trial=optuna.trial.create_trial(
+            state=TrialState.RUNNING, params=params, distributions=dists,
+            user_attrs={"baseline": name, "archid": arch.archid}))
+        number = getattr(st, "_backend", st).get_trial(tid).number
+        with _heartbeat(st, tid):
+            _mark_started(study, tid)
+            owner = claim(st, study._study_id, f"baseline:{name}", tid,
+                          lambda o: not _baseline_settled(st, o))
+            if owner != tid:
+                log.info("baseline %s: trial %d evaluates it; skipped here", name, owner)
+                st.set_trial_user_attr(tid, "fail_reason", f"not evaluated: baseline {name} is "
+                                       f"evaluated by another trial (trial id {owner})")
+                st.set_trial_system_attr(tid, _FINAL, True)
+                st.set_trial_state_values(tid, TrialState.PRUNED)
+                continue
+            try:
+                _evaluate_baseline(run, study, tid, number, name, arch, evaluate, sweep)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                log.warning("baseline %s (trial %d) was taken over: another worker failed it as "
+                            "stale; going on", name, number)
+
+
+def _evaluate_baseline(run: Run, study: optuna.Study, tid: int, number: int, name: str,
+                       arch: Arch, evaluate: Evaluator, sweep: Sweeper) -> None:
+    st = study._storage
+    log.info("baseline %s (%s), trial %d", name, arch.archid, number)
+    timings: dict[str, float] = {}
+    try:
+        rec = evaluate_once(study, tid, arch, evaluate, timings, sweep)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        raise
+    except optuna.TrialPruned as e:
+        log.warning("baseline %s rejected: %s", name, e)
+        st.set_trial_user_attr(tid, "fail_reason", f"pruned: {e}")
+        st.set_trial_system_attr(tid, _FINAL, True)
+        st.set_trial_state_values(tid, TrialState.PRUNED)
+        return
+    except KeyboardInterrupt:
+        st.set_trial_user_attr(tid, "fail_reason", "interrupted by the user")
+        st.set_trial_state_values(tid, TrialState.FAIL)
+        raise
+    except Exception as e:
+        reason = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        log.warning("baseline %s failed: %s", name, reason)
+        st.set_trial_user_attr(tid, "fail_reason", reason)
+        st.set_trial_system_attr(tid, _FINAL, True)
+        st.set_trial_state_values(tid, TrialState.FAIL)
+        return
+    rec.constraints = constraint_items(run.space, rec)
+    rec.baseline, rec.timings = name, timings
+    for k, v in rec.to_user_attrs().items():
+        st.set_trial_user_attr(tid, k, v)
+    for k, v in _constraint_system_attrs(rec.constraints).items():
+        st.set_trial_system_attr(tid, k, v)
+    st.set_trial_system_attr(tid, _FINAL, True)
+    st.set_trial_state_values(tid, TrialState.COMPLETE, objective_values(run.space, rec))
 
 
 def short_train_picks(records: list[TrialRecord], k: int) -> list[TrialRecord]:

@@ -7,9 +7,12 @@ recompute. Optuna's storage is the run's database: SQLite in runs/NAME/study.db 
 any RDB URL (PostgreSQL) for many machines. Resuming is re-running the same command.
 
 Budget semantics: ``budget`` counts COMPLETE search trials; baselines (the presets that fit the
-space) are evaluated first and do not count. Failed/pruned trials (impossible architectures,
-build errors, NaN proxies, out-of-memory, interruptions) never count. Crashed workers' trials
-go stale through Optuna's heartbeat, are failed and retried.
+space) are evaluated first, once per study, and do not count. Failed/pruned trials (impossible
+architectures, build errors, NaN proxies, out-of-memory, interruptions) never count. A search
+trial is evaluated only while it holds one of the budget's slots, claimed in the study's
+storage (worker.py), so the count is exact under any interleaving of workers, retries and
+kills. Crashed workers' trials go stale through Optuna's heartbeat, are failed and retried,
+and their slots pass on.
 """
 
 from __future__ import annotations

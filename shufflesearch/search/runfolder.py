@@ -8,12 +8,15 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
 import yaml
+from optuna.trial import TrialState
 
 from ..common.yamlio import parse_yaml
 from ..errors import UserError
@@ -79,19 +82,19 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite"):
         # Many local workers share one file: wait for the lock instead of failing.
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
-    from sqlalchemy.exc import IntegrityError
-
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(
+            st = optuna.storages.RDBStorage(
                 url,
                 heartbeat_interval=int(HEARTBEAT_S),
                 grace_period=int(GRACE_S),
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=3),
                 **kwargs,
             )
-        except IntegrityError:
-            # Workers started together on an empty database race to create Optuna's tables;
+            _CLAIMS.metadata.create_all(st.engine, checkfirst=True)
+            return st
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
+            # Workers started together on an empty database race to create the tables;
             # the loser finds them made on the next try.
             if attempt == 4:
                 raise UserError(f"cannot open storage {url}: its tables could not be created") from None
@@ -99,6 +102,86 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         except Exception as e:  # bad URL, server down, missing driver
             raise UserError(f"cannot open storage {url}: {str(e).splitlines()[0]}") from None
     raise AssertionError("unreachable")
+
+
+class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose worker died, minus the dead trial's user attributes: its
+    half-written results and its archid are not the retry's (a retry that dies inside ask()
+    would otherwise look like a trial that got as far as sampling). A baseline is not queued:
+    the next ``evaluate_baselines`` takes its claim over."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.user_attrs.get("baseline"):
+            return
+        keep = {k: v for k, v in trial.system_attrs.items() if k in ("failed_trial", "retry_history")}
+        bare = optuna.trial.create_trial(state=TrialState.FAIL, params=trial.params,
+                                         distributions=trial.distributions, system_attrs=keep)
+        bare.number = trial.number
+        super().__call__(study, bare)
+
+
+# --- claims: one row per (study, key), taken atomically ---------------------------------------
+# The RDB's primary key makes "insert if absent" atomic on SQLite and PostgreSQL alike, so a
+# claim holds whatever the interleaving of workers and machines. Every claim is owned by a trial
+# (its Optuna trial_id); when that trial ends FAIL or PRUNED (its worker died and it went stale,
+# or it raised) the claim is dead and the next claimant takes it over with a compare-and-set.
+
+_CLAIMS = sa.Table(
+    "shufflesearch_claims", sa.MetaData(),
+    sa.Column("study_id", sa.Integer, primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("owner", sa.Integer, nullable=False),  # trial_id of the claiming trial
+)
+
+
+def _engine(storage: Any) -> sa.engine.Engine:
+    """The SQLAlchemy engine of a run's storage (load_study wraps it in a cache)."""
+    return getattr(storage, "_backend", storage).engine
+
+
+def claims(storage: Any, study_id: int, prefix: str) -> dict[str, int]:
+    """key -> owner trial_id for every claim of the study whose key starts with ``prefix``."""
+    c = _CLAIMS.c
+    with _engine(storage).connect() as con:
+        rows = con.execute(sa.select(c.key, c.owner).where(
+            c.study_id == study_id, c.key.startswith(prefix, autoescape=True))).all()
+    return {k: o for k, o in rows}
+
+
+def claim(storage: Any, study_id: int, key: str, trial_id: int,
+          dead: Callable[[int], bool]) -> int:
+    """Claim ``key`` for trial ``trial_id``; returns the owner afterwards (``trial_id`` when
+    this trial holds it). A claim whose owner ``dead(owner)`` says is dead is taken over."""
+    c = _CLAIMS.c
+    eng = _engine(storage)
+    for _ in range(10):
+        try:
+            with eng.begin() as con:
+                con.execute(_CLAIMS.insert().values(study_id=study_id, key=key, owner=trial_id))
+            return trial_id
+        except sa.exc.IntegrityError:
+            pass
+        with eng.connect() as con:
+            owner = con.execute(sa.select(c.owner).where(c.study_id == study_id, c.key == key)).scalar()
+        if owner is None:
+            continue  # released between the two statements: insert again
+        if owner == trial_id or not dead(owner):
+            return owner
+        with eng.begin() as con:  # compare-and-set: only if nobody took it over meanwhile
+            n = con.execute(_CLAIMS.update().where(c.study_id == study_id, c.key == key,
+                                                   c.owner == owner).values(owner=trial_id)).rowcount
+        if n == 1:
+            log.info("claim %s: taken over from dead trial id %d", key, owner)
+            return trial_id
+    raise RuntimeError(f"claim {key}: no stable owner after 10 tries")
+
+
+def trial_state(storage: Any, trial_id: int) -> TrialState | None:
+    """The trial's state read from the database itself (None if it does not exist)."""
+    try:
+        return getattr(storage, "_backend", storage).get_trial(trial_id).state
+    except KeyError:
+        return None
 
 
 def _sqlite_wal(path: Path) -> None:
