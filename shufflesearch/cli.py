@@ -263,13 +263,26 @@ def cmd_guidelines(args: argparse.Namespace) -> int:
 
 
 def _add_proxies(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["validate"], help="validate: rank proxies against short training")
-    p.add_argument("space", help="a search-space YAML, or {proxy: {...}, archs: [...]}")
+    p.add_argument("action", choices=["validate"],
+                   help="validate: rank proxies and the fidelity ladder against the longest training")
+    p.add_argument("space", help="a search-space YAML, or {proxy: {...}, fidelity: {...}, archs: [...]}")
     p.add_argument("--n", type=int, default=30, help="architectures to sample (default 30)")
-    p.add_argument("--seeds", type=int, default=2, help="short-training seeds per arch (default 2)")
-    p.add_argument("--steps", type=int, default=150, help="short-training SGD steps (default 150)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds of the longest training per arch (default: the file's fidelity.check.seeds, 2)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps of the longest training, the ground truth (default: fidelity.check.steps, 810)")
+    p.add_argument("--rungs", default=None,
+                   help="ladder rungs as steps, e.g. 30,90,270, or `none` (default: the file's fidelity.rungs)")
+    p.add_argument("--ladder-seeds", type=int, default=1,
+                   help="seeds of the ladder per arch (default 1, as in a search; 2+ adds its noise ceiling)")
+    p.add_argument("--data", default=None,
+                   help="proxy task instead of the file's: digits, npz:PATH or folder:PATH")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="where to train (default: the file's fidelity.device, auto)")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the architecture sample")
-    p.add_argument("--out", default=None, help="folder for validation.json and validation.png")
+    p.add_argument("--out", default=None,
+                   help="folder for validation.json, validation.png and rows.jsonl (resumable; "
+                        "several processes may share it to split the work)")
     p.add_argument("--json", action="store_true", help="print the JSON report")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -281,7 +294,14 @@ def cmd_proxies(args: argparse.Namespace) -> int:
     import torch
 
     from .accuracy.data import DataSpec, load_data
-    from .accuracy.validation import format_report, load_validation_set, plot_report, validate_proxies
+    from .accuracy.fidelity import FidelitySettings
+    from .accuracy.validation import (
+        format_report,
+        load_fidelity,
+        load_validation_set,
+        plot_report,
+        validate_proxies,
+    )
 
     if args.n < 3:
         raise UserError(f"--n: {args.n} must be >= 3")
@@ -289,7 +309,27 @@ def cmd_proxies(args: argparse.Namespace) -> int:
         raise UserError(f"--threads: must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     archs, proxy = load_validation_set(args.space, args.n, args.sample_seed)
-    data = load_data(DataSpec.from_dict(proxy))
+    fid = load_fidelity(args.space)
+    if args.rungs is not None:
+        if args.rungs.strip().lower() == "none":
+            fid = None
+        else:
+            try:
+                rungs = [int(x) for x in args.rungs.split(",")]
+            except ValueError:
+                raise UserError(f"--rungs: {args.rungs!r} must be comma-separated integers or none") from None
+            base = (fid or FidelitySettings()).to_dict()
+            fid = FidelitySettings.from_dict({**base, "rungs": rungs}, "--rungs")
+    check = (fid or FidelitySettings()).check
+    steps = args.steps if args.steps is not None else check.steps
+    seeds = args.seeds if args.seeds is not None else check.seeds
+    if steps < 1:
+        raise UserError(f"--steps: {steps} must be >= 1")
+    device = args.device or (fid.device if fid else "auto")
+    if args.data is not None:
+        proxy = {**proxy, "dataset": args.data}
+        proxy.pop("name", None)
+    data = load_data(DataSpec.from_dict(proxy, "--data" if args.data else "proxy"))
     names = proxy.get("proxies") or None
     quiet = args.quiet or args.json
     out = Path(args.out) if args.out else None
@@ -298,9 +338,11 @@ def cmd_proxies(args: argparse.Namespace) -> int:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"--out {args.out}: cannot create ({e.strerror})") from None
-    report = validate_proxies(archs, data, seeds=args.seeds, names=names, steps=args.steps,
+    report = validate_proxies(archs, data, seeds=seeds, names=names, steps=steps,
                               progress=None if quiet else lambda m: print(m, file=sys.stderr, flush=True),
-                              rows_path=str(out / "rows.jsonl") if out else None)
+                              rows_path=str(out / "rows.jsonl") if out else None,
+                              rungs=fid.rungs if fid else None, ladder_seeds=args.ladder_seeds,
+                              device=device)
     if out is not None:
         try:
             (out / "validation.json").write_text(json.dumps(report, indent=2))
@@ -314,7 +356,6 @@ def cmd_proxies(args: argparse.Namespace) -> int:
         if args.out:
             print(f"wrote {Path(args.out) / 'validation.json'} and {Path(args.out) / 'validation.png'}")
     return 0
-
 
 
 # --- train ------------------------------------------------------------------------------------
