@@ -102,13 +102,14 @@ def test_train_to_rung_continues_the_previous_rung(data, tmp_path):
     assert r3["sotl"] == -sum(straight.losses)
     assert r1["sotl"] == -sum(straight.losses[:3])
     # only the newest checkpoint is kept, and it holds the one run's weights
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rung3.pt"]
+    assert sorted(p.name for p in tmp_path.glob("rung*")) == ["rung3.pt"]
     ck = torch.load(tmp_path / "rung3.pt", weights_only=False)
     w = straight.model.state_dict()
     assert all(torch.equal(ck["trainer"]["model"][k], w[k]) for k in w)
     # asking again for a rung already reached trains nothing
     again = train_to_rung(TINY[0], data, RUNGS, 2, tmp_path, seed=0)
     assert again["trained_seconds"] == 0.0 and again["val_acc"] == r2["val_acc"]
+    assert (tmp_path / ".lock").exists()  # the folder lock serialising workers
 
 
 def test_killed_rung_restarts_cleanly(data, tmp_path, monkeypatch):
@@ -127,7 +128,7 @@ def test_killed_rung_restarts_cleanly(data, tmp_path, monkeypatch):
     monkeypatch.setattr(fid, "rung_estimates", dies_once)
     with pytest.raises(KeyboardInterrupt):
         train_to_rung(TINY[1], data, RUNGS, 3, tmp_path, seed=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rung1.pt"]
+    assert sorted(p.name for p in tmp_path.glob("*rung*")) == ["rung1.pt"]
     (tmp_path / ".rung2.pt.x.tmp").write_bytes(b"torn")  # a write cut short: ignored
     r3 = train_to_rung(TINY[1], data, RUNGS, 3, tmp_path, seed=1)
     assert r3["resumed_from"] == 1
@@ -255,9 +256,13 @@ def test_promotion_rule_by_hand():
     assert [p.id for p in ranking(HAND)] == [1, 3, 2, 4, 5, 6]
     # eta 3: floor(6/3) = 2 promoted: the two ends of the front, not the middle point B
     assert [should_promote(t, HAND, 3) for t in (1, 2, 3, 4, 5, 6)] == [True, False, True, False, False, False]
+    assert [should_promote(t, HAND, 3, min_one=False) for t in (1, 2, 3)] == [True, False, True]
     assert should_promote(2, HAND, 2)  # eta 2: floor(6/2) = 3 -> B too
     assert promotable(HAND, promoted=[1], eta=3) == [3]
     assert promotable(HAND[:2], promoted=[], eta=3) == []  # fewer than eta finished: nobody yet
+    # ... unless deciding at finish time: the best of the first few climbs (A: both ends, lower id)
+    assert should_promote(1, HAND[:2], 3) and not should_promote(2, HAND[:2], 3)
+    assert not should_promote(1, HAND[:2], 3, min_one=False)
     with pytest.raises(ValueError, match="trial 9"):
         should_promote(9, HAND, 3)
 
@@ -302,3 +307,17 @@ def test_check_estimator_trains_stores_and_reuses(data):
     assert again["check_acc_mean"] == rep["check_acc_mean"]
     with pytest.raises(UserError, match="at least 3"):
         check_estimator(TINY[:2], [0.1, 0.2], data, steps=2, seeds=1, estimator="val_acc")
+
+
+def test_two_workers_on_one_folder_train_once(data, tmp_path):
+    import threading
+
+    out: list[dict] = []
+    ts = [threading.Thread(target=lambda: out.append(train_to_rung(TINY[0], data, RUNGS, 2, tmp_path, seed=0)))
+          for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert sorted(r["trained_seconds"] == 0.0 for r in out) == [False, True]  # one trained, one waited
+    assert out[0]["val_acc"] == out[1]["val_acc"]

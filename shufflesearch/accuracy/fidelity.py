@@ -20,12 +20,16 @@ written to a temporary file, flushed and renamed, so a kill -9 leaves either the
 the new one; an older rung's file is removed only after the newer one is in place. A killed
 rung therefore restarts cleanly from the previous rung's checkpoint (or from the seeded
 initial weights), and asking again for a rung already reached trains nothing.
+
+Rung and check training hold the shared compute lock (measure/env.py), like `shufflesearch
+train`, so that no worker times a candidate's latency while another trains.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import math
 import os
 import tempfile
@@ -40,6 +44,7 @@ import torch
 
 from ..common.stats import bootstrap_ci, kendall_tau
 from ..errors import UserError
+from ..measure.env import compute_lock
 from ..model.arch import Arch, resolve_arch
 from .data import ProxyData
 from .training import Trainer, evaluate, fresh_model, resolve_device, short_train
@@ -201,15 +206,29 @@ def train_to_rung(arch: Arch | str, data: ProxyData, settings: FidelitySettings,
         history          the estimates of rungs 1..rung, in order
 
     A checkpoint of another architecture, seed, schedule or data is an error (UserError naming
-    the file): the caller gives every trial its own folder.
+    the file): give every (architecture, seed) its own folder. Calls on one folder are
+    serialised by an flock on ``ckpt_dir/.lock``.
     """
     if not _is_int(rung) or not 1 <= rung <= len(settings.rungs):
         raise UserError(f"rung: {rung!r} must be in 1..{len(settings.rungs)} (rungs {list(settings.rungs)})")
     a = resolve_arch(arch)
-    ident = {"archid": a.archid, "seed": seed, "rungs": list(settings.rungs), "lr": lr,
-             "weight_decay": weight_decay, "data": repr(data.spec), "num_classes": data.num_classes}
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    # One trainer per folder at a time: a second worker given the same folder (a duplicate
+    # architecture, a re-run orphan) waits, then finds the rung there and trains nothing.
+    with open(ckpt_dir / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _train_to_rung(a, data, settings, rung, ckpt_dir, seed, lr, weight_decay, on_rung)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _train_to_rung(a: Arch, data: ProxyData, settings: FidelitySettings, rung: int, ckpt_dir: Path,
+                   seed: int, lr: float, weight_decay: float,
+                   on_rung: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    ident = {"archid": a.archid, "seed": seed, "rungs": list(settings.rungs), "lr": lr,
+             "weight_decay": weight_decay, "data": repr(data.spec), "num_classes": data.num_classes}
     device = resolve_device(settings.device)
     trainer = Trainer(fresh_model(a, data, seed), data, total_steps=settings.top_steps, lr=lr,
                       weight_decay=weight_decay, seed=seed, device=device)
@@ -234,9 +253,10 @@ def train_to_rung(arch: Arch | str, data: ProxyData, settings: FidelitySettings,
     spent = 0.0
     for k in range(start + 1, rung + 1):
         t0 = time.perf_counter()
-        trainer.run(settings.rungs[k - 1])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        with compute_lock():  # never train while another worker times a candidate
+            trainer.run(settings.rungs[k - 1])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
         spent += dt
         history.append({"rung": k, "steps": settings.rungs[k - 1],
@@ -268,7 +288,10 @@ def check_training(arch: Arch | str, data: ProxyData, steps: int, seeds: Sequenc
     """Retrain ``arch`` from scratch for ``steps`` steps (its own schedule) once per seed.
     Returns ``val_acc`` (one per seed), ``seeds``, ``steps``, ``seconds``. The search calls it
     one architecture at a time and stores each result, so an interrupted check resumes."""
-    runs = [short_train(arch, data, steps=steps, lr=lr, seed=s, device=device) for s in seeds]
+    runs = []
+    for s in seeds:
+        with compute_lock():  # never train while another worker times a candidate
+            runs.append(short_train(arch, data, steps=steps, lr=lr, seed=s, device=device))
     return {"val_acc": [r["val_acc"] for r in runs], "seeds": list(seeds), "steps": steps,
             "seconds": float(sum(r["seconds"] for r in runs))}
 

@@ -12,9 +12,12 @@ normalised by the front's range; the two ends of a front: infinite) prefers poin
 front is sparse, so the promoted set spreads along the front instead of bunching at one end.
 
 The promotion rule is ASHA's (Li et al. 2020), asynchronous: when n trials have finished rung
-k, the best floor(n / eta) of them by that ranking may start rung k+1. A trial that was not
-in the top when it finished may enter it later, as more trials finish below it
-(``promotable``). With fewer than eta finished trials nobody is promoted yet.
+k, the best floor(n / eta) of them by that ranking may start rung k+1. Two ways to apply it:
+``should_promote`` decides once, when the trial finishes the rung (the worker then goes on
+training it or stops it there; the best of the first few trials climbs, as with Optuna's
+successive-halving pruner); ``promotable`` lists the trials a loop that can come back to a
+paused trial may resume now (ASHA proper: a trial not in the top when it finished may enter
+it later, as more trials finish below it).
 """
 
 from __future__ import annotations
@@ -98,27 +101,35 @@ def ranking(points: Sequence[Point]) -> list[Point]:
     return [points[i] for i in order]
 
 
-def promotion_quota(n_finished: int, eta: int) -> int:
-    """How many of the trials that finished a rung may climb: floor(n / eta)."""
+def promotion_quota(n_finished: int, eta: int, min_one: bool = False) -> int:
+    """How many of the ``n_finished`` trials at a rung may climb: floor(n / eta), or at least
+    one with ``min_one`` (when n > 0)."""
     if eta < 2:
         raise ValueError(f"eta: {eta} must be >= 2")
-    return n_finished // eta
+    q = n_finished // eta
+    return max(q, 1) if min_one and n_finished > 0 else q
 
 
-def should_promote(trial_id: int, finished: Sequence[Point | tuple[int, float, float]], eta: int) -> bool:
+def should_promote(trial_id: int, finished: Sequence[Point | tuple[int, float, float]], eta: int,
+                   min_one: bool = True) -> bool:
     """Is ``trial_id`` in the best 1/eta of the trials that ``finished`` the rung (itself
-    included)? ``finished``: (id, estimate, latency) of every trial that finished it."""
+    included)? ``finished``: (id, estimate, latency) of every trial that finished it.
+
+    For deciding once, when the trial finishes the rung (Optuna's own successive-halving
+    pruner decides that way): ``min_one`` lets the best of fewer than eta finished trials
+    climb, as Optuna does; otherwise the first eta-1 trials of a run could never climb."""
     pts = [Point(*p) for p in finished]
     if trial_id not in {p.id for p in pts}:
         raise ValueError(f"trial {trial_id} is not among the trials that finished the rung")
-    best = ranking(pts)[:promotion_quota(len(pts), eta)]
+    best = ranking(pts)[:promotion_quota(len(pts), eta, min_one)]
     return any(p.id == trial_id for p in best)
 
 
 def promotable(finished: Sequence[Point | tuple[int, float, float]], promoted: Sequence[int] | set[int],
-               eta: int) -> list[int]:
+               eta: int, min_one: bool = False) -> list[int]:
     """The trials in the best 1/eta of ``finished`` that have not been promoted yet, best
-    first: what a worker may start at the next rung now (ASHA's promotion check)."""
+    first: what a worker may start at the next rung now (ASHA's promotion check, for a loop
+    that can come back to a paused trial)."""
     pts = [Point(*p) for p in finished]
     done = set(promoted)
-    return [p.id for p in ranking(pts)[:promotion_quota(len(pts), eta)] if p.id not in done]
+    return [p.id for p in ranking(pts)[:promotion_quota(len(pts), eta, min_one)] if p.id not in done]
