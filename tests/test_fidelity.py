@@ -110,6 +110,10 @@ def test_train_to_rung_continues_the_previous_rung(data, tmp_path):
     again = train_to_rung(TINY[0], data, RUNGS, 2, tmp_path, seed=0)
     assert again["trained_seconds"] == 0.0 and again["val_acc"] == r2["val_acc"]
     assert (tmp_path / ".lock").exists()  # the folder lock serialising workers
+    attr = fid.rung_attr(r3)
+    assert attr == {"rung": 3, "steps": 8, "val_acc": r3["val_acc"], "sotl": r3["sotl"],
+                    "seconds": r3["seconds"], "device": "cpu"}
+    assert fid.rung_dir("runs/x", "abc", 0).as_posix() == "runs/x/rungs/abc-s0"
 
 
 def test_killed_rung_restarts_cleanly(data, tmp_path, monkeypatch):

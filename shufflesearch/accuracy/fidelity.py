@@ -159,6 +159,18 @@ def ladder_run(arch: Arch | str, data: ProxyData, rungs: Sequence[int], seed: in
     return out
 
 
+def rung_dir(run_root: str | Path, archid: str, seed: int) -> Path:
+    """Where a search keeps one trial's rung checkpoints: ``RUN/rungs/ARCHID-sSEED``. Keyed by
+    the architecture, not the trial number, so that a trial re-run after its worker died (or a
+    duplicate of an architecture) continues the same checkpoints instead of training again."""
+    return Path(run_root) / "rungs" / f"{archid}-s{seed}"
+
+
+def rung_attr(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-able part of a ``train_to_rung`` result a search stores on its trial."""
+    return {k: result[k] for k in ("rung", "steps", "val_acc", "sotl", "seconds", "device") if k in result}
+
+
 def checkpoint_path(ckpt_dir: str | Path, rung: int) -> Path:
     return Path(ckpt_dir) / f"rung{rung}.pt"
 
@@ -238,7 +250,7 @@ def _train_to_rung(a: Arch, data: ProxyData, settings: FidelitySettings, rung: i
     if found is not None:
         k, path = found
         try:
-            ck = torch.load(path, map_location=device, weights_only=False)
+            ck = torch.load(path, map_location=device, weights_only=True)
         except Exception as e:  # noqa: BLE001 - a torn or foreign file: say which
             raise UserError(f"{path}: not a readable rung checkpoint ({e})") from None
         if ck.get("ident") != ident:
