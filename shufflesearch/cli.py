@@ -283,6 +283,8 @@ def _add_proxies(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None,
                    help="folder for validation.json, validation.png and rows.jsonl (resumable; "
                         "several processes may share it to split the work)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: report the architectures already in --out/rows.jsonl")
     p.add_argument("--json", action="store_true", help="print the JSON report")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -336,6 +338,8 @@ def cmd_proxies(args: argparse.Namespace) -> int:
     names = proxy.get("proxies") or None
     quiet = args.quiet or args.json
     out = Path(args.out) if args.out else None
+    if args.report_only and out is None:
+        raise UserError("--report-only: needs --out, the folder whose rows.jsonl to report")
     if out is not None:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -345,7 +349,7 @@ def cmd_proxies(args: argparse.Namespace) -> int:
                               progress=None if quiet else lambda m: print(m, file=sys.stderr, flush=True),
                               rows_path=str(out / "rows.jsonl") if out else None,
                               rungs=fid.rungs if fid else None, ladder_seeds=args.ladder_seeds,
-                              device=device)
+                              device=device, train=not args.report_only)
     if out is not None:
         try:
             (out / "validation.json").write_text(json.dumps(report, indent=2))

@@ -219,6 +219,10 @@ def test_validate_leaves_an_architecture_another_process_holds(data, tmp_path):
     r = validate_proxies(four, data, seeds=1, names=["params"], steps=1, n_boot=10, rows_path=str(rows))
     assert r["n"] == 4
     assert len(rows.read_text().splitlines()) == 4  # the first three were not trained again
+    five = [*four, TINY[1].replace(head=32)]
+    r = validate_proxies(five, data, seeds=1, names=["params"], steps=1, n_boot=10, rows_path=str(rows),
+                         train=False)
+    assert r["n"] == 4 and len(rows.read_text().splitlines()) == 4  # reported, nothing trained
 
 
 def test_cli_ladder_on_npz_and_folder_data(tmp_path, capsys):

@@ -103,7 +103,8 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
                      names: Sequence[str] | None = None, steps: int = 150, lr: float = 0.05,
                      n_boot: int = 1000, progress: Callable[[str], None] | None = None,
                      rows_path: str | None = None, rungs: Sequence[int] | None = None,
-                     ladder_seeds: int = 1, device: str | None = "auto") -> dict[str, Any]:
+                     ladder_seeds: int = 1, device: str | None = "auto",
+                     train: bool = True) -> dict[str, Any]:
     """The validity report: every proxy (seed 0) and ``seeds`` trainings of ``steps`` steps per
     architecture (the ground truth: their mean validation accuracy), then ``rank_report`` of
     each proxy (and the default score) against it.
@@ -117,7 +118,8 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
     already present (same archid and settings) are reused: an interrupted run resumes. Several
     processes may share one ``rows_path`` to split the work: each claims an architecture with
     a ``.claims/ARCHID`` file beside it (a claim whose process is gone is taken over) and
-    reports the rows present when it finishes."""
+    reports the rows present when it finishes. ``train=False`` trains nothing and reports the
+    rows already in ``rows_path``."""
     import json
     import os
 
@@ -157,9 +159,9 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
         if a.archid in done:
             rows.append(done[a.archid])
             continue
-        if claims is not None and not _claim(claims, a.archid):
+        if not train or (claims is not None and not _claim(claims, a.archid)):
             skipped += 1
-            if progress is not None:
+            if progress is not None and train:
                 progress(f"[{i + 1}/{len(archs)}] {a.archid} is being trained by another process")
             continue
         t0 = time.perf_counter()
@@ -190,9 +192,11 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
             progress(f"[{i + 1}/{len(archs)}] {a.archid} acc={np.mean(rows[-1]['val_acc']):.3f}{lad} "
                      f"proxies {zc:.1f}s train {time.perf_counter() - t0:.0f}s")
     if len(rows) < 3:
-        raise UserError(f"validate: only {len(rows)} architectures finished here ({skipped} are "
-                        "being trained by another process); run again when they are done")
-    if skipped and progress is not None:
+        raise UserError(f"validate: only {len(rows)} architectures finished here ({skipped} not "
+                        "trained yet); run again when they are done")
+    if skipped and progress is not None and not train:
+        progress(f"{skipped} architecture(s) not trained yet are left out of this report")
+    elif skipped and progress is not None:
         progress(f"{skipped} architecture(s) left out: another process is training them; "
                  "run again with the same --out when it is done to report all")
     return report_from_rows(rows, data, n_boot=n_boot)
