@@ -75,6 +75,7 @@ def test_continued_run_equals_uninterrupted_run(data):
     sd = first.state_dict()
     again = Trainer(fresh_model(TINY[0], data, 7), data, total_steps=8, seed=0, device="cpu")  # other init: overwritten
     again.load_state_dict(sd)
+    again.run(4)  # an epoch's end, before its skipped batch of one
     again.run(5)
     again.run(8)
     assert again.losses == straight.losses  # bit for bit, on one thread
@@ -187,6 +188,11 @@ def test_settings_defaults_none_and_overrides():
     t = FidelitySettings.from_dict({"rungs": [10, 20], "check": {"seeds": 3}})
     assert t.rungs == (10, 20) and t.check.seeds == 3 and t.check.steps == 810
     assert FidelitySettings.from_dict(t.to_dict()) == t
+    assert fid.search_estimator(s) == "sotl"  # auto, before the run's check
+    assert fid.search_estimator(FidelitySettings(estimator="val_acc")) == "val_acc"
+    assert fid.pick_estimate({"val_acc": 0.5, "sotl": -9.0}, "sotl") == -9.0
+    with pytest.raises(UserError, match="auto is resolved by the run's check"):
+        fid.pick_estimate({"val_acc": 0.5}, "auto")
 
 
 @pytest.mark.parametrize("doc, needle", [

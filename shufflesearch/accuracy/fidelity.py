@@ -284,6 +284,20 @@ def _train_to_rung(a: Arch, data: ProxyData, settings: FidelitySettings, rung: i
             "device": str(device), "history": list(history)}
 
 
+# What promotions rank by while a run with `estimator: auto` has not checked itself yet.
+# SoTL, because it integrates the whole learning curve so far and so is steadier than one
+# validation pass of a network 30 steps into a 270-step schedule (Ru et al. 2021 found it
+# ranks better than early validation accuracy); the check at the end then picks the
+# estimator the front is drawn with, which may be the other one.
+AUTO_DURING_SEARCH = "sotl"
+
+
+def search_estimator(settings: FidelitySettings) -> str:
+    """The estimator promotions rank by during the run (``estimator``, or under auto
+    ``AUTO_DURING_SEARCH``)."""
+    return AUTO_DURING_SEARCH if settings.estimator == "auto" else settings.estimator
+
+
 def pick_estimate(result: Mapping[str, Any], estimator: str) -> float:
     """The number the search ranks by at a rung (``val_acc`` or ``sotl``; higher is better)."""
     if estimator not in ESTIMATORS:
