@@ -135,8 +135,9 @@ def test_killed_rung_restarts_cleanly(data, tmp_path, monkeypatch):
         train_to_rung(TINY[1], data, RUNGS, 3, tmp_path, seed=1)
     assert sorted(p.name for p in tmp_path.glob("*rung*")) == ["rung1.pt"]
     (tmp_path / ".rung2.pt.x.tmp").write_bytes(b"torn")  # a write cut short: ignored
+    (tmp_path / "rung2.pt").write_bytes(b"damaged")  # unreadable: set aside, back to rung 1
     r3 = train_to_rung(TINY[1], data, RUNGS, 3, tmp_path, seed=1)
-    assert r3["resumed_from"] == 1
+    assert r3["resumed_from"] == 1 and (tmp_path / "rung2.pt.bad").exists()
     assert [h["val_acc"] for h in r3["history"]] == [w["val_acc"] for w in want]
     assert r3["sotl"] == want[2]["sotl"]
 

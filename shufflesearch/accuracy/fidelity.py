@@ -247,12 +247,16 @@ def _train_to_rung(a: Arch, data: ProxyData, settings: FidelitySettings, rung: i
     history: list[dict[str, Any]] = []
     start = 0
     found = latest_checkpoint(ckpt_dir)
-    if found is not None:
+    ck = None
+    while found is not None:
         k, path = found
         try:
             ck = torch.load(path, map_location=device, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - a torn or foreign file: say which
-            raise UserError(f"{path}: not a readable rung checkpoint ({e})") from None
+            break
+        except Exception:  # noqa: BLE001 - unreadable (damaged on disk): set it aside, go back a rung
+            os.replace(path, path.with_name(path.name + ".bad"))
+            found = latest_checkpoint(ckpt_dir)
+    if found is not None and ck is not None:
         if ck.get("ident") != ident:
             raise UserError(f"{path}: checkpoint of another trial or setting "
                             f"({ck.get('ident')} != {ident}); give each trial its own folder")
