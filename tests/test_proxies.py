@@ -215,6 +215,17 @@ def test_validate_leaves_an_architecture_another_process_holds(data, tmp_path):
     (claims / four[3].archid).write_text(str(os.getppid()))  # a live process holds it
     r = validate_proxies(four, data, seeds=1, names=["params"], steps=1, n_boot=10, rows_path=str(rows))
     assert r["n"] == 3 and four[3].archid not in {a["archid"] for a in r["archs"]}
+
+    def other_process_finishes(msg: str) -> None:  # it writes its row while we skip its arch
+        if "another process" in msg:
+            row = json.loads(rows.read_text().splitlines()[0])
+            with open(rows, "a") as f:
+                f.write(json.dumps({**row, "archid": four[3].archid, "arch": four[3].to_dict()}) + "\n")
+
+    r = validate_proxies(four, data, seeds=1, names=["params"], steps=1, n_boot=10, rows_path=str(rows),
+                         progress=other_process_finishes)
+    assert [a["archid"] for a in r["archs"]] == [a.archid for a in four]  # all four, in order
+    rows.write_text("".join(rows.read_text().splitlines(keepends=True)[:3]))
     (claims / four[3].archid).write_text("999999999")  # its process is gone: taken over
     r = validate_proxies(four, data, seeds=1, names=["params"], steps=1, n_boot=10, rows_path=str(rows))
     assert r["n"] == 4

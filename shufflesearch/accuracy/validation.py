@@ -191,6 +191,11 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
             lad = (" ladder " + " ".join(f"{r['val_acc']:.3f}" for r in ladder[0])) if ladder else ""
             progress(f"[{i + 1}/{len(archs)}] {a.archid} acc={np.mean(rows[-1]['val_acc']):.3f}{lad} "
                      f"proxies {zc:.1f}s train {time.perf_counter() - t0:.0f}s")
+    if skipped:  # rows another process finished meanwhile join the report, in sample order
+        mine, final = {r["archid"]: r for r in rows}, read_done()
+        rows = [final.get(a.archid) or mine[a.archid] for a in resolved
+                if a.archid in final or a.archid in mine]
+        skipped = len(resolved) - len(rows)
     if len(rows) < 3:
         raise UserError(f"validate: only {len(rows)} architectures finished here ({skipped} not "
                         "trained yet); run again when they are done")
