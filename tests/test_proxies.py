@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -19,7 +20,12 @@ from shufflesearch.accuracy.proxies import (
     default_score,
 )
 from shufflesearch.accuracy.training import short_train
-from shufflesearch.accuracy.validation import rank_report, top_k_precision, validate_proxies
+from shufflesearch.accuracy.validation import (
+    format_report,
+    rank_report,
+    top_k_precision,
+    validate_proxies,
+)
 from shufflesearch.cli import main
 from shufflesearch.errors import UserError
 
@@ -153,7 +159,8 @@ def test_cli_proxies_validate(tmp_path, capsys):
         + "".join(f"  - {json.dumps(a.to_dict())}\n" for a in TINY)
     )
     out = tmp_path / "out"
-    assert main(["proxies", "validate", str(space), "--steps", "2", "--out", str(out), "--quiet"]) == 0
+    assert main(["proxies", "validate", str(space), "--steps", "2", "--rungs", "1,2", "--out", str(out),
+                 "--quiet"]) == 0
     rep = json.loads((out / "validation.json").read_text())
     assert set(rep["proxies"]) == {"params", "naswot", "synflow", "jacob_cov", "score", "neg_train_loss_sum"}
     assert (out / "validation.png").stat().st_size > 1000
@@ -182,3 +189,75 @@ def test_search_score_methods():
     assert proxy_score(s, "naswot") == 500.0
     assert proxy_score(s, "ensemble") == default_score(s)
     assert proxy_score({**s, "macs": float("nan")}) == float("-inf")
+
+
+def test_validate_with_the_ladder(data):
+    r = validate_proxies(TINY, data, seeds=2, names=["params"], steps=4, n_boot=20, rungs=[1, 3],
+                         ladder_seeds=2, device="cpu")
+    lad = r["ladder"]
+    assert lad["rungs"] == [1, 3] and set(lad["estimators"]) == {"val_acc", "sotl"}
+    for per in lad["estimators"].values():
+        assert [e["steps"] for e in per] == [1, 3]
+        assert all("ladder_noise_ceiling_tau" in e and len(e["tau_ci"]) == 2 for e in per)
+    row = r["archs"][0]
+    assert row["truth_seeds"] == [100, 101]  # kept apart from the ladder's seeds 0, 1
+    # the ladder's SoTL at rung 1 is minus the loss of its one step: positive loss, so < 0
+    assert all(lad_seed[0]["sotl"] < 0 for lad_seed in row["ladder"])
+    assert r["short_train"]["steps"] == 4 and "fidelity ladder" in format_report(r)
+    json.dumps(r)
+
+
+def test_validate_leaves_an_architecture_another_process_holds(data, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    claims = tmp_path / ".claims"
+    claims.mkdir()
+    four = [*TINY, TINY[0].replace(head=32)]
+    (claims / four[3].archid).write_text(str(os.getppid()))  # a live process holds it
+    r = validate_proxies(four, data, seeds=1, names=["params"], steps=1, n_boot=10, rows_path=str(rows))
+    assert r["n"] == 3 and four[3].archid not in {a["archid"] for a in r["archs"]}
+
+    def other_process_finishes(msg: str) -> None:  # it writes its row while we skip its arch
+        if "another process" in msg:
+            row = json.loads(rows.read_text().splitlines()[0])
+            with open(rows, "a") as f:
+                f.write(json.dumps({**row, "archid": four[3].archid, "arch": four[3].to_dict()}) + "\n")
+
+    r = validate_proxies(four, data, seeds=1, names=["params"], steps=1, n_boot=10, rows_path=str(rows),
+                         progress=other_process_finishes)
+    assert [a["archid"] for a in r["archs"]] == [a.archid for a in four]  # all four, in order
+    rows.write_text("".join(rows.read_text().splitlines(keepends=True)[:3]))
+    (claims / four[3].archid).write_text("999999999")  # its process is gone: taken over
+    r = validate_proxies(four, data, seeds=1, names=["params"], steps=1, n_boot=10, rows_path=str(rows))
+    assert r["n"] == 4
+    assert len(rows.read_text().splitlines()) == 4  # the first three were not trained again
+    five = [*four, TINY[1].replace(head=32)]
+    r = validate_proxies(five, data, seeds=1, names=["params"], steps=1, n_boot=10, rows_path=str(rows),
+                         train=False)
+    assert r["n"] == 4 and len(rows.read_text().splitlines()) == 4  # reported, nothing trained
+
+
+def test_cli_ladder_on_npz_and_folder_data(tmp_path, capsys):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.images[:120] * 16).astype(np.uint8), d.target[:120]
+    np.savez(tmp_path / "own.npz", x=x, y=y)
+    for i in range(24):  # two classes, 12 images each
+        c = tmp_path / "imgs" / f"c{y[i] % 2}"
+        c.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x[i]).save(c / f"{i}.png")
+    space = tmp_path / "set.yaml"
+    space.write_text(
+        "proxy: {dataset: digits, resolution: 8, batch: 16, proxies: [params]}\n"
+        "fidelity: {rungs: [1, 2], check: {steps: 3, seeds: 2}}\n"
+        "archs:\n" + "".join(f"  - {json.dumps(a.to_dict())}\n" for a in TINY))
+    for src in (f"npz:{tmp_path / 'own.npz'}", f"folder:{tmp_path / 'imgs'}"):
+        assert main(["proxies", "validate", str(space), "--data", src, "--json", "--device", "cpu"]) == 0
+        rep = json.loads(capsys.readouterr().out)
+        assert rep["data"]["name"] == src and rep["ladder"]["rungs"] == [1, 2]
+        assert rep["short_train"]["steps"] == 3 and rep["short_train"]["seeds"] == 2  # from fidelity.check
+    assert main(["proxies", "validate", str(space), "--data", "npz:/nonexistent.npz"]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main(["proxies", "validate", str(space), "--rungs", "5,2"]) == 2
+    assert "--rungs" in capsys.readouterr().err

@@ -15,6 +15,7 @@ so a search on the same machine never times a candidate while this competes for 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import platform
@@ -56,10 +57,12 @@ def train_arch(
     seed: int = 0,
     threads: int | None = None,
     quiet: bool = False,
+    device: str | torch.device | None = "auto",
 ) -> dict[str, Any]:
     """Train ``arch`` for ``epochs`` epochs on the proxy task ``data``; write the weights,
     arch and metrics into ``out_dir`` and return the metrics. ``threads``: torch intra-op
-    threads while training (None: leave torch's setting)."""
+    threads while training (None: leave torch's setting). ``device``: auto (cuda when
+    available), cpu or cuda; the weights are saved on the CPU either way."""
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise UserError(f"--epochs: {epochs!r} must be an integer >= 1")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -75,6 +78,7 @@ def train_arch(
             f"--resolution: {spec.resolution} is below the network's total stride {arch.total_stride}"
         )
 
+    dev = resolve_device(device)
     spe = steps_per_epoch(pd)
     total = epochs * spe
     with torch.random.fork_rng(devices=[]):
@@ -104,7 +108,7 @@ def train_arch(
     try:
         with torch_threads(threads), compute_lock():
             h = train_model(model, pd, steps=total, lr=lr, weight_decay=weight_decay, seed=seed,
-                            on_step=on_step)
+                            on_step=on_step, device=dev)
             train_acc = evaluate(model, pd, "train")
             threads_used = torch.get_num_threads()
     finally:
@@ -125,78 +129,166 @@ def train_arch(
         "final": {"val_acc": history[-1]["val_acc"], "best_val_acc": max(e["val_acc"] for e in history),
                   "train_acc": train_acc, "train_loss_sum": h["train_loss_sum"]},
         "seconds": seconds,
-        "environment": {"torch": torch.__version__, "threads": threads_used,
+        "environment": {"torch": torch.__version__, "threads": threads_used, "device": str(dev),
                         "python": platform.python_version()},
     }
-    torch.save(model.state_dict(), out / "weights.pt")
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out / "weights.pt")
     (out / "arch.yaml").write_text(trained_arch.to_yaml())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-# --- short training ---------------------------------------------------------------------------
+# --- the training loop ------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None): cuda when ``torch.cuda.is_available()``, else cpu. ``cpu``, ``cuda``
+    and ``cuda:N`` are taken as given; asking for cuda where there is none is an error, not a
+    silent fall-back, because a user who asks for the GPU wants to know it is not used."""
+    if isinstance(device, torch.device):
+        return device
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, str) or not (device in ("cpu", "cuda") or device.startswith("cuda:")):
+        raise UserError(f"device: {device!r} must be auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device: {device!r} asked for, but torch sees no CUDA device "
+                        "(use device: auto to fall back to the CPU)")
+    return torch.device(device)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ProxyData, which: str = "val") -> float:
-    """Top-1 accuracy of ``model`` (eval mode: BN running statistics) on one split."""
+    """Top-1 accuracy of ``model`` (eval mode: BN running statistics) on one split, on the
+    device the model's weights are on."""
     was = model.training
     model.eval()
+    dev = next(model.parameters()).device
     correct = total = 0
     for b in data.batches(which, shuffle=False, n=256):
-        correct += int((model(b.x).argmax(1) == b.y).sum())
+        correct += int((model(b.x.to(dev)).argmax(1) == b.y.to(dev)).sum())
         total += len(b.y)
     model.train(was)
     return correct / max(total, 1)
 
 
+class Trainer:
+    """One seeded SGD run of ``total_steps`` steps that can stop after any step and continue
+    later, in this process or another, as if it had never stopped.
+
+    SGD with Nesterov momentum 0.9 and weight decay; ONE cosine schedule from ``lr`` to 0 over
+    ``total_steps``, so stopping at step s and continuing gives the same run as not stopping.
+    Batches come in a seeded order (``data.batches`` seeded by ``seed * 1000 + epoch``); the
+    position in that order (epoch, batch index) travels in ``state_dict`` with the weights, the
+    momentum buffers, the scheduler and torch's CPU RNG state.
+
+    ``losses`` holds one training loss per optimiser step: the mean cross-entropy of that
+    step's mini-batch, computed in the forward pass before the update (train-mode BN).
+    """
+
+    def __init__(self, model: nn.Module, data: ProxyData, *, total_steps: int, lr: float = 0.05,
+                 weight_decay: float = 5e-4, seed: int = 0,
+                 device: str | torch.device | None = "auto") -> None:
+        if not isinstance(total_steps, int) or total_steps < 1:
+            raise UserError(f"steps: {total_steps!r} must be an integer >= 1")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.data = data
+        self.total_steps = total_steps
+        self.seed = seed
+        self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                                   weight_decay=weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, total_steps)
+        self.losses: list[float] = []
+        self.epoch = 0  # epochs begun
+        self.batch = 0  # batches of the current epoch consumed (skipped ones included)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.rng = torch.get_rng_state()
+
+    @property
+    def step(self) -> int:
+        return len(self.losses)
+
+    def run(self, until: int, on_step: Callable[[int, float], None] | None = None) -> None:
+        """Train up to step ``until`` (capped at ``total_steps``). ``on_step(step, loss)``."""
+        until = min(until, self.total_steps)
+        self.model.train()
+        dev = self.device
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.rng)
+            while self.step < until:
+                order = self.data.batches("train", seed=self.seed * 1000 + self.epoch)
+                for b in itertools.islice(order, self.batch, None):
+                    self.batch += 1
+                    if len(b.y) < 2:  # BN cannot train on a single sample
+                        continue
+                    loss = F.cross_entropy(self.model(b.x.to(dev)), b.y.to(dev))
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.opt.step()
+                    self.sched.step()
+                    self.losses.append(loss.item())
+                    if on_step is not None:
+                        on_step(self.step, self.losses[-1])
+                    if self.step >= until:
+                        break
+                else:  # the epoch ran out: the next one has a new order
+                    self.epoch += 1
+                    self.batch = 0
+            self.rng = torch.get_rng_state()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                "sched": self.sched.state_dict(), "losses": list(self.losses),
+                "epoch": self.epoch, "batch": self.batch, "rng": self.rng,
+                "seed": self.seed, "total_steps": self.total_steps}
+
+    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
+        if (sd["seed"], sd["total_steps"]) != (self.seed, self.total_steps):
+            raise ValueError(f"a checkpoint of seed {sd['seed']}, {sd['total_steps']} steps cannot "
+                             f"continue a run of seed {self.seed}, {self.total_steps} steps")
+        self.model.load_state_dict(sd["model"])
+        self.opt.load_state_dict(sd["opt"])
+        self.sched.load_state_dict(sd["sched"])
+        self.losses = list(sd["losses"])
+        self.epoch, self.batch = int(sd["epoch"]), int(sd["batch"])
+        self.rng = sd["rng"].cpu() if isinstance(sd["rng"], torch.Tensor) else torch.as_tensor(sd["rng"])
+
+
 def train_model(model: nn.Module, data: ProxyData, *, steps: int = 150, lr: float = 0.05,
                 weight_decay: float = 5e-4, seed: int = 0,
-                on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-    """Train ``model`` in place for ``steps`` SGD steps (Nesterov momentum 0.9, cosine decay from
-    ``lr``, batches of ``data.spec.batch`` in a seeded order). Shared with the `train` command.
+                on_step: Callable[[int, float], None] | None = None,
+                device: str | torch.device | None = "auto") -> dict[str, Any]:
+    """Train ``model`` in place for ``steps`` SGD steps (``Trainer``: Nesterov momentum 0.9,
+    cosine decay from ``lr`` over ``steps``, batches of ``data.spec.batch`` in a seeded order).
+    Shared with the `train` command and the fidelity ladder.
 
     Returns ``train_loss_sum`` (Σ of the per-step training losses: the training-speed proxy of
     Ru et al. 2021) and ``losses`` (one per step). ``on_step(step, loss)`` reports progress.
     """
-    if steps < 1:
-        raise UserError(f"steps: {steps} must be >= 1")
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
-                          weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    model.train()
-    losses: list[float] = []
-    epoch = 0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        while len(losses) < steps:
-            for b in data.batches("train", seed=seed * 1000 + epoch):
-                if len(b.y) < 2:  # BN cannot train on a single sample
-                    continue
-                loss = F.cross_entropy(model(b.x), b.y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(loss.item())
-                if on_step is not None:
-                    on_step(len(losses), losses[-1])
-                if len(losses) >= steps:
-                    break
-            epoch += 1
-    return {"train_loss_sum": float(sum(losses)), "losses": losses}
+    t = Trainer(model, data, total_steps=steps, lr=lr, weight_decay=weight_decay, seed=seed,
+                device=device)
+    t.run(steps, on_step)
+    return {"train_loss_sum": float(sum(t.losses)), "losses": t.losses}
 
 
-def short_train(arch: Arch, data: ProxyData, *, steps: int = 150, lr: float = 0.05,
-                seed: int = 0) -> dict[str, Any]:
-    """The short-training proxy: a seeded fresh network trained ``steps`` steps on the proxy
-    task. Returns ``val_acc``, ``train_loss_sum`` (lower is better), ``steps``, ``seconds``."""
+def fresh_model(arch: Arch, data: ProxyData, seed: int) -> nn.Module:
+    """The training form of ``arch`` with the task's classifier width, initialised from
+    ``seed`` (torch's global RNG is left as it was)."""
     a = arch.replace(num_classes=data.num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build(a)
+        return build(a)
+
+
+def short_train(arch: Arch | str, data: ProxyData, *, steps: int = 150, lr: float = 0.05,
+                seed: int = 0, device: str | torch.device | None = "auto") -> dict[str, Any]:
+    """The short-training proxy: a seeded fresh network trained ``steps`` steps on the proxy
+    task. Returns ``val_acc``, ``train_loss_sum`` (lower is better), ``steps``, ``seconds``."""
+    model = fresh_model(arch, data, seed)
     t0 = time.perf_counter()
-    h = train_model(model, data, steps=steps, lr=lr, seed=seed)
+    h = train_model(model, data, steps=steps, lr=lr, seed=seed, device=device)
     return {
         "val_acc": evaluate(model, data, "val"),
         "train_loss_sum": h["train_loss_sum"],

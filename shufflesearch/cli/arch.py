@@ -208,6 +208,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on shared cores extra threads wait on each "
                         "other; see bench/train_threads.py)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to train (default auto: cuda when torch sees one, else cpu)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -222,7 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             msg = msg.replace(field, flag, 1)
         raise UserError(msg) from None
     m = train_arch(resolve_arch(args.arch), spec, args.epochs, args.out, lr=args.lr, seed=args.seed,
-                   threads=args.threads, quiet=args.quiet or args.json)
+                   threads=args.threads, quiet=args.quiet or args.json, device=args.device)
     if args.json:
         print_json(m)
         return 0

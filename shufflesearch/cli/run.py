@@ -11,8 +11,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..accuracy.data import DataSpec, load_data
+from ..accuracy.fidelity import FidelitySettings
+from ..accuracy.validation import fidelity_of, plot_report, validate_proxies, validation_set
 from ..accuracy.validation import format_report as format_validation
-from ..accuracy.validation import plot_report, validate_proxies, validation_set
 from ..common.threads import torch_threads
 from ..common.yamlio import read_yaml
 from ..errors import UserError
@@ -110,13 +111,28 @@ def cmd_guidelines(args: argparse.Namespace) -> int:
 
 
 def _add_proxies(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["validate"], help="validate: rank proxies against short training")
-    p.add_argument("space", help="a search-space YAML, or {proxy: {...}, archs: [...]}")
+    p.add_argument("action", choices=["validate"],
+                   help="validate: rank proxies and the fidelity ladder against the longest training")
+    p.add_argument("space", help="a search-space YAML, or {proxy: {...}, fidelity: {...}, archs: [...]}")
     p.add_argument("--n", type=int, default=30, help="architectures to sample (default 30)")
-    p.add_argument("--seeds", type=int, default=2, help="short-training seeds per arch (default 2)")
-    p.add_argument("--steps", type=int, default=150, help="short-training SGD steps (default 150)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds of the longest training per arch (default: the file's fidelity.check.seeds)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps of the longest training, the ground truth (default: fidelity.check.steps)")
+    p.add_argument("--rungs", default=None,
+                   help="ladder rungs as steps, e.g. 30,90,270, or `none` (default: the file's fidelity.rungs)")
+    p.add_argument("--ladder-seeds", type=int, default=1,
+                   help="seeds of the ladder per arch (default 1, as in a search; 2+ adds its noise ceiling)")
+    p.add_argument("--data", default=None,
+                   help="proxy task instead of the file's: digits, npz:PATH or folder:PATH")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="where to train (default: the file's fidelity.device, auto)")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the architecture sample")
-    p.add_argument("--out", default=None, help="folder for validation.json and validation.png")
+    p.add_argument("--out", default=None,
+                   help="folder for validation.json, validation.png and rows.jsonl (resumable; "
+                        "several processes may share it to split the work)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: report the architectures already in --out/rows.jsonl")
     p.add_argument("--json", action="store_true", help="print the JSON report")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -131,25 +147,56 @@ def cmd_proxies(args: argparse.Namespace) -> int:
         return _validate_proxies(args)
 
 
+def _ladder_settings(args: argparse.Namespace, doc: object) -> FidelitySettings | None:
+    fid = fidelity_of(doc, args.space)
+    if args.rungs is None:
+        return fid
+    if args.rungs.strip().lower() == "none":
+        return None
+    try:
+        rungs = [int(x) for x in args.rungs.split(",")]
+    except ValueError:
+        raise UserError(f"--rungs: {args.rungs!r} must be comma-separated integers or none") from None
+    return FidelitySettings.from_dict({**(fid or FidelitySettings()).to_dict(), "rungs": rungs}, "--rungs")
+
+
 def _validate_proxies(args: argparse.Namespace) -> int:
     # Either a minimal file {proxy: {...}, archs: [...]} or a search space to sample from.
-    vset = validation_set(read_yaml(args.space), args.space)
+    doc = read_yaml(args.space)
+    vset = validation_set(doc, args.space)
     if vset is None:
         space = load_space(args.space)
         vset = space.sample_random(args.n, seed=args.sample_seed), dict(space.raw["proxy"])
     archs, proxy = vset
-    data = load_data(DataSpec.from_dict(proxy))
+    fid = _ladder_settings(args, doc)
+    check = (fid or FidelitySettings()).check
+    steps = args.steps if args.steps is not None else check.steps
+    seeds = args.seeds if args.seeds is not None else check.seeds
+    if steps < 1:
+        raise UserError(f"--steps: {steps} must be >= 1")
+    device = args.device or (fid.device if fid else "auto")
+    if args.data is not None:
+        proxy = {**proxy, "dataset": args.data}
+        proxy.pop("name", None)
+    try:
+        data = load_data(DataSpec.from_dict(proxy))
+    except UserError as e:  # name the flag the user typed, not the file's field
+        raise UserError(str(e).replace("proxy.name", "--data", 1) if args.data else str(e)) from None
     names = proxy.get("proxies") or None
     quiet = args.quiet or args.json
     out = Path(args.out) if args.out else None
+    if args.report_only and out is None:
+        raise UserError("--report-only: needs --out, the folder whose rows.jsonl to report")
     if out is not None:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"--out {args.out}: cannot create ({e.strerror})") from None
-    report = validate_proxies(archs, data, seeds=args.seeds, names=names, steps=args.steps,
+    report = validate_proxies(archs, data, seeds=seeds, names=names, steps=steps,
                               progress=None if quiet else lambda m: print(m, file=sys.stderr, flush=True),
-                              rows_path=str(out / "rows.jsonl") if out else None)
+                              rows_path=str(out / "rows.jsonl") if out else None,
+                              rungs=fid.rungs if fid else None, ladder_seeds=args.ladder_seeds,
+                              device=device, train=not args.report_only)
     if out is not None:
         try:
             (out / "validation.json").write_text(json.dumps(report, indent=2))

@@ -1,0 +1,334 @@
+"""The fidelity ladder below the search loop: rung training that continues one run, its
+checkpoints across kills, the settings, the promotion rule and the self-check."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shufflesearch import Arch, Stage, Stem
+from shufflesearch.accuracy import fidelity as fid
+from shufflesearch.accuracy.data import DataSpec, ProxyData, Split, load_data
+from shufflesearch.accuracy.fidelity import (
+    FidelitySettings,
+    check_estimator,
+    check_report,
+    ladder_run,
+    train_to_rung,
+)
+from shufflesearch.accuracy.training import Trainer, fresh_model, resolve_device, short_train
+from shufflesearch.errors import UserError
+from shufflesearch.search.promotion import (
+    Point,
+    crowding_distances,
+    front_numbers,
+    promotable,
+    ranking,
+    should_promote,
+)
+
+STEM = Stem(channels=8, stride=1, pool=False)
+TINY = [
+    Arch(stages=(Stage("v2", 16, 1), Stage("v2", 32, 1)), stem=STEM, head=0),
+    Arch(stages=(Stage("v2", 24, 1, kernel=5),), stem=STEM, head=0),
+    Arch(stages=(Stage("v1", 24, 1, groups=2),), stem=STEM, head=0),
+]
+RUNGS = FidelitySettings(rungs=(3, 5, 8), device="cpu")
+
+
+def tiny_data() -> ProxyData:
+    """16 px digits cut to 33 training images in batches of 16: two steps per epoch and a
+    last batch of one (skipped: BN cannot train on it), so the rungs stop mid-epoch, at an
+    epoch's end and across the skipped batch."""
+    d = load_data(DataSpec(resolution=16, batch=16))
+    return dataclasses.replace(d, train=Split(d.train.x[:33], d.train.y[:33]),
+                               val=Split(d.val.x[:64], d.val.y[:64]))
+
+
+@pytest.fixture(scope="module")
+def data() -> ProxyData:
+    return tiny_data()
+
+
+def _weights(sd: dict) -> dict:
+    return {k: v.clone() for k, v in sd.items()}
+
+
+# --- the loop: stop anywhere, continue as if it had not stopped -------------------------------
+
+
+def test_continued_run_equals_uninterrupted_run(data):
+    torch.set_num_threads(1)
+    straight = Trainer(fresh_model(TINY[0], data, 0), data, total_steps=8, seed=0, device="cpu")
+    straight.run(8)
+    first = Trainer(fresh_model(TINY[0], data, 0), data, total_steps=8, seed=0, device="cpu")
+    first.run(3)  # mid-epoch
+    sd = first.state_dict()
+    again = Trainer(fresh_model(TINY[0], data, 7), data, total_steps=8, seed=0, device="cpu")  # other init: overwritten
+    again.load_state_dict(sd)
+    again.run(4)  # an epoch's end, before its skipped batch of one
+    again.run(5)
+    again.run(8)
+    assert again.losses == straight.losses  # bit for bit, on one thread
+    a, b = again.model.state_dict(), straight.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a restart (a new schedule over the first rung only) would NOT give the same run
+    restart = Trainer(fresh_model(TINY[0], data, 0), data, total_steps=3, seed=0, device="cpu")
+    restart.run(3)
+    assert restart.losses[:1] == straight.losses[:1] and restart.losses != straight.losses[:3]
+
+
+def test_train_to_rung_continues_the_previous_rung(data, tmp_path):
+    torch.set_num_threads(1)
+    r1 = train_to_rung(TINY[0], data, RUNGS, 1, tmp_path, seed=0)
+    r2 = train_to_rung(TINY[0], data, RUNGS, 2, tmp_path, seed=0)
+    r3 = train_to_rung(TINY[0], data, RUNGS, 3, tmp_path, seed=0)
+    assert (r1["resumed_from"], r2["resumed_from"], r3["resumed_from"]) == (0, 1, 2)
+    assert [r["steps"] for r in (r1, r2, r3)] == [3, 5, 8]
+    one_go = ladder_run(TINY[0], data, RUNGS.rungs, seed=0, device="cpu")
+    for got, want in zip((r1, r2, r3), one_go):
+        assert got["val_acc"] == want["val_acc"] and got["sotl"] == want["sotl"]
+    # sotl is minus the sum of the per-step losses of the one 8-step run
+    straight = Trainer(fresh_model(TINY[0], data, 0), data, total_steps=8, seed=0, device="cpu")
+    straight.run(8)
+    assert r3["sotl"] == -sum(straight.losses)
+    assert r1["sotl"] == -sum(straight.losses[:3])
+    # only the newest checkpoint is kept, and it holds the one run's weights
+    assert sorted(p.name for p in tmp_path.glob("rung*")) == ["rung3.pt"]
+    ck = torch.load(tmp_path / "rung3.pt", weights_only=False)
+    w = straight.model.state_dict()
+    assert all(torch.equal(ck["trainer"]["model"][k], w[k]) for k in w)
+    # asking again for a rung already reached trains nothing
+    again = train_to_rung(TINY[0], data, RUNGS, 2, tmp_path, seed=0)
+    assert again["trained_seconds"] == 0.0 and again["val_acc"] == r2["val_acc"]
+    assert (tmp_path / ".lock").exists()  # the folder lock serialising workers
+    attr = fid.rung_attr(r3)
+    assert attr == {"rung": 3, "steps": 8, "val_acc": r3["val_acc"], "sotl": r3["sotl"],
+                    "seconds": r3["seconds"], "device": "cpu"}
+    assert fid.rung_dir("runs/x", "abc", 0).as_posix() == "runs/x/rungs/abc-s0"
+
+
+def test_killed_rung_restarts_cleanly(data, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    want = ladder_run(TINY[1], data, RUNGS.rungs, seed=1, device="cpu")
+    train_to_rung(TINY[1], data, RUNGS, 1, tmp_path, seed=1)
+    real = fid.rung_estimates
+    calls = {"n": 0}
+
+    def dies_once(trainer, d):  # the process dies after rung 2's steps, before its checkpoint
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        return real(trainer, d)
+
+    monkeypatch.setattr(fid, "rung_estimates", dies_once)
+    with pytest.raises(KeyboardInterrupt):
+        train_to_rung(TINY[1], data, RUNGS, 3, tmp_path, seed=1)
+    assert sorted(p.name for p in tmp_path.glob("*rung*")) == ["rung1.pt"]
+    (tmp_path / ".rung2.pt.x.tmp").write_bytes(b"torn")  # a write cut short: ignored
+    (tmp_path / "rung2.pt").write_bytes(b"damaged")  # unreadable: set aside, back to rung 1
+    r3 = train_to_rung(TINY[1], data, RUNGS, 3, tmp_path, seed=1)
+    assert r3["resumed_from"] == 1 and (tmp_path / "rung2.pt.bad").exists()
+    assert [h["val_acc"] for h in r3["history"]] == [w["val_acc"] for w in want]
+    assert r3["sotl"] == want[2]["sotl"]
+
+
+KILL_SCRIPT = """
+import os, signal, sys, torch
+from shufflesearch.accuracy.fidelity import train_to_rung
+from tests.test_fidelity import TINY, RUNGS, tiny_data
+torch.set_num_threads(1)
+d = tiny_data()
+def die(h):
+    if h["rung"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+train_to_rung(TINY[2], d, RUNGS, 3, sys.argv[1], seed=0, on_rung=die)
+"""
+
+
+def test_kill_minus_nine_between_rungs_resumes_from_the_checkpoint(data, tmp_path):
+    torch.set_num_threads(1)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path)], env=env,
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert (tmp_path / "rung2.pt").exists() and not (tmp_path / "rung3.pt").exists()
+    r3 = train_to_rung(TINY[2], data, RUNGS, 3, tmp_path, seed=0)
+    assert r3["resumed_from"] == 2
+    want = ladder_run(TINY[2], data, RUNGS.rungs, seed=0, device="cpu")
+    assert r3["val_acc"] == want[2]["val_acc"]
+    assert r3["sotl"] == pytest.approx(want[2]["sotl"], rel=1e-6)  # another process: float tolerance
+
+
+def test_a_foreign_checkpoint_is_refused(data, tmp_path):
+    train_to_rung(TINY[0], data, RUNGS, 1, tmp_path, seed=0)
+    with pytest.raises(UserError, match="rung1.pt: checkpoint of another trial"):
+        train_to_rung(TINY[0], data, RUNGS, 2, tmp_path, seed=5)
+    with pytest.raises(UserError, match=r"rung: 4 must be in 1\.\.3"):
+        train_to_rung(TINY[0], data, RUNGS, 4, tmp_path, seed=0)
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+def test_settings_defaults_none_and_overrides():
+    s = FidelitySettings.from_dict(None)
+    assert (s.rungs, s.eta, s.estimator, s.device) == ((30, 90, 270), 3, "auto", "auto")
+    assert (s.check.top, s.check.steps, s.check.seeds) == (5, 810, 2)
+    assert s.top_steps == 270
+    assert FidelitySettings.from_dict("none") is None
+    t = FidelitySettings.from_dict({"rungs": [10, 20], "check": {"seeds": 3}})
+    assert t.rungs == (10, 20) and t.check.seeds == 3 and t.check.steps == 810
+    assert FidelitySettings.from_dict(t.to_dict()) == t
+    assert fid.search_estimator(s) == "sotl"  # auto, before the run's check
+    assert fid.search_estimator(FidelitySettings(estimator="val_acc")) == "val_acc"
+    assert fid.pick_estimate({"val_acc": 0.5, "sotl": -9.0}, "sotl") == -9.0
+    with pytest.raises(UserError, match="auto is resolved by the run's check"):
+        fid.pick_estimate({"val_acc": 0.5}, "auto")
+
+
+@pytest.mark.parametrize("doc, needle", [
+    ({"rungs": []}, "fidelity.rungs: [] must be a non-empty list"),
+    ({"rungs": [30, 30]}, "fidelity.rungs: [30, 30] must increase strictly"),
+    ({"rungs": [0, 5]}, "fidelity.rungs"),
+    ({"rungs": [1.5]}, "integers >= 1"),
+    ({"eta": 1}, "fidelity.eta: 1 must be an integer >= 2"),
+    ({"eta": True}, "fidelity.eta"),
+    ({"estimator": "loss"}, "fidelity.estimator: 'loss' must be one of val_acc, sotl, auto"),
+    ({"device": "tpu"}, "fidelity.device: 'tpu' must be one of auto, cpu, cuda"),
+    ({"check": {"steps": 0}}, "fidelity.check.steps: 0 must be an integer >= 1"),
+    ({"check": {"seeds": 0}}, "fidelity.check.seeds"),
+    ({"check": {"top": -1}}, "fidelity.check.top"),
+    ({"check": {"tops": 3}}, "fidelity.check.tops: unknown key"),
+    ({"rung": [1]}, "fidelity.rung: unknown key"),
+    ("always", "fidelity: 'always' must be a mapping"),
+])
+def test_settings_errors_name_field_and_rule(doc, needle):
+    with pytest.raises(UserError) as e:
+        FidelitySettings.from_dict(doc)
+    assert needle in str(e.value)
+
+
+def test_device_resolution():
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == want
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(UserError, match="device: 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rungs_match_cpu(data, tmp_path):
+    gpu = dataclasses.replace(RUNGS, device="cuda")
+    r = train_to_rung(TINY[0], data, gpu, 3, tmp_path, seed=0)
+    assert r["device"].startswith("cuda")
+    cpu = ladder_run(TINY[0], data, RUNGS.rungs, seed=0, device="cpu")
+    assert r["sotl"] == pytest.approx(cpu[2]["sotl"], rel=1e-3)  # GPU kernels: float tolerance
+    s = short_train(TINY[0], data, steps=4, device="cuda")
+    assert 0 <= s["val_acc"] <= 1
+
+
+# --- promotion: NSGA-II ranking and the ASHA rule, on points checked by hand -------------------
+
+# est (max), latency (min). Front 0: A, B, C. D is dominated by C (0.7 > 0.6, 2 < 8) and E by A
+# (0.9 > 0.85, 10 < 12); D and E do not dominate each other: front 1. F is dominated by D: front 2.
+HAND = [Point(1, 0.9, 10), Point(2, 0.8, 5), Point(3, 0.7, 2), Point(4, 0.6, 8),
+        Point(5, 0.85, 12), Point(6, 0.5, 20)]
+
+
+def test_fronts_by_hand():
+    assert front_numbers(HAND) == [0, 0, 0, 1, 1, 2]
+
+
+def test_crowding_by_hand():
+    # A four-point front: ends infinite; P2 = (1.0-0.5)/0.6 + (10-5)/9, P3 = (0.9-0.4)/0.6 + (9-1)/9
+    f = [Point(1, 1.0, 10), Point(2, 0.9, 9), Point(3, 0.5, 5), Point(4, 0.4, 1)]
+    d = crowding_distances(f)
+    assert d[0] == d[3] == math.inf
+    assert d[1] == pytest.approx(0.5 / 0.6 + 5 / 9)
+    assert d[2] == pytest.approx(0.5 / 0.6 + 8 / 9)
+    assert [p.id for p in ranking(f)] == [1, 4, 3, 2]
+
+
+def test_promotion_rule_by_hand():
+    # front 0 crowding: A and C are the ends (inf), B = (0.9-0.7)/0.2 + (10-2)/8 = 2
+    assert [p.id for p in ranking(HAND)] == [1, 3, 2, 4, 5, 6]
+    # eta 3: floor(6/3) = 2 promoted: the two ends of the front, not the middle point B
+    assert [should_promote(t, HAND, 3) for t in (1, 2, 3, 4, 5, 6)] == [True, False, True, False, False, False]
+    assert [should_promote(t, HAND, 3, min_one=False) for t in (1, 2, 3)] == [True, False, True]
+    assert should_promote(2, HAND, 2)  # eta 2: floor(6/2) = 3 -> B too
+    assert promotable(HAND, promoted=[1], eta=3) == [3]
+    assert promotable(HAND[:2], promoted=[], eta=3) == []  # fewer than eta finished: nobody yet
+    # ... unless deciding at finish time: the best of the first few climbs (A: both ends, lower id)
+    assert should_promote(1, HAND[:2], 3) and not should_promote(2, HAND[:2], 3)
+    assert not should_promote(1, HAND[:2], 3, min_one=False)
+    with pytest.raises(ValueError, match="trial 9"):
+        should_promote(9, HAND, 3)
+
+
+def test_failed_estimate_ranks_last():
+    pts = [Point(1, float("nan"), 1.0), Point(2, 0.1, 50.0), Point(3, 0.2, 60.0)]
+    assert ranking(pts)[-1].id == 1 and front_numbers(pts) == [1, 0, 0]  # though it is the fastest
+
+
+# --- the self-check -------------------------------------------------------------------------
+
+
+def test_check_report_by_hand():
+    est = {"val_acc": [1, 2, 3, 4], "sotl": [4, 3, 2, 1]}
+    acc = [[0.1, 0.1], [0.2, 0.25], [0.3, 0.3], [0.4, 0.45]]
+    r = check_report(est, acc, "auto", n_boot=200)
+    assert r["estimators"]["val_acc"]["tau"] == pytest.approx(1.0)
+    assert r["estimators"]["sotl"]["tau"] == pytest.approx(-1.0)
+    assert r["chosen"] == "val_acc" and "auto" in r["chosen_how"]
+    assert r["noise_ceiling_tau"] == pytest.approx(1.0)
+    assert r["warning"] is None  # the CI is [1, 1]
+    forced = check_report(est, acc, "sotl", n_boot=200)
+    assert forced["chosen"] == "sotl" and "cannot tell" in forced["warning"]
+    # a ranking unrelated to the check: the CI includes 0, said plainly
+    flat = check_report({"val_acc": [2, 4, 1, 3, 5, 0]}, [[a, a] for a in (1, 2, 3, 4, 5, 6)],
+                        "val_acc", n_boot=200)
+    assert flat["tau_ci"][0] <= 0 <= flat["tau_ci"][1] and "not above 0" in flat["warning"]
+
+
+def test_check_estimator_trains_stores_and_reuses(data):
+    stored = {}
+    rep = check_estimator(TINY, {"val_acc": [0.3, 0.2, 0.1], "sotl": [-3.0, -2.0, -1.0]}, data,
+                          steps=2, seeds=2, device="cpu", n_boot=50,
+                          on_trained=lambda aid, r: stored.__setitem__(aid, r))
+    assert set(stored) == {a.archid for a in TINY}
+    assert all(len(r["val_acc"]) == 2 and r["seeds"] == [100, 101] for r in stored.values())
+    assert rep["n"] == 3 and rep["chosen"] in ("val_acc", "sotl")
+    assert rep["check_acc_mean"] == [float(np.mean(stored[a.archid]["val_acc"])) for a in TINY]
+    again = check_estimator(TINY, {"val_acc": [0.3, 0.2, 0.1], "sotl": [-3.0, -2.0, -1.0]}, data,
+                            steps=2, seeds=2, device="cpu", n_boot=50, done=stored,
+                            on_trained=lambda *_: pytest.fail("retrained a stored architecture"))
+    assert again["check_acc_mean"] == rep["check_acc_mean"]
+    with pytest.raises(UserError, match="at least 3"):
+        check_estimator(TINY[:2], [0.1, 0.2], data, steps=2, seeds=1, estimator="val_acc")
+
+
+def test_two_workers_on_one_folder_train_once(data, tmp_path):
+    import threading
+
+    out: list[dict] = []
+    ts = [threading.Thread(target=lambda: out.append(train_to_rung(TINY[0], data, RUNGS, 2, tmp_path, seed=0)))
+          for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert sorted(r["trained_seconds"] == 0.0 for r in out) == [False, True]  # one trained, one waited
+    assert out[0]["val_acc"] == out[1]["val_acc"]
