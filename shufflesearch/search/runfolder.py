@@ -3,9 +3,11 @@ its log. A folder belongs to exactly one search space."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
+import sqlite3
 import time
 import warnings
 from collections.abc import Callable
@@ -18,9 +20,9 @@ import sqlalchemy as sa
 import yaml
 from optuna.trial import TrialState
 
-from ..common.yamlio import parse_yaml
+from ..common.yamlio import Located, parse_yaml
 from ..errors import UserError
-from .space import SearchSpace
+from .space import SearchSpace, parse_space
 
 # The heartbeat API is marked experimental, and using it outside Study.optimize warns; both
 # are deliberate here (ask/tell is how we keep the budget exact across workers).
@@ -67,8 +69,6 @@ def check_name(name: str) -> str:
 def _pg_driver(url: str) -> str:
     """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; where only psycopg2 (the
     driver this project's extras install) is present, say so in the URL."""
-    import importlib.util
-
     for bare in ("postgresql://", "postgres://"):
         if url.startswith(bare) and importlib.util.find_spec("psycopg") is None \
                 and importlib.util.find_spec("psycopg2") is not None:
@@ -186,8 +186,6 @@ def trial_state(storage: Any, trial_id: int) -> TrialState | None:
 
 def _sqlite_wal(path: Path) -> None:
     """WAL lets readers (progress, dashboard) run beside the writers; it persists in the file."""
-    import sqlite3
-
     con = sqlite3.connect(path, timeout=60)
     try:
         con.execute("PRAGMA journal_mode=WAL")
@@ -267,9 +265,6 @@ def load_run(path: str | Path) -> tuple[Run, optuna.Study]:
 
 
 def _space_from_config(doc: dict, root: Path) -> SearchSpace:
-    from ..common.yamlio import Located
-    from .space import parse_space
-
     raw = dict(doc.get("config") or {})
     raw["objectives"] = [n for n, _ in raw.get("objectives", [])] or ["proxy", "latency"]
     return parse_space(Located(raw, {}, str(root / "config.yaml")))
