@@ -47,7 +47,7 @@ from torch import nn
 from ..common.stats import bootstrap_ci
 from ..common.threads import torch_threads
 from ..errors import UserError
-from ..model.arch import Arch, preset
+from ..model.arch import Arch, preset, resolve_arch
 from ..model.compile import build
 from . import backends
 from .cache import LatencyCache
@@ -441,6 +441,7 @@ def retime(archs: Sequence[Any], spec: TargetSpec, *, max_seconds: float | None 
     ``calibration`` images are required by ``onnxruntime-int8``."""
     if not archs:
         return []
+    archs = [resolve_arch(a) for a in archs]  # Arch, preset name or arch file
     models = [inference_model(a, spec) if spec.backend == "torch" else a for a in archs]
     cap = max_seconds if max_seconds is not None else float(len(models) + 1)
     rounds = _window(models, spec, max_seconds=cap, lock=True, calibration=calibration)
