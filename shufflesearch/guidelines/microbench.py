@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from ..measure.env import clock_for, timing_lock
 from ..measure.protocol import ESTIMATOR, _iqr, estimate, time_rounds, torch_runner
 from ..measure.target import TargetSpec
 from ..model.units import ConvBN, fold_conv_bn
+from .calibration import calibrate
 
 HW = 56  # the paper's input size for Tables 1-3
 BLOCKS = 10
@@ -341,8 +342,6 @@ class BenchResult:
     backend: str = "torch"
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return {
             "quick": self.quick,
             "threads": self.threads,
@@ -359,8 +358,6 @@ class BenchResult:
 def bench(quick: bool = False, threads: int = 1, progress: Any = None, backend: str = "torch") -> BenchResult:
     """Run the four tables, compare with the paper and fit this machine's calibration
     (not saved; calibration.save does that)."""
-    from .calibration import calibrate
-
     cfg = QUICK if quick else FULL
     results = run(cfg["scales"], threads, cfg["rounds"], cfg["max_seconds"], progress=progress, backend=backend)
     cal = calibrate([(m.macs, m.mac, m.ops, m.ms) for m in results], threads,
