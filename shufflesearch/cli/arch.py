@@ -64,7 +64,8 @@ def _add_latency(p: argparse.ArgumentParser) -> None:
                    help="transfer: comma-separated runtimes (default all three)")
     p.add_argument("--data", default="digits",
                    help="onnxruntime-int8: calibration images from this proxy task's training split (default digits)")
-    p.add_argument("--max-seconds", type=float, default=1.0, help="time cap per measurement (default 1)")
+    p.add_argument("--max-seconds", type=float, default=1.0,
+                   help="time cap per measurement (default 1; transfer: per point in each runtime's window)")
     p.add_argument("--remeasure", action="store_true", help="ignore the cache and time again")
     p.add_argument("--n", type=int, default=50, help="validate: random architectures (default 50)")
     p.add_argument("--space", help="build-table/validate: sample from this search space YAML")
@@ -110,7 +111,7 @@ def _latency_transfer(args: argparse.Namespace) -> int:
     if not args.run:
         raise UserError("latency transfer: give the run folder (shufflesearch latency transfer runs/NAME)")
     say = None if (args.quiet or args.json) else (lambda m: print(m, file=sys.stderr))
-    d = transfer(args.run, parse_backends(args.backends), progress=say)
+    d = transfer(args.run, parse_backends(args.backends), seconds_per_point=args.max_seconds, progress=say)
     if args.json:
         print_json(d)
     else:

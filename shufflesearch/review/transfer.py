@@ -53,10 +53,10 @@ def transfer_points(records: Sequence[TrialRecord]) -> list[TrialRecord]:
     return front + base
 
 
-def transfer(run_path: str | Path, backends: Sequence[str], *, max_seconds: float | None = None,
+def transfer(run_path: str | Path, backends: Sequence[str], *, seconds_per_point: float = 1.0,
              progress: Any = None) -> dict[str, Any]:
-    """Re-time the run's front and baselines on every backend; the result is also written to
-    RUN/transfer.json."""
+    """Re-time the run's front and baselines on every backend, each window capped at
+    ``seconds_per_point`` x (points + reference); the result is also written to RUN/transfer.json."""
     run, records = load_records(run_path)
     points = transfer_points(records)
     if len(points) < 2:
@@ -69,7 +69,8 @@ def transfer(run_path: str | Path, backends: Sequence[str], *, max_seconds: floa
         if progress is not None:
             progress(f"timing {len(points)} points on {b}")
         cal = load_data(run.space.data).batch("train", CALIBRATION_IMAGES).x if b == "onnxruntime-int8" else None
-        lat[b] = retime(archs, dataclasses.replace(target, backend=b), max_seconds=max_seconds, calibration=cal)
+        lat[b] = retime(archs, dataclasses.replace(target, backend=b), calibration=cal,
+                        max_seconds=seconds_per_point * (len(archs) + 1))
     on_front: dict[str, set[str]] = {}
     for b in backends:
         moved = [dataclasses.replace(r, latency_ms=la.median_ms) for r, la in zip(points, lat[b])]
