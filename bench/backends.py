@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="interleaved timing per preset (part 3)")
     ap.add_argument("--train-steps", type=int, default=100, help="part 4: SGD steps on digits per preset")
     ap.add_argument("--skip-train", action="store_true", help="skip part 4")
+    ap.add_argument("--parts", default="1,2,3,4", help="which parts to run (default 1,2,3,4)")
     ap.add_argument("--small-calibration", type=int, default=16,
                     help="part 2: int8 cost also with this many calibration images (default 16)")
     args = ap.parse_args()
@@ -95,41 +96,45 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SHUFFLESEARCH_CACHE_DIR"] = tmp
 
-        print("\n1. ONNX export, seconds (faster of 2, interleaved); max |diff| / max |output| vs torch")
-        print(f"{'preset':<24} {'torchscript':>11} {'dynamo':>8} {'dynamo/ts':>9} {'diff ts':>9} {'diff dyn':>9}")
-        for n in names:
-            ts, dy, d_ts, d_dy = exporter_cost(n, tmp)
-            print(f"{n:<24} {ts:>11.2f} {dy:>8.2f} {dy / ts:>9.1f} {d_ts:>9.1e} {d_dy:>9.1e}")
+        parts = {int(p) for p in args.parts.split(",")}
+        if 1 in parts:
+            print("\n1. ONNX export, seconds (faster of 2, interleaved); max |diff| / max |output| vs torch")
+            print(f"{'preset':<24} {'torchscript':>11} {'dynamo':>8} {'dynamo/ts':>9} {'diff ts':>9} {'diff dyn':>9}")
+            for n in names:
+                ts, dy, d_ts, d_dy = exporter_cost(n, tmp)
+                print(f"{n:<24} {ts:>11.2f} {dy:>8.2f} {dy / ts:>9.1f} {d_ts:>9.1e} {d_dy:>9.1e}")
 
-        print("\n2. per-trial cost: set-up + ~1 s timing, seconds; ratio to the torch backend")
-        print(f"{'preset':<24} {'backend':<23} {'setup':>6} {'total':>6} {'/torch':>7} "
-              f"{'cached setup':>12} {'total':>6} {'/torch':>7}")
-        for n in names:
-            base = None
-            for be, k in [(b, len(cal)) for b in B.BACKENDS] + [("onnxruntime-int8", args.small_calibration)]:
-                first = trial_cost(n, be, cal[:k], 1.0)
-                again = trial_cost(n, be, cal[:k], 1.0)  # the export (and int8 model) now cached
-                if base is None:
-                    base = (first[1], again[1])
-                label = f"{be} ({k} img)" if be.endswith("int8") else be
-                print(f"{n:<24} {label:<23} {first[0]:>6.2f} {first[1]:>6.2f} {first[1] / base[0]:>7.2f} "
-                      f"{again[0]:>12.2f} {again[1]:>6.2f} {again[1] / base[1]:>7.2f}")
+        if 2 in parts:
+            print("\n2. per-trial cost: set-up + ~1 s timing, seconds; ratio to the torch backend")
+            print(f"{'preset':<24} {'backend':<23} {'setup':>6} {'total':>6} {'/torch':>7} "
+                  f"{'cached setup':>12} {'total':>6} {'/torch':>7}")
+            for n in names:
+                base = None
+                for be, k in [(b, len(cal)) for b in B.BACKENDS] + [("onnxruntime-int8", args.small_calibration)]:
+                    first = trial_cost(n, be, cal[:k], 1.0)
+                    again = trial_cost(n, be, cal[:k], 1.0)  # the export (and int8 model) now cached
+                    if base is None:
+                        base = (first[1], again[1])
+                    label = f"{be} ({k} img)" if be.endswith("int8") else be
+                    print(f"{n:<24} {label:<23} {first[0]:>6.2f} {first[1]:>6.2f} {first[1] / base[0]:>7.2f} "
+                          f"{again[0]:>12.2f} {again[1]:>6.2f} {again[1] / base[1]:>7.2f}")
 
-        print(f"\n3. latency, ms (median over interleaved rounds of {args.seconds:.0f} s); ratios: median of per-round ratios")
-        print(f"{'preset':<24} {'torch':>7} {'ort':>7} {'int8':>7} {'ort/torch':>9} {'int8/ort':>8} "
-              f"{'int8/torch':>10} {'rounds':>6}")
-        for n in names:
-            rs = [B.make_runner(n, TargetSpec(backend=be), calibration=cal) for be in B.BACKENDS]
-            t, o, q = B.time_interleaved(rs, seconds=args.seconds)
+        if 3 in parts:
+            print(f"\n3. latency, ms (median over interleaved rounds of {args.seconds:.0f} s); ratios: median of per-round ratios")
+            print(f"{'preset':<24} {'torch':>7} {'ort':>7} {'int8':>7} {'ort/torch':>9} {'int8/ort':>8} "
+                  f"{'int8/torch':>10} {'rounds':>6}")
+            for n in names:
+                rs = [B.make_runner(n, TargetSpec(backend=be), calibration=cal) for be in B.BACKENDS]
+                t, o, q = B.time_interleaved(rs, seconds=args.seconds)
 
-            def ratio(a: list[float], b: list[float]) -> float:
-                return statistics.median(x / y for x, y in zip(a, b))
+                def ratio(a: list[float], b: list[float]) -> float:
+                    return statistics.median(x / y for x, y in zip(a, b))
 
-            print(f"{n:<24} {statistics.median(t):>7.2f} {statistics.median(o):>7.2f} "
-                  f"{statistics.median(q):>7.2f} {ratio(o, t):>9.3f} {ratio(q, o):>8.3f} "
-                  f"{ratio(q, t):>10.3f} {len(t):>6}")
+                print(f"{n:<24} {statistics.median(t):>7.2f} {statistics.median(o):>7.2f} "
+                      f"{statistics.median(q):>7.2f} {ratio(o, t):>9.3f} {ratio(q, o):>8.3f} "
+                      f"{ratio(q, t):>10.3f} {len(t):>6}")
 
-        if not args.skip_train:
+        if 4 in parts and not args.skip_train:
             print(f"\n4. int8 on digits (32 px, {args.train_steps} training steps, export_arch(int8=True)): "
                   "top-1 agreement with model.onnx, accuracies, on the validation split")
             print(f"{'preset':<24} {'agree':>7} {'acc fp32':>8} {'acc int8':>8} {'train s':>7}")

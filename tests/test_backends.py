@@ -4,6 +4,7 @@ package is one clear line."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -262,3 +263,100 @@ def test_cli_export_arch_int8(tmp_path, capsys):
     assert main(["export-arch", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "c"), "--int8",
                  "--data", "nope"]) == 2
     assert "proxy.name" in capsys.readouterr().err
+
+
+# --- every backend through the timing protocol, the search, the CLI ------------------------------
+
+
+def _calibration() -> torch.Tensor:
+    return load_data().batch("train", 16).x
+
+
+@pytest.mark.parametrize("backend", B.BACKENDS)
+def test_protocol_times_every_backend_against_its_own_reference(backend):
+    from shufflesearch.measure.protocol import measure_arch, reference_archid, retime
+
+    spec = TargetSpec(resolution=32, backend=backend)
+    lat = measure_arch(TINY, spec, max_seconds=0.2, calibration=_calibration())
+    assert lat.fingerprint["backend"] == backend and lat.spec["backend"] == backend
+    assert lat.reference["archid"] == reference_archid() and lat.protocol == 2
+    assert lat.ratio > 0 and lat.ratio_ci[0] <= lat.ratio <= lat.ratio_ci[1] and lat.n >= 10
+    assert len(lat.ref_runs_ms) == len(lat.runs_ms)  # paired rounds: timed in one window
+    # Side by side: the reference itself re-timed against the reference is a ratio near 1.
+    ref, tiny = retime(["shufflenet_v2_x0_5", TINY], spec, max_seconds=0.5, calibration=_calibration())
+    assert 0.7 < ref.ratio < 1.4 and tiny.ratio > 0
+
+
+def test_int8_timing_without_calibration_is_one_line():
+    from shufflesearch.measure.protocol import measure_arch
+
+    with pytest.raises(UserError, match="onnxruntime-int8 needs calibration") as e:
+        measure_arch(TINY, TargetSpec(resolution=32, backend="onnxruntime-int8"), max_seconds=0.1)
+    assert "\n" not in str(e.value)
+
+
+def _tiny_space(tmp_path: Path, backend: str, baselines: str = "[]") -> Path:
+    text = (HERE / "spaces" / "tiny.yaml").read_text().replace("threads: 1,", f"threads: 1, backend: {backend},")
+    p = tmp_path / f"{backend}.yaml"
+    p.write_text(text.replace("baselines: []", f"baselines: {baselines}"))
+    return p
+
+
+@pytest.mark.parametrize("backend", B.BACKENDS)
+def test_run_times_trials_on_the_space_backend(tmp_path, backend):
+    from shufflesearch.cli import main
+    from shufflesearch.review.pareto import load_records
+
+    space = _tiny_space(tmp_path, backend)
+    assert main(["run", str(space), "--budget", "2", "--name", "b", "--runs", str(tmp_path / "runs"), "--quiet"]) == 0
+    _, records = load_records(tmp_path / "runs" / "b")
+    done = [r for r in records if r.state == "COMPLETE"]
+    assert len(done) == 2
+    for r in done:
+        assert r.latency["fingerprint"]["backend"] == backend and r.latency["spec"]["backend"] == backend
+        assert r.latency["ratio"] > 0 and r.latency_ms == pytest.approx(r.latency["ratio"] * r.latency["reference"]["ms"])
+
+
+def test_cli_latency_on_int8(tmp_path, capsys):
+    from shufflesearch.cli import main
+
+    (tmp_path / "a.yaml").write_text(TINY.to_yaml())
+    assert main(["latency", str(tmp_path / "a.yaml"), "--resolution", "32", "--backend", "onnxruntime-int8",
+                 "--max-seconds", "0.2", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["fingerprint"]["backend"] == "onnxruntime-int8" and d["ratio"] > 0
+
+
+def test_latency_transfer_and_report(tmp_path, capsys):
+    from shufflesearch.cli import main
+
+    # Two baselines make at least two points whatever the front.
+    space = _tiny_space(tmp_path, "torch", "[shufflenet_v2_x0_5, shufflenet_v1_g3_x0_5]")
+    assert main(["run", str(space), "--budget", "3", "--name", "t", "--runs", str(tmp_path / "runs"), "--quiet"]) == 0
+    run = tmp_path / "runs" / "t"
+    capsys.readouterr()
+    assert main(["latency", "transfer", str(run), "--backends", "torch,onnxruntime-int8", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d == json.loads((run / "transfer.json").read_text())
+    assert d["backends"] == ["torch", "onnxruntime-int8"] and set(d["kendall_tau"]) == {"torch~onnxruntime-int8"}
+    assert {"shufflenet_v2_x0_5", "shufflenet_v1_g3_x0_5"} <= {p["baseline"] for p in d["points"]}
+    assert d["fingerprint"]["onnxruntime-int8"]["backend"] == "onnxruntime-int8"
+    for p in d["points"]:
+        for b in d["backends"]:
+            assert p["latency"][b]["ratio"] > 0
+    for b in d["backends"]:  # the fastest point on a runtime is never dominated there
+        fastest = min(d["points"], key=lambda p: (p["latency"][b]["ms"], -p["proxy"]))
+        assert fastest["front"][b] and d["front_size"][b] == sum(p["front"][b] for p in d["points"])
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html"), "--quiet"]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "<h2>Runtimes</h2>" in page and "torch vs onnxruntime-int8" in page
+    assert main(["latency", "transfer", str(run), "--backends", "torch"]) == 2  # one runtime: nothing to compare
+    assert main(["latency", "transfer"]) == 2
+
+
+def test_guideline_table_on_onnxruntime():
+    from shufflesearch.guidelines.microbench import TABLES, run
+
+    res = run(scales=(1,), tables=("4",), max_seconds=0.05, backend="onnxruntime")
+    assert [m.label for m in res] == [r.label for r in TABLES["4"]["rows"]]
+    assert res[0].ratio == 1.0 and all(m.ms > 0 and m.ratio > 0 for m in res)

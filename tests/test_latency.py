@@ -457,13 +457,13 @@ def test_a_figure_still_drifted_after_its_retime_is_not_cached(machine: FakeMach
 # --- backends and CLI ---------------------------------------------------------------------------
 
 
-def test_onnxruntime_backend_in_its_own_process() -> None:
+def test_onnxruntime_backend_in_process() -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     lat = L.measure_arch(TINY, T.TargetSpec(resolution=32, backend="onnxruntime"), max_seconds=0.2)
     assert lat.n >= L.MIN_RUNS and lat.median_ms > 0
     assert lat.fingerprint["backend"] == "onnxruntime" and "onnxruntime" in lat.fingerprint
-    # timed against the reference exported the same way, in the same child, in rounds
+    # timed against the reference exported the same way, in this thread, in rounds
     assert lat.ratio is not None and lat.reference["arch"] == T.REFERENCE_ARCH
     assert len(lat.ref_runs_ms) == lat.n and lat.spec["backend"] == "onnxruntime"
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..accuracy.data import DataSpec
+from ..accuracy.data import DataSpec, load_data
 from ..accuracy.training import train_arch
 from ..common.yamlio import parse_yaml
 from ..errors import UserError
@@ -15,10 +15,12 @@ from ..guidelines.checks import GuidelineSettings, check, format_report, load_ca
 from ..measure.cache import LatencyCache
 from ..measure.predictor import LatencyTable, build_table, random_archs, table_path, validate
 from ..measure.protocol import measure_arch
-from ..measure.target import TargetSpec
+from ..measure.target import BACKENDS, TargetSpec
 from ..model.arch import PRESETS, Arch, resolve_arch
 from ..model.cost import costs, format_costs
 from ..review.export import export_arch
+from ..review.transfer import CALIBRATION_IMAGES, format_transfer, parse_backends, transfer
+from ..review.transfer import FILE as TRANSFER_FILE
 from ..search.space import load_space
 from .output import print_artefacts, print_json
 
@@ -50,13 +52,20 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _add_latency(p: argparse.ArgumentParser) -> None:
-    p.add_argument("arch", help="a preset name or an arch file; or `build-table` / `validate` (the predictor)")
+    p.add_argument("arch", help="a preset name or an arch file; `build-table` / `validate` (the predictor); "
+                                "or `transfer RUN` (re-time a run's front on each of --backends)")
+    p.add_argument("run", nargs="?", help="transfer: the run folder")
     p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
-    p.add_argument("--max-seconds", type=float, default=1.0, help="time cap per measurement (default 1)")
+    p.add_argument("--backend", default="torch", choices=list(BACKENDS), help="runtime timed (default torch)")
+    p.add_argument("--backends", default=",".join(BACKENDS),
+                   help="transfer: comma-separated runtimes (default all three)")
+    p.add_argument("--data", default="digits",
+                   help="onnxruntime-int8: calibration images from this proxy task's training split (default digits)")
+    p.add_argument("--max-seconds", type=float, default=1.0,
+                   help="time cap per measurement (default 1; transfer: per point in each runtime's window)")
     p.add_argument("--remeasure", action="store_true", help="ignore the cache and time again")
     p.add_argument("--n", type=int, default=50, help="validate: random architectures (default 50)")
     p.add_argument("--space", help="build-table/validate: sample from this search space YAML")
@@ -69,10 +78,16 @@ def cmd_latency(args: argparse.Namespace) -> int:
     spec = TargetSpec(args.resolution, args.batch, args.threads, args.channels_last, args.backend)
     if args.max_seconds <= 0:
         raise UserError(f"--max-seconds: must be > 0, got {args.max_seconds}")
+    if args.arch == "transfer":
+        return _latency_transfer(args)
+    if args.run is not None:
+        raise UserError(f"latency: unexpected argument {args.run!r} (only `latency transfer RUN` takes two)")
     if args.arch in ("build-table", "validate"):
         return _latency_predictor(args, spec)
+    cal = (load_data(DataSpec(name=args.data)).batch("train", CALIBRATION_IMAGES).x
+           if spec.backend == "onnxruntime-int8" else None)
     lat = measure_arch(resolve_arch(args.arch), spec, cache=LatencyCache(), remeasure=args.remeasure,
-                       max_seconds=args.max_seconds)
+                       max_seconds=args.max_seconds, calibration=cal)
     if args.json:
         print_json(lat.to_dict())  # ratio, ratio_ci, estimator, reference, protocol included
         return 0
@@ -88,6 +103,20 @@ def cmd_latency(args: argparse.Namespace) -> int:
     print(f"{lat.median_ms:.3f} ms = {lat.ratio:.3f} x {ref.get('arch')} ({ref.get('ms', float('nan')):.3f} ms"
           f"{spread}, n={ref.get('n')}); ratio 95% CI {lo:.3f}-{hi:.3f}, {lat.n} rounds, {src}"
           f"{', DRIFTED' if lat.drifted else ''}; {where}")
+    return 0
+
+
+def _latency_transfer(args: argparse.Namespace) -> int:
+    """``latency transfer RUN``: the run's front and baselines re-timed on each runtime."""
+    if not args.run:
+        raise UserError("latency transfer: give the run folder (shufflesearch latency transfer runs/NAME)")
+    say = None if (args.quiet or args.json) else (lambda m: print(m, file=sys.stderr))
+    d = transfer(args.run, parse_backends(args.backends), seconds_per_point=args.max_seconds, progress=say)
+    if args.json:
+        print_json(d)
+    else:
+        print(format_transfer(d))
+        print(f"saved {Path(args.run) / TRANSFER_FILE} (shown by `shufflesearch report`)")
     return 0
 
 

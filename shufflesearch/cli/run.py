@@ -19,6 +19,7 @@ from ..common.yamlio import read_yaml
 from ..errors import UserError
 from ..guidelines.calibration import save
 from ..guidelines.microbench import FULL, QUICK, bench, format_tables, n_measurements
+from ..measure.target import BACKENDS
 from ..search.engine import search
 from ..search.space import load_space
 from .output import print_json
@@ -66,6 +67,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _add_guidelines(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="x1 and x2 widths, 3 rounds (< 2 min)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, like ARM)")
+    p.add_argument("--backend", default="torch", choices=list(BACKENDS),
+                   help="runtime the tables are timed on (default torch; the ONNX ones export each block stack)")
     p.add_argument("--out", help="also write the JSON results here")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -80,14 +83,19 @@ def cmd_guidelines(args: argparse.Namespace) -> int:
         bar = tqdm(total=n_measurements(cfg["scales"], cfg["rounds"]), desc="guideline bench",
                    unit="run", file=sys.stderr)
     try:
-        res = bench(args.quick, args.threads, progress=bar.update if bar else None)
+        res = bench(args.quick, args.threads, progress=bar.update if bar else None, backend=args.backend)
     finally:
         if bar:
             bar.close()
-    path = save(res.calibration)
     d = res.to_dict()
-    bench_path = path.with_suffix(".bench.json")
-    bench_path.write_text(json.dumps(d, indent=2))
+    saved = []
+    if args.backend == "torch":
+        # `check` and the search read the calibration of the torch inference form; another
+        # runtime's tables are shown (and written to --out) without replacing it.
+        path = save(res.calibration)
+        bench_path = path.with_suffix(".bench.json")
+        bench_path.write_text(json.dumps(d, indent=2))
+        saved = [str(path) + " (used by `check` and the search)", str(bench_path)]
     if args.out:
         try:
             with open(args.out, "w") as f:
@@ -102,8 +110,8 @@ def cmd_guidelines(args: argparse.Namespace) -> int:
     print(f"calibration ({c.n_points} blocks, median fit error {c.median_rel_error:.0%}): "
           f"{c.ms_per_gmac:.3f} ms/GMAC compute, {c.ms_per_melem:.3f} ms per M elements moved, "
           f"{c.ms_per_op * 1e3:.1f} us per op")
-    print(f"saved {path} (used by `check` and the search) and {bench_path}"
-          + (f" and {args.out}" if args.out else ""))
+    saved += [args.out] if args.out else []
+    print(f"{args.backend}: " + (f"saved {' and '.join(saved)}" if saved else "not saved (no --out)"))
     return 0
 
 

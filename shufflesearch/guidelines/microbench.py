@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..common.stats import kendall_tau  # tau-b; also part of this module's API
 from ..common.threads import torch_threads
+from ..measure.backends import make_module_runner
 from ..measure.env import clock_for, timing_lock
 from ..measure.protocol import ESTIMATOR, _iqr, estimate, time_rounds, torch_runner
+from ..measure.target import TargetSpec
 from ..model.units import ConvBN, fold_conv_bn
+from .calibration import calibrate
 
 HW = 56  # the paper's input size for Tables 1-3
 BLOCKS = 10
@@ -222,13 +226,16 @@ def run(
     max_seconds: float = 0.5,
     tables: tuple[str, ...] = tuple(TABLES),
     progress: Any = None,
+    backend: str = "torch",
 ) -> list[Measured]:
     """Time every row of every table at every scale. The rows of one table and scale are
     timed in one window, interleaved in rounds (row 1, 2, ..., then again, order rotating),
     so a burst of load from elsewhere hits all rows of a comparison alike. Each row's figure
     is its ratio to the table's first row, by the latency protocol's estimator (the one that
     ranked most stably in bench/latency_stability.py), times the first row's own median in
-    that window. The window is capped at ``rounds x rows x max_seconds``."""
+    that window. The window is capped at ``rounds x rows x max_seconds``. ``backend`` is the
+    runtime (measure.target.BACKENDS): the ONNX ones export each stack and time it with ONNX
+    Runtime (int8: calibrated on random images, which sets ranges but not the timed graph)."""
     torch.manual_seed(0)
     out: list[Measured] = []
     for t in tables:
@@ -236,7 +243,7 @@ def run(
             rows = TABLES[t]["rows"]
             models = [build_stack(r, s) for r in rows]
             costs = [block_costs(r, s) for r in rows]
-            runners = [torch_runner(m, torch.randn(1, c.in_channels, HW, HW)) for m, c in zip(models, costs)]
+            runners = [_runner(m, c.in_channels, threads, backend) for m, c in zip(models, costs)]
             with timing_lock(), torch_threads(threads), torch.inference_mode():
                 times = time_rounds(runners, clock_name=clock_for(threads),
                                     max_seconds=rounds * len(rows) * max_seconds)
@@ -251,6 +258,15 @@ def run(
                 out.append(Measured(t, r.label, s, scaled(r, s), c.macs, c.mac, c.ops, ratio * base,
                                     _iqr(q) / statistics.median(q), r.paper_gpu[k], r.paper_arm[k], ratio))
     return out
+
+
+def _runner(model: nn.Module, c_in: int, threads: int, backend: str) -> Any:
+    if backend == "torch":
+        return torch_runner(model, torch.randn(1, c_in, HW, HW))
+    cal = np.random.default_rng(0).standard_normal((8, c_in, HW, HW)).astype(np.float32) \
+        if backend == "onnxruntime-int8" else None
+    return make_module_runner(model, (1, c_in, HW, HW), TargetSpec(threads=threads, backend=backend),
+                              calibration=cal)
 
 
 def n_measurements(scales: tuple[int, ...], rounds: int, tables: tuple[str, ...] = tuple(TABLES)) -> int:
@@ -323,13 +339,13 @@ class BenchResult:
     calibration: Any  # calibration.Calibration fitted on ``results``
     quick: bool
     threads: int
+    backend: str = "torch"
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return {
             "quick": self.quick,
             "threads": self.threads,
+            "backend": self.backend,
             "input": [1, "c", HW, HW],
             "blocks": BLOCKS,
             "fingerprint": self.calibration.fingerprint,
@@ -339,13 +355,11 @@ class BenchResult:
         }
 
 
-def bench(quick: bool = False, threads: int = 1, progress: Any = None) -> BenchResult:
+def bench(quick: bool = False, threads: int = 1, progress: Any = None, backend: str = "torch") -> BenchResult:
     """Run the four tables, compare with the paper and fit this machine's calibration
     (not saved; calibration.save does that)."""
-    from .calibration import calibrate
-
     cfg = QUICK if quick else FULL
-    results = run(cfg["scales"], threads, cfg["rounds"], cfg["max_seconds"], progress=progress)
+    results = run(cfg["scales"], threads, cfg["rounds"], cfg["max_seconds"], progress=progress, backend=backend)
     cal = calibrate([(m.macs, m.mac, m.ops, m.ms) for m in results], threads,
-                    source="shufflesearch guidelines" + (" --quick" if quick else ""))
-    return BenchResult(results, compare(results), cal, quick, threads)
+                    source="shufflesearch guidelines" + (" --quick" if quick else ""), backend=backend)
+    return BenchResult(results, compare(results), cal, quick, threads, backend)

@@ -52,9 +52,9 @@ from ..model.compile import build, to_inference
 from .env import cache_dir, clock_for
 from .target import BACKENDS, TargetSpec, stable_hash
 
-__all__ = ["BACKENDS", "Runner", "make_runner", "make_module_runner", "seeded_model",
-           "export_onnx", "quantize_int8", "calibration_fingerprint", "require_onnx",
-           "onnx_session", "time_interleaved", "calibration_array", "INSTALL_HINT"]
+__all__ = ["BACKENDS", "Runner", "make_runner", "make_module_runner", "seeded_model", "export_onnx",
+           "quantize_int8", "calibration_fingerprint", "require_onnx", "onnx_session",
+           "time_interleaved", "calibration_array", "INSTALL_HINT"]
 
 INSTALL_HINT = 'pip install -e ".[onnx]"'
 OPSET = 17  # ONNX opset of the exports: every op of the inference form exists since 13
@@ -137,12 +137,13 @@ def make_runner(arch: Any, spec: TargetSpec, *,
                 calibration: np.ndarray | Iterable[Any] | None = None) -> Runner:
     """A zero-argument callable running one forward pass of ``arch`` (an Arch, preset name or
     arch file) on ``spec`` with ``spec.backend``. ``calibration`` (images, NCHW, any size:
-    they are resized to ``spec.resolution``) is required by ``onnxruntime-int8``."""
+    they are resized to ``spec.resolution``) is required by ``onnxruntime-int8``. All backends
+    run the inference form (ONNX: as model.onnx; 2-3x cheaper to export than the training form)."""
     _check_backend(spec.backend)
     arch = resolve_arch(arch)
-    model = seeded_model(arch)
+    model = to_inference(seeded_model(arch))
     if spec.backend == "torch":
-        return _torch_runner(to_inference(model), spec)
+        return _torch_runner(model, spec)
     return _ort_runner(model, spec, calibration, key=arch.archid)
 
 
@@ -192,7 +193,7 @@ def _onnx_dir() -> Path:
 
 
 def _export_tag() -> str:
-    return stable_hash({"exporter": EXPORTER, "opset": OPSET, "torch": torch.__version__})
+    return stable_hash({"exporter": EXPORTER, "opset": OPSET, "torch": torch.__version__, "form": "inference"})
 
 
 def _int8_tag() -> str:
@@ -420,10 +421,9 @@ def _ort_runner(model: nn.Module, spec: TargetSpec, calibration: Any, *, key: st
 
 def time_interleaved(runners: list[Runner], *, seconds: float = 1.0, min_rounds: int = 7
                      ) -> list[list[float]]:
-    """Per-call ms of each runner over interleaved rounds: every round times each runner once
-    (a few calls, order rotating), so a slow phase of a shared machine hits all of them alike;
-    ratios should be taken per round. Not the search's protocol (measure/protocol.py): a
-    short side-by-side comparison for benches and export reports."""
+    """Per-call ms of each runner over interleaved rounds (a few calls each, order rotating);
+    take ratios per round. Not the search's protocol (protocol.py): a short side-by-side
+    comparison for benches and export reports."""
     clock = time.thread_time if clock_for(max(r.threads for r in runners)) == "thread_cpu" else time.perf_counter
     inner = []
     with contextlib.ExitStack() as stack:

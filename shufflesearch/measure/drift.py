@@ -49,11 +49,12 @@ class DriftMonitor:
 
     def __init__(self, spec: TargetSpec, reference: Any = REFERENCE_ARCH, *, bound: float = DRIFT_BOUND,
                  every: int = 10, retime: bool = True, max_seconds: float = 1.0,
-                 cache: LatencyCache | None = None) -> None:
+                 cache: LatencyCache | None = None, calibration: Any = None) -> None:
         if reference != REFERENCE_ARCH:
             raise ValueError(f"reference: figures are relative to {REFERENCE_ARCH}, got {reference!r}")
         self.spec = spec
         self.bound, self.every, self.retime, self.max_seconds = bound, every, retime, max_seconds
+        self.calibration = calibration  # images for onnxruntime-int8 (the proxy task's training split)
         self.schedule = ReferenceSchedule(spec, cache)
         self.history: list[DriftCheck] = []
         self._since: int | None = None  # fresh measurements since the last check (None: never)
@@ -87,7 +88,8 @@ class DriftMonitor:
                                    target_rel_ci=0.03)[0]
             ms = statistics.median(runs)
         else:  # other backends time the reference in their own window: use a window's figure
-            ms = statistics.median(_window([], self.spec, max_seconds=self.max_seconds, lock=True)[0])
+            ms = statistics.median(_window([], self.spec, max_seconds=self.max_seconds, lock=True,
+                                           calibration=self.calibration)[0])
         self.schedule.add(ms)
         self._since = 0
         return self._record(ms, before)
@@ -101,7 +103,8 @@ class DriftMonitor:
         if self._since is None or self._since >= self.every:
             self.check()
         lat = measure_arch(arch, self.spec, cache=cache, remeasure=remeasure, max_seconds=self.max_seconds,
-                           schedule=self.schedule, bound=self.bound, retime_drifted=self.retime)
+                           schedule=self.schedule, bound=self.bound, retime_drifted=self.retime,
+                           calibration=self.calibration)
         if lat.cached:
             return lat
         self._since = (self._since or 0) + 1

@@ -23,22 +23,20 @@ noisy environments", 2016). So a measurement:
     fingerprint), where the timing version covers the inference form's code, this protocol and
     the reference.
 
-Backends plug in as zero-argument callables that run one forward pass (``Runner``); the torch
-backend times in this process, ONNX Runtime in a child process (its spinning threads would slow
-later PyTorch work here).
+Backends plug in as zero-argument callables that run one forward pass (``Runner``). Every
+backend is timed here, in this thread, by the same rounds: the torch inference form directly,
+ONNX Runtime (fp32 and int8) through ``backends.make_runner``/``make_module_runner`` against the
+reference exported for the same backend. ORT sessions run without spinning, and with one
+intra-op thread every kernel runs on the calling thread, so the thread-CPU clock times them as
+it times torch (a child process is not needed; bench/backends.py times them side by side).
+int8 needs calibration images, which the caller passes (the proxy task's training split).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,8 +47,9 @@ from torch import nn
 from ..common.stats import bootstrap_ci
 from ..common.threads import torch_threads
 from ..errors import UserError
-from ..model.arch import Arch, preset
+from ..model.arch import Arch, preset, resolve_arch
 from ..model.compile import build
+from . import backends
 from .cache import LatencyCache
 from .env import clock_for, fingerprint, timing_lock
 from .target import PROTOCOL_VERSION, REFERENCE_ARCH, Latency, TargetSpec
@@ -317,10 +316,39 @@ def _torch_window(models: list[nn.Module], spec: TargetSpec, *, max_seconds: flo
                            max_seconds=max_seconds, on_round=on_round, max_rounds=max_rounds)
 
 
-def _window(models: list[nn.Module], spec: TargetSpec, *, max_seconds: float, lock: bool) -> list[list[float]]:
-    if spec.backend == "onnxruntime":
-        return _onnxruntime_window([reference_model(spec), *models], spec, max_seconds=max_seconds, lock=lock)
-    return _torch_window(models, spec, max_seconds=max_seconds, lock=lock)
+Candidate = Any  # an nn.Module (built inference form) or an Arch (ONNX backends: export cached)
+
+_REF_RUNNERS: dict[tuple[str, str | None], backends.Runner] = {}
+
+
+def reference_runner(spec: TargetSpec, calibration: Any = None) -> backends.Runner:
+    """The reference on a non-torch backend (session built once per spec and calibration)."""
+    if spec.backend == "onnxruntime-int8" and calibration is not None:
+        calibration = backends.calibration_array(calibration)
+    key = (spec.key(), None if calibration is None else backends.calibration_fingerprint(calibration))
+    if key not in _REF_RUNNERS:
+        _REF_RUNNERS[key] = backends.make_runner(preset(REFERENCE_ARCH), spec, calibration=calibration)
+    return _REF_RUNNERS[key]
+
+
+def backend_runner(c: Candidate, spec: TargetSpec, calibration: Any = None) -> backends.Runner:
+    """A non-torch runner of one candidate: an Arch by ``make_runner`` (its export cached by
+    archid), a module by ``make_module_runner`` (exported afresh)."""
+    if isinstance(c, nn.Module):
+        return backends.make_module_runner(c, spec.input_shape, spec, calibration=calibration)
+    return backends.make_runner(c, spec, calibration=calibration)
+
+
+def _window(models: Sequence[Candidate], spec: TargetSpec, *, max_seconds: float, lock: bool,
+            calibration: Any = None) -> list[list[float]]:
+    """Rounds of [reference, *models] on ``spec.backend``, in this thread. Building the ONNX
+    runners (export, quantisation, session) happens before the lock and the rounds."""
+    if spec.backend == "torch":
+        mods = [m if isinstance(m, nn.Module) else inference_model(m, spec) for m in models]
+        return _torch_window(mods, spec, max_seconds=max_seconds, lock=lock)
+    runners = [reference_runner(spec, calibration)] + [backend_runner(m, spec, calibration) for m in models]
+    with timing_lock() if lock else contextlib.nullcontext():
+        return time_rounds(runners, clock_name=clock_for(spec.threads), max_seconds=max_seconds)
 
 
 def window_latencies(rounds: list[list[float]], spec: TargetSpec, *,
@@ -347,13 +375,14 @@ def window_latencies(rounds: list[list[float]], spec: TargetSpec, *,
                              spec=spec.to_dict(), estimator=estimator) for c in rounds[1:]]
 
 
-def measure_model(model: nn.Module, spec: TargetSpec, *, max_seconds: float = 1.0,
+def measure_model(model: Candidate, spec: TargetSpec, *, max_seconds: float = 1.0,
                   target_rel_iqr: float = 0.03, lock: bool = True,
-                  schedule: ReferenceSchedule | None = None) -> Latency:
-    """Time an already-built inference-form model against the reference on ``spec``.
+                  schedule: ReferenceSchedule | None = None, calibration: Any = None) -> Latency:
+    """Time an already-built inference-form model (or an Arch) against the reference on
+    ``spec``; ``calibration`` images are required by ``onnxruntime-int8``.
     (``target_rel_iqr`` is kept for callers of protocol 1; the stopping rule is TARGET_REL_CI.)"""
     del target_rel_iqr
-    rounds = _window([model], spec, max_seconds=max_seconds, lock=lock)
+    rounds = _window([model], spec, max_seconds=max_seconds, lock=lock, calibration=calibration)
     return window_latencies(rounds, spec, schedule=schedule)[0]
 
 
@@ -370,99 +399,50 @@ def _drift(lat: Latency, before: dict[str, Any] | None, bound: float) -> None:
 def measure_arch(
     arch: Arch, spec: TargetSpec, *, cache: LatencyCache | None = None,
     remeasure: bool = False, max_seconds: float = 1.0, schedule: ReferenceSchedule | None = None,
-    bound: float = DRIFT_BOUND, retime_drifted: bool = True,
+    bound: float = DRIFT_BOUND, retime_drifted: bool = True, calibration: Any = None,
 ) -> Latency:
     """Latency of ``arch`` on ``spec`` relative to the reference; served from ``cache`` when the
     same (archid, spec, timing version, fingerprint) was measured before, unless ``remeasure``.
 
     A window whose reference ran beyond ``bound`` off its scheduled figure is re-timed once;
-    a figure still drifted after that keeps ``drifted=True`` and is not cached."""
+    a figure still drifted after that keeps ``drifted=True`` and is not cached. ``calibration``
+    images are required by ``onnxruntime-int8`` (the cache key does not carry them: int8
+    timing depends on the quantised graph's structure, not on the calibrated ranges)."""
     fp = fingerprint(spec.threads, spec.backend)
     if cache is not None and not remeasure:
         hit = cache.get(arch.archid, spec, fp)
         if hit is not None:
             return hit
     schedule = schedule or ReferenceSchedule(spec, cache)
-    model = inference_model(arch, spec)
-    lat = _measure_scheduled(model, spec, schedule, max_seconds, bound)
+    model = inference_model(arch, spec) if spec.backend == "torch" else arch
+    lat = _measure_scheduled(model, spec, schedule, max_seconds, bound, calibration)
     if lat.drifted and retime_drifted:
-        lat = _measure_scheduled(model, spec, schedule, max_seconds, bound)
+        lat = _measure_scheduled(model, spec, schedule, max_seconds, bound, calibration)
     if cache is not None and not lat.drifted:
         cache.put(arch.archid, spec, lat)
     return lat
 
 
-def _measure_scheduled(model: nn.Module, spec: TargetSpec, schedule: ReferenceSchedule,
-                       max_seconds: float, bound: float) -> Latency:
+def _measure_scheduled(model: Candidate, spec: TargetSpec, schedule: ReferenceSchedule,
+                       max_seconds: float, bound: float, calibration: Any = None) -> Latency:
     before = schedule.figure()
-    lat = measure_model(model, spec, max_seconds=max_seconds, schedule=schedule)
+    lat = measure_model(model, spec, max_seconds=max_seconds, schedule=schedule, calibration=calibration)
     _drift(lat, before, bound)
     return lat
 
 
 def retime(archs: Sequence[Any], spec: TargetSpec, *, max_seconds: float | None = None,
-           schedule: ReferenceSchedule | None = None, reference_ms: float | None = None) -> list[Latency]:
+           schedule: ReferenceSchedule | None = None, reference_ms: float | None = None,
+           calibration: Any = None) -> list[Latency]:
     """Re-time a set of architectures side by side: all of them and the reference interleaved
     in one window, so their ratios (and ms, scaled by one reference figure) are comparable
     without any phase of the machine between them. Not cached (the window is the point).
-    ``max_seconds`` caps the window (default: 1 s per model, the reference included)."""
+    ``max_seconds`` caps the window (default: 1 s per model, the reference included).
+    ``calibration`` images are required by ``onnxruntime-int8``."""
     if not archs:
         return []
-    models = [inference_model(a, spec) for a in archs]
+    archs = [resolve_arch(a) for a in archs]  # Arch, preset name or arch file
+    models = [inference_model(a, spec) if spec.backend == "torch" else a for a in archs]
     cap = max_seconds if max_seconds is not None else float(len(models) + 1)
-    rounds = _window(models, spec, max_seconds=cap, lock=True)
+    rounds = _window(models, spec, max_seconds=cap, lock=True, calibration=calibration)
     return window_latencies(rounds, spec, schedule=schedule, reference_ms=reference_ms)
-
-
-# --- ONNX Runtime backend (own process) --------------------------------------------------------
-# ORT's worker threads spin while idle and slow later PyTorch work in the same process, so ORT
-# runs in a child process with spinning off; the lock is held by the parent around it. The
-# child times the exported reference and candidates with the same rounds as the torch path.
-
-
-def _ort_child(paths: list[str], shape: list[int], threads: int, max_seconds: float) -> None:
-    import onnxruntime as ort  # optional dependency: only this backend needs it
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    runners: list[Runner] = []
-    for p in paths:
-        sess = ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
-        feed = {sess.get_inputs()[0].name: x}
-        runners.append(lambda s=sess, f=feed: s.run(None, f))
-    rounds = time_rounds(runners, clock_name=clock_for(threads), max_seconds=max_seconds)
-    print(json.dumps({"rounds": rounds, "onnxruntime": ort.__version__}))
-
-
-def _onnxruntime_window(models: list[nn.Module], spec: TargetSpec, *, max_seconds: float,
-                        lock: bool) -> list[list[float]]:
-    try:
-        import onnxruntime  # noqa: F401  (optional dependency: only this backend needs it)
-    except ImportError:
-        raise UserError("target.backend: onnxruntime is not installed (pip install 'shufflesearch[onnx]')") from None
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for i, m in enumerate(models):
-            path = os.path.join(tmp, f"model{i}.onnx")
-            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation/tracer notes
-                torch.onnx.export(m.eval(), (torch.randn(*spec.input_shape),), path, dynamo=False,
-                                  input_names=["x"], output_names=["y"])
-            paths.append(path)
-        code = (
-            "import sys, json; from shufflesearch.measure.protocol import _ort_child; "
-            "_ort_child(*json.loads(sys.argv[1]))"
-        )
-        argv = json.dumps([paths, list(spec.input_shape), spec.threads, max_seconds])
-        env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads)}
-        ctx = timing_lock() if lock else contextlib.nullcontext()
-        with ctx:
-            proc = subprocess.run([sys.executable, "-c", code, argv], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise UserError(f"onnxruntime timing failed: {last}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["rounds"]

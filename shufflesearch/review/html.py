@@ -37,6 +37,7 @@ from .pareto import (
     pareto_rows,
     rank_correlation,
 )
+from .transfer import load_transfer, transfer_html
 
 # matplotlib is imported inside the drawing functions, not here: it is heavy (about a second)
 # and only `shufflesearch report` draws, while report_data and the CLI's other commands that
@@ -75,6 +76,7 @@ class ReportData:
     predictor_note: str  # where predicted per-unit latency came from, or why there is none
     n_failed: int
     failures: list[tuple[int, str]] = field(default_factory=list)
+    transfer: str = ""  # the runtimes section (transfer.py), when the run carries transfer.json
 
 
 UnitMs = Callable[[Arch], dict[str, float] | None]  # arch -> predicted ms per unit, or None
@@ -305,6 +307,7 @@ def render_html(d: ReportData, svgs: dict[str, str]) -> str:
         "objectives (see above), trials off this front may still be optimal there.</p>",
         f'<div class="fig" id="fig-pareto">{svgs["pareto"]}</div>',
         _rows_table(front),
+        d.transfer,
         "<h2>Do FLOPs predict speed here?</h2>",
         f"<p>MACs vs measured latency: <b>{corr(d.macs_corr)}</b>. MAC (memory access cost) vs measured "
         f"latency: <b>{corr(d.mac_corr)}</b>. Rank correlations: 1 means the cheaper network by that "
@@ -385,6 +388,7 @@ def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], Non
     say("computing")
     d = report_data(records, title=f"shufflesearch report: {run.name}", meta=meta,
                     resolution=t.resolution, unit_ms=unit_ms, predictor_note=note)
+    d.transfer = transfer_html(load_transfer(run.root))
     say("drawing")
     svgs, pngs = {}, []
     try:

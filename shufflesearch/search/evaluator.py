@@ -27,6 +27,10 @@ from .space import SearchSpace
 
 log = logging.getLogger("shufflesearch.search")
 
+# onnxruntime-int8 calibrates on this many training images: the timed graph (where the QDQ
+# nodes go) does not depend on them, and quantising cost grows with them (README, Runtimes).
+CALIBRATION_IMAGES = 16
+
 
 # --- evaluation -------------------------------------------------------------------------------
 
@@ -52,11 +56,14 @@ class Evaluator:
         self.space = space
         self.spec = space.target
         self.cache = LatencyCache()
+        self.data = load_data(space.data)
+        calibration = (self.data.batch("train", CALIBRATION_IMAGES).x
+                       if self.spec.backend == "onnxruntime-int8" else None)
         # Re-times a reference network every 25 fresh measurements; figures taken while this
         # machine ran >10% off its own starting speed are re-timed once, then flagged.
-        self.drift = DriftMonitor(self.spec, every=25, max_seconds=space.target_options.max_seconds)
+        self.drift = DriftMonitor(self.spec, every=25, max_seconds=space.target_options.max_seconds,
+                                  calibration=calibration)
         self.table = prefilter_table(space)
-        self.data = load_data(space.data)
         self.settings = space.guidelines.settings
         # The calibration made for this target's thread count (`shufflesearch guidelines
         # --threads N` stores it under the fingerprint at N threads).
