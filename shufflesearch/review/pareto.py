@@ -185,8 +185,9 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
               "MAC = memory access cost in elements, MACs = multiply-accumulates"
               + ("; acc = validation accuracy after the run's short training" if "acc" in head else "")]
     if any(r.ties for r in rows):
-        head_ties = [f"{r.trial}={'/'.join(map(str, r.ties))}" for r in rows if r.ties]
-        lines.append("= latency tie (difference inside the measured noise): " + ", ".join(head_ties))
+        order = {r.trial: i for i, r in enumerate(rows)}
+        pairs = [f"{r.trial}={t}" for r in rows for t in r.ties if order.get(t, -1) > order[r.trial]]
+        lines.append("= latency tie (difference inside the measured noise): " + ", ".join(pairs))
     if any(r.drifted for r in rows):
         lines.append("~ drifted: measured while the machine ran >10% off the reference's usual speed")
     for r in rows:
