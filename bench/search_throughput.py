@@ -22,8 +22,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SHUFFLESEARCH_CACHE_DIR"] = os.path.join(tmp, "cache")
-        from shufflesearch.search.runfolder import load_run
         from shufflesearch.search.engine import search
+        from shufflesearch.search.runfolder import load_run
 
         t0 = time.perf_counter()
         run = search(args.space, args.budget, name="throughput", runs_root=tmp, quiet=True)

@@ -518,9 +518,9 @@ def _table_for_tiny(per_unit_ms: float) -> None:
     """A stand-in latency table for tiny.yaml's target: every unit takes ``per_unit_ms``."""
     from shufflesearch.measure.env import fingerprint
     from shufflesearch.measure.predictor import LatencyTable, table_path
-    from shufflesearch.measure.target import TargetSpec
+    from shufflesearch.search.space import load_space
 
-    spec = TargetSpec(resolution=32, batch=1, threads=1)
+    spec = load_space(TINY).target  # the space's target (NHWC by default)
     LatencyTable(spec.to_dict(), fingerprint(1, "torch"), joint=[per_unit_ms] + [0.0] * 7).save(table_path(spec))
 
 

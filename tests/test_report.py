@@ -329,3 +329,139 @@ def test_unit_breakdown_of_picks():
     assert [u.predicted_ms for u in units if u.predicted_ms is not None] == [0.25]
     page = render_html(d, {k: "<svg></svg>" for k in FIGURES})
     assert "predicted ms" in page and "table x" in page
+
+
+# --- relative figures: one reference, ties, the drift flag ---------------------------------------
+
+
+def lrec(trial: int, proxy: float, ratio: float, half: float, ref_ms: float = 10.0, **kw) -> TrialRecord:
+    """A protocol-2 record: ratio with a +-half interval, scaled by a reference at ref_ms."""
+    lat = {"median_ms": ratio * ref_ms, "iqr_ms": half * ref_ms, "n": 20, "runs_ms": [], "fingerprint": {},
+           "spec": {}, "ratio": ratio, "ratio_ci": [ratio - half, ratio + half], "estimator": "median_of_ratios",
+           "reference": {"arch": "shufflenet_v2_x0_5", "archid": "ref0", "ms": ref_ms, "spread": 0.01,
+                         "n": 5, "window_ms": ref_ms}, "protocol": 2, "drifted": kw.pop("drifted", False)}
+    return TrialRecord(trial=trial, archid=f"a{trial}", proxy=proxy, latency_ms=ratio * ref_ms, latency=lat,
+                       mac=1, macs=1, params=1, **kw)
+
+
+def test_the_front_ranks_by_the_ratio_on_one_reference():
+    from shufflesearch.search.front import on_one_reference, run_reference_ms
+
+    # t1 has the smaller ratio but was scaled by a reference figure measured while the machine
+    # was slow (10 ms), t2 by one from a fast phase (8 ms): in stored ms t2 looks faster.
+    a, b = lrec(1, 0.5, 1.0, 0.01, ref_ms=10.0), lrec(2, 0.4, 1.1, 0.01, ref_ms=8.0)
+    assert b.latency_ms < a.latency_ms and len(pareto_front([a, b])) == 2
+    assert run_reference_ms([a, b]) == pytest.approx(9.0)
+    one = on_one_reference([a, b])
+    assert [r.latency_ms for r in one] == pytest.approx([9.0, 9.9])
+    assert [r.measured_ms for r in one] == pytest.approx([10.0, 8.8])
+    assert [r.trial for r in pareto_front(one)] == [1]  # t1: faster by ratio and a better proxy
+    rows = pareto_rows([a, b])
+    assert [(r.trial, r.on_front) for r in rows] == [(1, True)]
+    assert rows[0].ratio == 1.0 and rows[0].ratio_ci == [0.99, 1.01] and rows[0].reference_ms == pytest.approx(9.0)
+
+
+def test_ties_are_marked_and_a_baseline_inside_the_noise_is_not_dominated():
+    from shufflesearch.review.pareto import format_pareto
+
+    recs = [
+        lrec(1, 0.50, 1.00, 0.02),
+        lrec(2, 0.80, 1.50, 0.02),
+        lrec(3, 0.45, 1.01, 0.02, baseline="shufflenet_v2_x1_0"),  # 1% slower than t1: inside the noise
+        lrec(4, 0.40, 1.30, 0.01, baseline="shufflenet_v2_x0_5", drifted=True),  # 30% slower: beyond it
+    ]
+    rows = {r.trial: r for r in pareto_rows(recs)}
+    # On plain Pareto rules t1 dominates both baselines; beyond the noise only t4.
+    assert not rows[3].on_front and not rows[4].on_front
+    assert rows[3].ties == [1] and rows[1].ties == [3] and rows[2].ties == []
+    assert rows[3].dominated_by == [] and rows[4].dominated_by == [1]
+    assert rows[1].dominated_by is None  # not a baseline
+    assert rows[4].drifted and not rows[1].drifted
+    text = format_pareto(list(rows.values()), reference={"arch": "shufflenet_v2_x0_5", "archid": "ref0",
+                                                         "ms": 10.0, "retimed_at": None})
+    line = {ln.split()[1]: ln for ln in text.splitlines()[1:5]}
+    assert line["3"].startswith(" B=") and line["4"].startswith(" B~d")
+    assert "1.010 [0.990, 1.030]" in line["3"]
+    assert "shufflenet_v2_x1_0: not dominated beyond the noise" in text
+    assert "shufflenet_v2_x0_5: dominated beyond the noise by trial(s) 1" in text
+    assert "= latency tie" in text and "~ drifted" in text
+    assert "latency ms = ratio x reference shufflenet_v2_x0_5 (ref0) at 10.000 ms" in text
+
+
+def test_a_retimed_run_shows_the_front_of_the_side_by_side_figures():
+    from shufflesearch.search.front import attach_retime
+
+    recs = [lrec(1, 0.5, 1.0, 0.01), lrec(2, 0.8, 1.5, 0.01), lrec(3, 0.85, 1.6, 0.01)]
+    assert len(pareto_front(recs)) == 3  # in the stored figures t2 is on the front
+    # The re-timing (one window, reference at 12 ms) finds t2 slower than t3, which has the
+    # better proxy: t2 drops off the front that is shown.
+    window = {"reference": {"arch": "shufflenet_v2_x0_5", "archid": "ref0", "ms": 12.0, "window_ms": 12.0}}
+    retime = {"reference": window["reference"], "trials": {
+        "1": {**recs[0].latency, **window, "ratio": 1.0, "ratio_ci": [0.99, 1.01], "median_ms": 12.0},
+        "2": {**recs[1].latency, **window, "ratio": 1.7, "ratio_ci": [1.69, 1.71], "median_ms": 20.4},
+        "3": {**recs[2].latency, **window, "ratio": 1.6, "ratio_ci": [1.59, 1.61], "median_ms": 19.2}}}
+    attach_retime(recs, retime)
+    rows = {r.trial: r for r in pareto_rows(recs, all_trials=True)}
+    assert rows[3].on_front and not rows[2].on_front and rows[1].retimed
+    assert rows[2].latency_ms == pytest.approx(20.4) and rows[2].measured_ms == pytest.approx(15.0)
+    assert pick_trial(recs, max_latency=19.5).trial == 3
+
+
+def test_pareto_retime_and_reference_in_every_view(run_dir, capsys):
+    import optuna
+
+    from shufflesearch.search.runfolder import load_run
+
+    _, study = load_run(run_dir)
+    before = study.user_attrs["retime"]  # the run's own end-of-run re-timing
+    assert main(["pareto", str(run_dir), "--retime", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    after = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs["retime"]
+    assert after["at"] >= before["at"] and after["reference"]["window_ms"] != before["reference"]["window_ms"]
+    shown = [r for r in rows if r["on_front"] or r["baseline"]]
+    assert all(r["retimed"] for r in shown)
+    for r in shown:
+        lo, hi = r["ratio_ci"]
+        assert lo <= r["ratio"] <= hi
+        assert r["latency_ms"] == pytest.approx(r["ratio"] * after["reference"]["ms"])
+        assert r["reference_ms"] == pytest.approx(after["reference"]["ms"])
+        assert isinstance(r["drifted"], bool) and isinstance(r["ties"], list)
+    assert main(["pareto", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "ratio [95% CI]" in out and f"at {after['reference']['ms']:.3f} ms, re-timed side by side" in out
+    assert main(["pareto", str(run_dir), "--csv"]) == 0
+    head = capsys.readouterr().out.splitlines()[0].split(",")
+    assert {"ratio", "ratio_ci_low", "ratio_ci_high", "reference_ms", "drifted", "ties"} <= set(head)
+
+
+def test_report_and_export_show_the_ratio_reference_and_drift(run_dir, tmp_path, capsys, monkeypatch):
+    from shufflesearch.review import export as ex
+    from shufflesearch.review.html import FIGURES, render_html, report_data
+    from shufflesearch.review.pareto import load_records, load_reference_note
+
+    _, recs = load_records(run_dir)
+    d = report_data(recs, title="t", meta={"latency": "x"}, resolution=32, unit_ms=None, predictor_note="")
+    page = render_html(d, {k: "<svg></svg>" for k in FIGURES})
+    k = next(r for r in d.rows if r.knee)
+    assert "ratio [95% CI]" in page and f"{k.ratio:.3f} [{k.ratio_ci[0]:.3f}, {k.ratio_ci[1]:.3f}]" in page
+    note = load_reference_note(run_dir)
+    assert note["retimed_at"] and note["arch"] == "shufflenet_v2_x0_5" and isinstance(note["drifted"], bool)
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "r.html"), "--quiet"]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert f"latency ms = ratio x reference shufflenet_v2_x0_5 ({note['archid']}) at {note['ms']:.3f} ms" in page
+    assert "ratio [95% CI]" in page and ("drifted" in page) == any(r.drifted for r in d.rows)
+    # Export: the memory format the target timed (the space's default: NHWC), and the figure.
+    seen = []
+    real = ex.to_inference
+    monkeypatch.setattr(ex, "to_inference", lambda m, channels_last=True: seen.append(channels_last) or real(m, channels_last))
+    out = tmp_path / "bundle"
+    assert main(["export", str(run_dir), "--knee", "--out", str(out), "--no-onnx", "--quiet"]) == 0
+    assert seen == [True]
+    md = (out / "report.md").read_text()
+    assert f"**{k.latency_ms:.3f} ms** = ratio {k.ratio:.4f} (95% CI {k.ratio_ci[0]:.4f}-{k.ratio_ci[1]:.4f})" in md
+    assert "x reference shufflenet_v2_x0_5" in md and "Re-timed side by side" in md
+    assert ("**Drifted**" in md) == k.drifted and ("Drifted: no." in md) == (not k.drifted)
+    assert "NHWC (channels_last) as the target timed" in md
+    res = ex.export_arch("shufflenet_v2_x0_5", tmp_path / "nchw", resolution=32, onnx=False, channels_last=False)
+    assert seen[-1] is False and res.channels_last is False
+    assert "NCHW as the target timed" in (tmp_path / "nchw" / "report.md").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -229,9 +230,7 @@ def _table_for_tiny(per_unit_ms: float) -> None:
     ``per_unit_ms`` (a stand-in for `shufflesearch latency build-table`)."""
     from shufflesearch.measure.env import fingerprint
     from shufflesearch.measure.predictor import LatencyTable, table_path
-    from shufflesearch.measure.target import TargetSpec
-
-    spec = TargetSpec(resolution=32, batch=1, threads=1)
+    spec = load_space(TINY).target  # the space's target (NHWC by default)
     LatencyTable(spec.to_dict(), fingerprint(1, "torch"), joint=[per_unit_ms] + [0.0] * 7).save(table_path(spec))
 
 
@@ -435,3 +434,33 @@ def test_infeasible_trials_never_reach_the_front_training_or_export(tmp_path, ca
     assert "x infeasible" in table
     assert main(["export", str(run.root), "--trial", str(over[0].trial), "--out", str(tmp_path / "x")]) == 2
     assert "infeasible" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_run_ends_with_its_front_and_baselines_retimed_side_by_side(tmp_path):
+    from shufflesearch.search.front import on_one_reference, pareto_front, shown_front
+    from shufflesearch.search.retime import load_retime, records_with_retime
+
+    text = TINY.read_text().replace("baselines: []", "baselines: [shufflenet_v2_x0_5]")
+    space = tmp_path / "withbase.yaml"
+    space.write_text(text)
+    run = search(space, 3, runs_root=tmp_path / "runs", quiet=True)
+    _, study = load_run(run.root)
+    rt = load_retime(study)
+    assert rt is not None and rt["at"] and rt["reference"]["arch"] == "shufflenet_v2_x0_5"
+    recs = records_with_retime(study)
+    done = [r for r in recs if r.complete]
+    # What was re-timed: the search's front (on one reference) and the baseline, every figure
+    # from the one window (one reference figure, the same window time).
+    front = pareto_front(on_one_reference([dataclasses.replace(r, retimed=None) for r in done]))
+    base = next(r for r in done if r.baseline)
+    assert {r.trial for r in front} | {base.trial} <= {int(k) for k in rt["trials"]}
+    figs = list(rt["trials"].values())
+    assert {f["reference"]["ms"] for f in figs} == {rt["reference"]["ms"]}
+    assert {f["reference"]["window_ms"] for f in figs} == {rt["reference"]["window_ms"]}
+    assert all(f["ratio"] > 0 and f["ratio_ci"][0] <= f["ratio"] <= f["ratio_ci"][1] for f in figs)
+    # The front that is shown is drawn from the re-timed figures only.
+    shown = shown_front(on_one_reference(done))
+    assert shown and all(r.retimed for r in shown)
+    for r in on_one_reference(done):
+        if r.retimed:
+            assert r.latency_ms == pytest.approx(r.retimed["median_ms"])

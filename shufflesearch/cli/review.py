@@ -16,10 +16,12 @@ from ..review.pareto import (
     format_failed,
     format_pareto,
     load_records,
+    load_reference_note,
     pareto_rows,
     pick_trial,
 )
 from ..search.records import completed, failed
+from ..search.retime import retime_run
 from .output import print_artefacts, print_json
 
 # --- pareto / report / export (review a run) ---------------------------------------------------
@@ -32,10 +34,16 @@ def _add_pareto(p: argparse.ArgumentParser) -> None:
     fmt.add_argument("--csv", action="store_true", help="print CSV")
     p.add_argument("--all", action="store_true", help="every completed trial, not just the front and baselines")
     p.add_argument("--failed", action="store_true", help="list failed/pruned trials and their reasons")
+    p.add_argument("--retime", action="store_true",
+                   help="re-time the front and the baselines side by side now (stored in the run) before showing it")
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     run, records = load_records(args.run)
+    if args.retime and completed(records):
+        retime_run(run, say=None if (args.json or args.csv) else
+                   (lambda m: print(f"pareto: {m}", file=sys.stderr, flush=True)))
+        run, records = load_records(args.run)
     if args.failed:
         bad = failed(records)
         if args.json:
@@ -53,8 +61,14 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         print_json([r.to_dict() for r in rows])
     elif args.csv:
         w = csv.writer(sys.stdout)
-        flat = [{**{k: v for k, v in r.to_dict().items() if k not in ("penalties", "breaks")}, **r.penalties,
-                 "breaks": format_breaks(r.breaks)} for r in rows]
+        flat = [{**{k: v for k, v in r.to_dict().items() if k not in ("penalties", "breaks", "ratio_ci", "ties",
+                                                                      "dominated_by")},
+                 **r.penalties, "breaks": format_breaks(r.breaks),
+                 "ratio_ci_low": r.ratio_ci[0] if r.ratio_ci else None,
+                 "ratio_ci_high": r.ratio_ci[1] if r.ratio_ci else None,
+                 "ties": " ".join(map(str, r.ties)),
+                 "dominated_by": "" if r.dominated_by is None else " ".join(map(str, r.dominated_by))}
+                for r in rows]
         if flat:
             w.writerow(flat[0].keys())
             w.writerows(d.values() for d in flat)
@@ -65,7 +79,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         else:
             print(f"{run.root}: no completed trials yet" + (f" ({n} failed: see --failed)" if n else ""))
     else:
-        print(format_pareto(rows, [n for n, _ in run.space.objectives]))
+        print(format_pareto(rows, [n for n, _ in run.space.objectives], reference=load_reference_note(args.run)))
     return 0
 
 
@@ -115,6 +129,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{rec.latency_ms:.3f} ms measured")
     res = export_arch(Arch.from_dict(rec.arch), args.out, info=export_info(rec, run.name),
                       resolution=run.space.target.resolution, onnx=args.onnx,
+                      channels_last=run.space.target.channels_last,
                       log=None if quiet else log, int8=args.int8, proxy=run.space.data)
     if args.json:
         print_json({"trial": rec.trial, **res.to_dict()})

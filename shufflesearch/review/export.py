@@ -81,6 +81,7 @@ class ExportResult:
     params: int = 0
     output_scale: float = 0.0  # max |reference output|: the yardstick for the diffs above
     int8: dict[str, Any] = field(default_factory=dict)  # agreement, accuracies, latencies (int8=True)
+    channels_last: bool = True  # memory format of the exported inference form (the target's)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +92,7 @@ class ExportResult:
             "max_abs_diff": self.max_abs_diff,
             "output_scale": self.output_scale,
             "skipped": self.skipped,
+            "channels_last": self.channels_last,
             **({"int8": self.int8} if self.int8 else {}),
         }
 
@@ -107,6 +109,7 @@ def export_arch(
     log: Callable[[str], None] | None = None,
     int8: bool = False,
     proxy: Any = None,
+    channels_last: bool = True,
 ) -> ExportResult:
     """Write and verify the bundle of ``arch`` (an Arch, preset name or arch file) in ``out_dir``.
 
@@ -120,6 +123,8 @@ def export_arch(
     ``int8``: also write model.int8.onnx (needs model.onnx), calibrated on the training split
     of ``proxy`` (a DataSpec or a search space's ``proxy`` mapping; default digits at 32 px)
     and compared with model.onnx on its validation split.
+    ``channels_last``: the memory format of the exported inference form (model.pt2); pass the
+    target's ``channels_last`` so that what ships is what was timed.
     """
     say = log or (lambda _msg: None)
     arch = resolve_arch(arch)
@@ -133,7 +138,7 @@ def export_arch(
     try:
         try:
             result = _export_into(arch, stage, out, state_dict, info or {}, resolution, onnx, torch_export, say,
-                                  int8, proxy)
+                                  int8, proxy, channels_last)
         except BaseException:
             if created:  # a failed export leaves the disk as it found it
                 shutil.rmtree(stage, ignore_errors=True)
@@ -153,7 +158,7 @@ def export_arch(
 def _export_into(
     arch: Arch, d: Path, out: Path, state_dict: Any, info: dict[str, Any], res: int,
     onnx: bool | None, torch_export: bool, say: Callable[[str], None], int8: bool = False,
-    proxy: Any = None,
+    proxy: Any = None, channels_last: bool = True,
 ) -> ExportResult:
     model = build(arch)
     trained = state_dict is not None
@@ -183,7 +188,8 @@ def _export_into(
     result.max_abs_diff["model.py"] = _verify_source(d / "model.py", d / "weights.pt", arch, params, x, ref)
     result.files["model.py"] = d / "model.py"
 
-    inf = to_inference(model)
+    inf = to_inference(model, channels_last=channels_last)  # the memory format the target timed
+    result.channels_last = channels_last
     if torch_export:
         say("model.pt2")
         result.max_abs_diff["model.pt2"] = _export_pt2(inf, x, ref, scale, d / "model.pt2")
@@ -456,6 +462,34 @@ def _guideline_lines(arch: Arch, res: int) -> list[str]:
     return lines
 
 
+_LATENCY_KEYS = ("latency_ms", "latency_measured_ms", "latency_ratio", "latency_ratio_ci", "latency_reference",
+                 "latency_drifted", "latency_retimed")
+
+
+def _latency_summary(info: Mapping[str, Any]) -> list[str]:
+    """The figure in one paragraph: ms = ratio [95% CI] x the reference, the drift flag, and
+    whether it comes from the run's side-by-side re-timing (export_info's latency_* keys)."""
+    ms, ratio = info.get("latency_ms"), info.get("latency_ratio")
+    if ms is None:
+        return []
+    ref = info.get("latency_reference") or {}
+    ci = info.get("latency_ratio_ci")
+    if ratio is not None and ref:
+        ref_ms = ms / ratio if ratio else ref.get("ms")
+        text = (f"**{ms:.3f} ms** = ratio {ratio:.4f}"
+                + (f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")
+                + f" x reference {ref.get('arch')} ({ref.get('archid')}) at {ref_ms:.3f} ms.")
+    else:
+        text = f"**{ms:.3f} ms** (the trial's own median; no reference, timing protocol 1)."
+    if info.get("latency_measured_ms") is not None:
+        text += f" The search stored {info['latency_measured_ms']:.3f} ms (its own window's reference figure)."
+    text += (" Re-timed side by side with the front and the baselines at the end of the run."
+             if info.get("latency_retimed") else " Not re-timed side by side (`shufflesearch pareto RUN --retime`).")
+    text += (" **Drifted**: the window ran beyond the drift bound off the reference's usual speed."
+             if info.get("latency_drifted") else " Drifted: no.")
+    return [text, ""]
+
+
 def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res: int,
                   trained: bool, version: str = "") -> str:
     """report.md: what the bundle holds, what was verified, and what the Arch costs."""
@@ -466,7 +500,8 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
         "arch.yaml": "the architecture (`shufflesearch show arch.yaml`)",
         "model.py": "standalone PyTorch source (training form), needs torch only",
         "weights.pt": "state_dict for model.py: " + ("the given weights" if trained else "freshly initialised"),
-        "model.pt2": "`torch.export` program of the inference form (BN folded), dynamic batch",
+        "model.pt2": "`torch.export` program of the inference form (BN folded), dynamic batch, "
+                     + ("NHWC (channels_last)" if result.channels_last else "NCHW") + " as the target timed",
         "model.onnx": "the inference form as ONNX, dynamic batch; input `input`, output `logits`",
         INT8: "model.onnx quantised to int8 (QDQ, per-channel weights), same input and output",
         "report.md": "this file",
@@ -508,6 +543,7 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
     if result.int8:
         lines += ["", "## int8 (ONNX Runtime)", "", *_int8_lines(result.int8, arch, res)]
     lines += ["", "## Latency", ""]
+    lines += _latency_summary(info)
     lat = info.get("latency")
     if isinstance(lat, Mapping):
         lines += _kv_table({k: v for k, v in lat.items() if k not in ("fingerprint", "runs_ms")})
@@ -516,7 +552,7 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
     fp = info.get("fingerprint") or (lat.get("fingerprint") if isinstance(lat, Mapping) else None)
     if isinstance(fp, Mapping):
         lines += ["", "Environment fingerprint:", "", *_kv_table(fp)]
-    rest = {k: v for k, v in info.items() if k not in ("latency", "fingerprint")}
+    rest = {k: v for k, v in info.items() if k not in ("latency", "fingerprint") and k not in _LATENCY_KEYS}
     if rest:
         lines += ["", "## Provenance", "", *_kv_table(rest)]
     return "\n".join(lines) + "\n"

@@ -32,8 +32,10 @@ from .pareto import (
     completed,
     failed,
     format_breaks,
+    format_reference,
     hypervolume_history,
     load_records,
+    load_reference_note,
     pareto_rows,
     rank_correlation,
 )
@@ -258,16 +260,28 @@ def _n(x: float) -> str:
     return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k"
 
 
+def _noise_marks(r: ParetoRow) -> list[tuple[str, bool]]:
+    """The drift flag, latency ties and (for a baseline off the front) whether it is dominated
+    beyond the measured noise."""
+    return [("drifted", r.drifted),
+            (f"latency tie with {', '.join(map(str, r.ties))}", bool(r.ties)),
+            (f"dominated beyond the noise by {', '.join(map(str, r.dominated_by or []))}", bool(r.dominated_by)),
+            ("not dominated beyond the noise", r.dominated_by == [])]
+
+
 def _rows_table(rows: list[ParetoRow]) -> str:
-    head = ["trial", "archid", "proxy", "latency ms (± IQR)", "MAC", "MACs", "params", *GUIDELINES, "mark"]
+    head = ["trial", "archid", "proxy", "latency ms (± IQR)", "ratio [95% CI]", "MAC", "MACs", "params", *GUIDELINES, "mark"]
     out = ["<table><tr>" + "".join(f"<th{' class=l' if h in ('archid', 'mark') else ''}>{h}</th>"
                                    for h in head) + "</tr>"]
     for r in rows:
         cls = " ".join(c for c, on in (("front", r.on_front), ("base", bool(r.baseline)), ("knee", r.knee)) if on)
         mark = ", ".join(m for m, on in (("knee", r.knee), ("front", r.on_front),
                                          (f"baseline {r.baseline}", bool(r.baseline)),
-                                         (f"infeasible: breaks {format_breaks(r.breaks)}", not r.feasible)) if on)
-        cells = [r.trial, r.archid, f"{r.proxy:.4f}", f"{r.latency_ms:.3f} ± {r.iqr_ms:.3f}", _n(r.mac),
+                                         (f"infeasible: breaks {format_breaks(r.breaks)}", not r.feasible),
+                                         *_noise_marks(r)) if on)
+        ratio = ("—" if r.ratio is None else f"{r.ratio:.3f}"
+                 + (f" [{r.ratio_ci[0]:.3f}, {r.ratio_ci[1]:.3f}]" if r.ratio_ci else ""))
+        cells = [r.trial, r.archid, f"{r.proxy:.4f}", f"{r.latency_ms:.3f} ± {r.iqr_ms:.3f}", ratio, _n(r.mac),
                  _n(r.macs), _n(r.params), *(f"{r.penalties[g]:.2f}" for g in GUIDELINES)]
         out.append(f'<tr class="{cls}">' + "".join(f"<td>{_e(c)}</td>" for c in cells)
                    + f'<td class="l">{_e(mark)}</td></tr>')
@@ -383,6 +397,7 @@ def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], Non
         "target": f"{t.resolution}x{t.resolution}, batch {t.batch}, {t.threads} thread(s), {t.backend}",
         "trials": f"{len(completed(records))} completed{_infeasible_note(records)}, "
                   f"{len(failed(records))} failed/pruned",
+        "latency": format_reference(load_reference_note(run_path)),
         "measured on": str(fp.get("cpu", "?")), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     say("computing")

@@ -10,8 +10,9 @@ from typing import Any
 
 from ..common.stats import kendall_tau, spearman_rho
 from ..errors import UserError
-from ..search.front import knee, pareto_front
-from ..search.records import GUIDELINES, TrialRecord, completed, failed, trial_records
+from ..search.front import dominated_beyond_noise, knee, on_one_reference, shown_front, tie_groups
+from ..search.records import GUIDELINES, TrialRecord, completed, failed
+from ..search.retime import load_retime, records_with_retime
 from ..search.runfolder import Run, load_run
 
 # --- the table ----------------------------------------------------------------------------------
@@ -36,6 +37,16 @@ class ParetoRow:
     short_train_acc: float | None = None  # validation accuracy after short training, if run
     feasible: bool = True  # meets every constraint of the space; only feasible rows are on the front
     breaks: dict[str, float] = field(default_factory=dict)  # broken constraint -> amount over its limit
+    # The figure: latency_ms = ratio x the one reference figure all rows share (see
+    # reference_note); measured_ms is what the search stored (the objective it saw).
+    ratio: float | None = None  # latency / the reference network's, same window
+    ratio_ci: list[float] | None = None  # its 95% interval
+    reference_ms: float | None = None  # the reference figure latency_ms is ratio x (one per table)
+    measured_ms: float | None = None
+    drifted: bool = False  # the window ran beyond the drift bound off the reference's figure
+    retimed: bool = False  # the figure comes from the run's side-by-side re-timing
+    ties: list[int] = field(default_factory=list)  # shown trials whose latency is a tie with this one
+    dominated_by: list[int] | None = None  # baselines: the trials that dominate it beyond the noise
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,17 +57,19 @@ def pareto_rows(records: list[TrialRecord], all_trials: bool = False) -> list[Pa
     latency ↓), plus every baseline (shown even when dominated or infeasible, so the front is
     read against them), plus with ``all_trials`` every other completed trial (infeasible ones
     marked, with the constraints they break); sorted by latency."""
-    done = completed(records)
-    front = pareto_front(done)
+    done = on_one_reference(completed(records))
+    front = shown_front(done)
     on = {r.trial for r in front}
     k = knee(front)
     keep = [r for r in done if r.trial in on or r.baseline or all_trials]
+    shown = [r for r in done if r.trial in on or r.baseline]
+    ties = tie_groups(shown)
     rows = []
     for r in sorted(keep, key=lambda r: (r.latency_ms, -r.proxy, r.trial)):
         g = r.guidelines
         rows.append(ParetoRow(
             trial=r.trial, archid=r.archid, proxy=float(r.proxy), latency_ms=float(r.latency_ms),
-            iqr_ms=float(r.latency.get("iqr_ms", math.nan)),
+            iqr_ms=_iqr_ms(r),
             mac=int(r.mac), macs=int(r.macs), params=int(r.params),
             penalties={x: float(g.penalties.get(x, 0.0)) for x in GUIDELINES},
             penalty=float(g.total), baseline=r.baseline,
@@ -64,8 +77,67 @@ def pareto_rows(records: list[TrialRecord], all_trials: bool = False) -> list[Pa
             duplicate_of=r.duplicate_of,
             short_train_acc=(r.short_train or {}).get("val_acc"),
             feasible=r.feasible, breaks=r.broken,
+            ratio=r.ratio, ratio_ci=r.ratio_ci,
+            reference_ms=(r.latency_ms / r.ratio if r.ratio and r.measured_ms is not None else r.reference_ms),
+            measured_ms=r.measured_ms, drifted=r.drifted,
+            retimed=bool(r.retimed), ties=ties.get(r.trial, []),
+            dominated_by=(None if not r.baseline or r.trial in on
+                          else dominated_beyond_noise(r, front)),
         ))
     return rows
+
+
+def _iqr_ms(r: TrialRecord) -> float:
+    """The figure's IQR in the units latency_ms is shown in (the same reference figure)."""
+    f = r.figure
+    iqr, med = f.get("iqr_ms"), f.get("median_ms")
+    if iqr is None:
+        return math.nan
+    return float(iqr) * (float(r.latency_ms) / float(med)) if med else float(iqr)
+
+
+def reference_note(records: list[TrialRecord], retime: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every shown figure is scaled by: the reference network, its absolute figure, and
+    whether the figures come from the run's side-by-side re-timing (when, drift flag)."""
+    done = completed(records)
+    if retime:
+        ref = retime.get("reference") or {}
+        return {"arch": ref.get("arch"), "archid": ref.get("archid"), "ms": ref.get("ms"),
+                "spread": ref.get("spread"), "retimed_at": retime.get("at"),
+                "retime_seconds": retime.get("seconds"), "speed_factor": retime.get("speed_factor"),
+                "drifted": bool(retime.get("drifted"))}
+    shifted = on_one_reference(done)
+    ms = next((r.latency_ms / r.ratio for r in shifted if r.ratio), None)
+    ref = next((r.latency.get("reference") for r in done if r.latency.get("reference")), None) or {}
+    return {"arch": ref.get("arch"), "archid": ref.get("archid"), "ms": ms, "spread": None,
+            "retimed_at": None, "drifted": any(r.drifted for r in done)}
+
+
+def format_reference(note: dict[str, Any]) -> str:
+    """One line saying what the latency column is."""
+    if not note.get("ms"):
+        return "latency: each trial's own median (protocol 1, no reference)"
+    how = (f"re-timed side by side at {note['retimed_at']} ({note.get('retime_seconds', 0):.1f} s window"
+           + (f", speed factor {note['speed_factor']:.3f}" if note.get("speed_factor") else "") + ")"
+           if note.get("retimed_at") else "the run's median reference figure (not re-timed: see --retime)")
+    flag = "; DRIFTED: the window ran >10% off the reference's usual speed" if note.get("retimed_at") and note.get("drifted") else ""
+    return (f"latency ms = ratio x reference {note['arch']} ({note['archid']}) at {note['ms']:.3f} ms, "
+            f"{how}{flag}")
+
+
+def _ratio_cell(r: ParetoRow) -> str:
+    if r.ratio is None:
+        return "-"
+    ci = f" [{r.ratio_ci[0]:.3f}, {r.ratio_ci[1]:.3f}]" if r.ratio_ci else ""
+    return f"{r.ratio:.3f}{ci}"
+
+
+def _flags(r: ParetoRow) -> str:
+    """~ drifted, = a latency tie with another shown row, d a baseline dominated beyond the noise."""
+    out = ("~" if r.drifted else "") + ("=" if r.ties else "")
+    if r.dominated_by:
+        out += "d"
+    return out
 
 
 def format_breaks(breaks: dict[str, float]) -> str:
@@ -77,15 +149,18 @@ def _m(x: float) -> str:
     return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k"
 
 
-def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "latency")) -> str:
-    """Fixed-width table; the legend says what the marks mean and which front is shown."""
-    head = ["", "trial", "archid", "proxy", "latency ms", "MAC", "MACs", "params",
+def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "latency"),
+                  reference: dict[str, Any] | None = None) -> str:
+    """Fixed-width table; the legend says what the marks mean and which front is shown.
+    ``reference`` (reference_note) adds the line saying what the latency figures are scaled by."""
+    head = ["", "trial", "archid", "proxy", "latency ms", "ratio [95% CI]", "MAC", "MACs", "params",
             *GUIDELINES, "baseline"]
     body = []
     for r in rows:
-        mark = ("K" if r.knee else "*" if r.on_front else " " if r.feasible else "x") + ("B" if r.baseline else " ")
+        mark = (("K" if r.knee else "*" if r.on_front else " " if r.feasible else "x") + ("B" if r.baseline else " ")
+                + _flags(r))
         body.append([
-            mark, str(r.trial), r.archid, f"{r.proxy:.4f}", f"{r.latency_ms:.3f} ± {r.iqr_ms:.3f}",
+            mark, str(r.trial), r.archid, f"{r.proxy:.4f}", f"{r.latency_ms:.3f} ± {r.iqr_ms:.3f}", _ratio_cell(r),
             _m(r.mac), _m(r.macs), _m(r.params), *(f"{r.penalties[g]:.2f}" for g in GUIDELINES),
             r.baseline or "",
         ])
@@ -109,6 +184,18 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
               "* non-dominated   K knee (best trade-off)   B baseline (shown even when dominated); "
               "MAC = memory access cost in elements, MACs = multiply-accumulates"
               + ("; acc = validation accuracy after the run's short training" if "acc" in head else "")]
+    if any(r.ties for r in rows):
+        order = {r.trial: i for i, r in enumerate(rows)}
+        pairs = [f"{r.trial}={t}" for r in rows for t in r.ties if order.get(t, -1) > order[r.trial]]
+        lines.append("= latency tie (difference inside the measured noise): " + ", ".join(pairs))
+    if any(r.drifted for r in rows):
+        lines.append("~ drifted: measured while the machine ran >10% off the reference's usual speed")
+    for r in rows:
+        if r.baseline and not r.on_front:
+            lines.append(f"{r.baseline}: " + (f"dominated beyond the noise by trial(s) {', '.join(map(str, r.dominated_by))} (d)"
+                                              if r.dominated_by else "not dominated beyond the noise (off the front only within it)"))
+    if reference:
+        lines.append(format_reference(reference))
     if "breaks" in head:
         lines.append("x infeasible: breaks the constraint(s) listed (by how much over the limit); "
                      "never on the front, picked, short-trained or exported")
@@ -206,11 +293,11 @@ def pick_trial(records: list[TrialRecord], *, trial: int | None = None, use_knee
                 if not r.feasible:
                     raise UserError(f"--trial {trial}: infeasible, it breaks {format_breaks(r.broken)} "
                                     f"(over the limit); pick a feasible one")
-                return r
+                return next((c for c in on_one_reference(done) if c.trial == trial), r)
         raise UserError(f"--trial {trial}: no such trial (the run has trials "
                         f"{min(r.trial for r in records)}..{max(r.trial for r in records)})"
                         if records else f"--trial {trial}: the run has no trials yet")
-    front = pareto_front(done)
+    front = shown_front(on_one_reference(done))
     if not front:
         if done:
             raise UserError(f"no completed trial meets the space's constraints ({len(done)} completed, "
@@ -231,13 +318,20 @@ def pick_trial(records: list[TrialRecord], *, trial: int | None = None, use_knee
 
 def export_info(rec: TrialRecord, run_name: str) -> dict[str, Any]:
     """What the run stored about a trial, handed to export_arch for report.md (not recomputed)."""
-    lat = dict(rec.latency)
+    lat = dict(rec.figure)
     g = rec.guidelines
     info: dict[str, Any] = {
         "run": run_name,
         "trial": rec.trial,
         "latency": lat,
-        "fingerprint": lat.get("fingerprint"),
+        "fingerprint": lat.get("fingerprint") or rec.latency.get("fingerprint"),
+        "latency_ms": rec.latency_ms,
+        "latency_measured_ms": rec.measured_ms,
+        "latency_ratio": rec.ratio,
+        "latency_ratio_ci": rec.ratio_ci,
+        "latency_reference": lat.get("reference"),
+        "latency_drifted": rec.drifted,
+        "latency_retimed": "side by side at the end of the run" if rec.retimed else None,
         "proxy": rec.proxy,
         "proxy_raw": rec.proxy_raw,
         "proxies": rec.proxies or None,
@@ -256,9 +350,15 @@ def load_records(path: str | Path) -> tuple[Run, list[TrialRecord]]:
     """(Run, records) of a run folder, short-training results attached; UserError for a bad
     path (I/O edge of this module)."""
     run, study = load_run(path)
-    records = trial_records(study.get_trials(deepcopy=False))
+    records = records_with_retime(study)  # the end-of-run side-by-side figures, if any
     trained = study.user_attrs.get("short_train") or {}  # multi-fidelity results, if any
     for r in records:
         if str(r.trial) in trained:
             r.short_train = trained[str(r.trial)]
     return run, records
+
+
+def load_reference_note(path: str | Path) -> dict[str, Any]:
+    """reference_note of a run folder (with its stored re-timing)."""
+    run, study = load_run(path)
+    return reference_note(records_with_retime(study), load_retime(study))

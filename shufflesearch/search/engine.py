@@ -29,6 +29,7 @@ from ..errors import UserError
 from ..model.arch import ArchError
 from .baselines import evaluate_baselines, short_train_front
 from .evaluator import prefilter_table
+from .retime import retime_run
 from .runfolder import Run, _setup_log, open_run
 from .space import SearchSpace, load_space
 from .worker import _worker_main, work
@@ -95,6 +96,8 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
             if bad:
                 raise UserError(f"{len(bad)} worker(s) exited with an error; see {run.root / 'run.log'}")
         progress.poll()
+    # The front that is shown and exported rests on figures taken side by side (retime.py).
+    retime_run(run, say=None if quiet else (lambda m: print(f"run {run.name}: {m}", flush=True)))
     short_train_front(run, quiet=quiet)
     log.info("run %s finished", run.name)
     return run

@@ -45,7 +45,7 @@ def prefilter_table(space: SearchSpace) -> LatencyTable | None:
     if not path.exists():
         raise UserError(f"target.prefilter needs a latency table for this target on this machine: "
                         f"run `shufflesearch latency build-table --resolution {t.resolution} "
-                        f"--batch {t.batch} --threads {t.threads}` first")
+                        f"--batch {t.batch} --threads {t.threads}{' --channels-last' if t.channels_last else ''}` first")
     return LatencyTable.load(path)
 
 

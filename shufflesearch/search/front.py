@@ -7,9 +7,12 @@ for export or short training."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+from ..measure.target import Latency, is_tie
 from .records import TrialRecord
 
 
@@ -61,3 +64,88 @@ def spread_indices(n: int, k: int) -> list[int]:
     if k == 1:
         return [(n - 1) // 2]
     return [int(i * (n - 1) / (k - 1) + 0.5) for i in range(k)]
+
+
+# --- one reference, side-by-side figures, ties ----------------------------------------------------
+# Every protocol-2 figure is ratio x the reference's scheduled absolute figure at the time it
+# was measured; that figure moves slowly over a run (median of the last timings), so two ms
+# figures taken minutes apart carry two slightly different yardsticks. The ratios carry none:
+# a reviewer puts every record on ONE reference figure (the re-timing's, else the run's median)
+# and ranks by ratio x that figure, which orders exactly as the ratios do.
+
+
+def run_reference_ms(records: Iterable[TrialRecord]) -> float | None:
+    """The run's reference figure: the median of the reference ms its records were scaled by."""
+    xs = sorted(r.reference_ms for r in records if r.ratio is not None and r.reference_ms)
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def attach_retime(records: Iterable[TrialRecord], retime: dict[str, Any] | None) -> None:
+    """Set ``retimed`` on the records a study's ``retime`` attribute re-timed (by trial number)."""
+    figs = (retime or {}).get("trials") or {}
+    for r in records:
+        r.retimed = figs.get(str(r.trial))
+
+
+def on_one_reference(records: Sequence[TrialRecord], reference_ms: float | None = None) -> list[TrialRecord]:
+    """Copies of ``records`` whose ``latency_ms`` is ratio x one reference figure (``measured_ms``
+    keeps the stored one); records without a ratio (protocol 1) keep theirs. The figure is
+    ``reference_ms``, else the re-timing's reference, else the run's median reference."""
+    if reference_ms is None:
+        ref = next((r.retimed.get("reference") for r in records if r.retimed), None)
+        reference_ms = float(ref["ms"]) if ref and ref.get("ms") else run_reference_ms(records)
+    out = []
+    for r in records:
+        c = dataclasses.replace(r, extra=dict(r.extra))
+        if reference_ms and r.ratio is not None and r.latency_ms is not None:
+            c.measured_ms = r.latency_ms
+            c.latency_ms = r.ratio * reference_ms
+        out.append(c)
+    return out
+
+
+def shown_front(records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """The front that is shown, picked from and exported: when the run was re-timed side by
+    side, the front of the re-timed records (the search's front and the baselines, all from
+    one window); otherwise the front of every record."""
+    recs = list(records)
+    retimed = [r for r in recs if r.retimed]
+    return pareto_front(retimed if retimed else recs)
+
+
+def latency_of(r: TrialRecord) -> Latency:
+    """The record's figure as a Latency, with ``median_ms`` as the record shows it."""
+    d = dict(r.figure)
+    d.setdefault("iqr_ms", 0.0)
+    d.setdefault("n", 0)
+    d.setdefault("runs_ms", [])
+    d.setdefault("fingerprint", {})
+    d.setdefault("spec", {})
+    d["median_ms"] = float(r.latency_ms if r.latency_ms is not None else d.get("median_ms", math.nan))
+    return Latency.from_dict(d)
+
+
+def tie_groups(records: Sequence[TrialRecord]) -> dict[int, list[int]]:
+    """trial -> the other trials (among ``records``) whose latency differs from it by no more
+    than the measured noise (``measure.target.is_tie``)."""
+    lats = {r.trial: latency_of(r) for r in records}
+    out: dict[int, list[int]] = {r.trial: [] for r in records}
+    for i, a in enumerate(records):
+        for b in records[i + 1:]:
+            if a.archid != b.archid and is_tie(lats[a.trial], lats[b.trial]):
+                out[a.trial].append(b.trial)
+                out[b.trial].append(a.trial)
+    return out
+
+
+def dominated_beyond_noise(b: TrialRecord, others: Iterable[TrialRecord]) -> list[int]:
+    """The trials that dominate ``b`` beyond the noise: proxy at least as good and faster by
+    more than the measured noise (a point that is only a latency tie might be the slower one,
+    so it does not count)."""
+    lb = latency_of(b)
+    return [o.trial for o in others
+            if o.trial != b.trial and o.archid != b.archid and o.feasible and o.complete
+            and o.proxy >= b.proxy and o.latency_ms < b.latency_ms and not is_tie(latency_of(o), lb)]

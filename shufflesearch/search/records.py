@@ -72,6 +72,12 @@ class TrialRecord:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     worker_pid: int | None = None
     short_train: dict[str, float] | None = None  # short-training results (val_acc, steps, ...)
+    # The end-of-run re-timing of the front and baselines side by side (study user attr
+    # ``retime``, search/retime.py): this trial's Latency dict from that window, if re-timed.
+    retimed: dict[str, Any] | None = None
+    # latency_ms as stored (the objective Optuna saw) when a reviewer put the record on one
+    # reference (front.on_one_reference); None when latency_ms is the stored figure.
+    measured_ms: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     # --- feasibility ---------------------------------------------------------------------------
@@ -91,6 +97,35 @@ class TrialRecord:
         """A completed trial with the figures the front needs (finite proxy and latency)."""
         return (self.state == "COMPLETE" and self.proxy is not None and self.latency_ms is not None
                 and math.isfinite(self.proxy) and math.isfinite(self.latency_ms))
+
+    # --- the latency figure (protocol 2: a ratio to the reference network) ------------------------
+    @property
+    def figure(self) -> dict[str, Any]:
+        """The Latency dict that counts: the side-by-side re-timing if there is one, else the
+        search's own measurement."""
+        return self.retimed or self.latency
+
+    @property
+    def ratio(self) -> float | None:
+        """Latency / the reference network's, in the same window (None for protocol-1 figures)."""
+        v = self.figure.get("ratio")
+        return float(v) if v is not None else None
+
+    @property
+    def ratio_ci(self) -> list[float] | None:
+        v = self.figure.get("ratio_ci")
+        return [float(x) for x in v] if v else None
+
+    @property
+    def drifted(self) -> bool:
+        """The figure's window ran beyond the drift bound off the reference's scheduled figure."""
+        return bool(self.figure.get("drifted", False))
+
+    @property
+    def reference_ms(self) -> float | None:
+        """The reference network's absolute figure the ratio was scaled by."""
+        ref = self.figure.get("reference") or {}
+        return float(ref["ms"]) if ref.get("ms") is not None else None
 
     # --- storage -------------------------------------------------------------------------------
     def to_user_attrs(self) -> dict[str, Any]:
@@ -142,10 +177,11 @@ class TrialRecord:
         """The record a repeat of this architecture stores: the same figures, none of this
         trial's bookkeeping."""
         return dataclasses.replace(self, trial=-1, baseline=None, timings={}, worker_pid=None,
-                                   duplicate_of=number, short_train=None, extra=dict(self.extra))
+                                   duplicate_of=number, short_train=None, retimed=None,
+                                   measured_ms=None, extra=dict(self.extra))
 
 
-_NOT_STORED = frozenset({"trial", "state", "short_train", "extra"})
+_NOT_STORED = frozenset({"trial", "state", "short_train", "extra", "retimed", "measured_ms"})
 _OMIT_EMPTY = frozenset({"latency", "proxies", "constraints", "timings"})
 _STORED = frozenset(f.name for f in dataclasses.fields(TrialRecord)) - _NOT_STORED
 
