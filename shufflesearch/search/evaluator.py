@@ -9,7 +9,7 @@ import time
 
 import optuna
 
-from ..accuracy.data import load_data
+from ..accuracy.data import ProxyData, load_data
 from ..accuracy.proxies import compute_proxies, proxy_score
 from ..common.threads import torch_threads
 from ..errors import UserError
@@ -49,6 +49,14 @@ def prefilter_table(space: SearchSpace) -> LatencyTable | None:
     return LatencyTable.load(path)
 
 
+def calibration_images(space: SearchSpace, data: ProxyData | None = None) -> Any:
+    """The images an int8 target is calibrated on (the proxy task's training split); None for
+    the other backends, which need none."""
+    if space.target.backend != "onnxruntime-int8":
+        return None
+    return (data or load_data(space.data)).batch("train", CALIBRATION_IMAGES).x
+
+
 class Evaluator:
     """Scores one Arch on everything the space asks for; loaded once per worker."""
 
@@ -57,8 +65,7 @@ class Evaluator:
         self.spec = space.target
         self.cache = LatencyCache()
         self.data = load_data(space.data)
-        calibration = (self.data.batch("train", CALIBRATION_IMAGES).x
-                       if self.spec.backend == "onnxruntime-int8" else None)
+        calibration = calibration_images(space, self.data)
         # Re-times a reference network every 25 fresh measurements; figures taken while this
         # machine ran >10% off its own starting speed are re-timed once, then flagged.
         self.drift = DriftMonitor(self.spec, every=25, max_seconds=space.target_options.max_seconds,

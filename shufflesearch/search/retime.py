@@ -25,6 +25,7 @@ from typing import Any
 from ..measure.cache import LatencyCache
 from ..measure.protocol import DRIFT_BOUND, ReferenceSchedule, retime
 from ..model.arch import Arch
+from .evaluator import calibration_images
 from .front import attach_retime, on_one_reference, pareto_front
 from .records import TrialRecord, completed, trial_records
 from .runfolder import Run
@@ -74,7 +75,8 @@ def retime_run(run: Run, *, max_seconds: float | None = None,
     schedule = ReferenceSchedule(spec, LatencyCache())
     before = schedule.figure()
     t0 = time.perf_counter()
-    lats = retime([Arch.from_dict(r.arch) for r in targets], spec, max_seconds=cap, schedule=schedule)
+    lats = retime([Arch.from_dict(r.arch) for r in targets], spec, max_seconds=cap, schedule=schedule,
+                  calibration=calibration_images(run.space))
     seconds = time.perf_counter() - t0
     ref = dict(lats[0].reference or {})
     factor = None
