@@ -29,6 +29,7 @@ from ..errors import UserError
 from ..model.arch import ArchError
 from .baselines import evaluate_baselines, short_train_front
 from .evaluator import prefilter_table
+from .ladder import run_check
 from .runfolder import Run, _setup_log, open_run
 from .space import SearchSpace, load_space
 from .worker import _worker_main, work
@@ -96,5 +97,6 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
                 raise UserError(f"{len(bad)} worker(s) exited with an error; see {run.root / 'run.log'}")
         progress.poll()
     short_train_front(run, quiet=quiet)
+    run_check(run, quiet=quiet)  # the fidelity ladder's self-check (nothing in a zero-cost run)
     log.info("run %s finished", run.name)
     return run

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 
 import optuna
 
@@ -48,8 +49,9 @@ def prefilter_table(space: SearchSpace) -> LatencyTable | None:
 class Evaluator:
     """Scores one Arch on everything the space asks for; loaded once per worker."""
 
-    def __init__(self, space: SearchSpace) -> None:
+    def __init__(self, space: SearchSpace, run_root: str | Path | None = None) -> None:
         self.space = space
+        self.run_root = run_root  # where a ladder keeps its rung checkpoints (rungs/)
         self.spec = space.target
         self.cache = LatencyCache()
         # Re-times a reference network every 25 fresh measurements; figures taken while this

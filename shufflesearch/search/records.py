@@ -72,6 +72,15 @@ class TrialRecord:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     worker_pid: int | None = None
     short_train: dict[str, float] | None = None  # short-training results (val_acc, steps, ...)
+    # The fidelity ladder (search/ladder.py); None in a zero-cost run. rung: the highest rung
+    # reached (0: zero-cost only); rungs: per rung ("0", "1", ...) its figures (rung 0: the
+    # zero-cost estimate and latency; k >= 1: steps, val_acc, sotl, seconds, device, ...);
+    # estimator: what ``proxy`` is at that rung; stopped: why it climbed no further.
+    rung: int | None = None
+    top_rung: int | None = None
+    rungs: dict[str, Any] | None = None
+    estimator: str | None = None
+    stopped: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     # --- feasibility ---------------------------------------------------------------------------
@@ -91,6 +100,12 @@ class TrialRecord:
         """A completed trial with the figures the front needs (finite proxy and latency)."""
         return (self.state == "COMPLETE" and self.proxy is not None and self.latency_ms is not None
                 and math.isfinite(self.proxy) and math.isfinite(self.latency_ms))
+
+    @property
+    def at_top(self) -> bool:
+        """Reached the top rung of its ladder (always, in a zero-cost run): only such trials
+        are on the front, the knee, or picked."""
+        return self.top_rung is None or self.rung == self.top_rung
 
     # --- storage -------------------------------------------------------------------------------
     def to_user_attrs(self) -> dict[str, Any]:
