@@ -18,6 +18,7 @@ from ..review.pareto import (
     load_records,
     pareto_rows,
     pick_trial,
+    run_check_text,
 )
 from ..search.records import completed, failed
 from .output import print_artefacts, print_json
@@ -66,6 +67,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
             print(f"{run.root}: no completed trials yet" + (f" ({n} failed: see --failed)" if n else ""))
     else:
         print(format_pareto(rows, [n for n, _ in run.space.objectives]))
+        check = run_check_text(args.run)
+        if check:
+            print(check)
     return 0
 
 
@@ -113,7 +117,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not quiet:
         log(f"trial {rec.trial} ({rec.archid}): proxy {rec.proxy:.4f}, "
             f"{rec.latency_ms:.3f} ms measured")
-    res = export_arch(Arch.from_dict(rec.arch), args.out, info=export_info(rec, run.name),
+    info = export_info(rec, run.name)
+    check = run_check_text(args.run)
+    if check:  # report.md carries the run's self-check beside the rung the estimate comes from
+        info["self_check"] = " / ".join(line.strip() for line in check.splitlines())
+    res = export_arch(Arch.from_dict(rec.arch), args.out, info=info,
                       resolution=run.space.target.resolution, onnx=args.onnx,
                       log=None if quiet else log, int8=args.int8, proxy=run.space.data)
     if args.json:

@@ -36,6 +36,7 @@ from .pareto import (
     load_records,
     pareto_rows,
     rank_correlation,
+    run_check_text,
 )
 
 # matplotlib is imported inside the drawing functions, not here: it is heavy (about a second)
@@ -75,6 +76,7 @@ class ReportData:
     predictor_note: str  # where predicted per-unit latency came from, or why there is none
     n_failed: int
     failures: list[tuple[int, str]] = field(default_factory=list)
+    ladder: str = ""  # the fidelity ladder's section (ladder_section), empty in a zero-cost run
 
 
 UnitMs = Callable[[Arch], dict[str, float] | None]  # arch -> predicted ms per unit, or None
@@ -305,6 +307,7 @@ def render_html(d: ReportData, svgs: dict[str, str]) -> str:
         "objectives (see above), trials off this front may still be optimal there.</p>",
         f'<div class="fig" id="fig-pareto">{svgs["pareto"]}</div>',
         _rows_table(front),
+        d.ladder,
         "<h2>Do FLOPs predict speed here?</h2>",
         f"<p>MACs vs measured latency: <b>{corr(d.macs_corr)}</b>. MAC (memory access cost) vs measured "
         f"latency: <b>{corr(d.mac_corr)}</b>. Rank correlations: 1 means the cheaper network by that "
@@ -327,6 +330,40 @@ def render_html(d: ReportData, svgs: dict[str, str]) -> str:
         f"<script>{_SCRIPT}</script></body></html>",
     ]
     return "\n".join(parts)
+
+
+def ladder_section(records: list[TrialRecord], check_text: str | None) -> str:
+    """The ladder in a ladder run: how many trials reached each rung, the estimates at each rung
+    (median and range over the trials that reached it: estimate vs rung), and the self-check."""
+    recs = [r for r in completed(records) if r.rungs]
+    if not recs and check_text is None:
+        return ""
+    top = max((r.top_rung or 0) for r in recs) if recs else 0
+    rows = []
+    for k in range(top + 1):
+        at = [r.rungs[str(k)] for r in recs if str(k) in r.rungs]
+        if k == 0:
+            cells = ["-", "-", f"{_stat([a['estimate'] for a in at])} (zero-cost score)"]
+        else:
+            cells = [str(at[0]["steps"]) if at else "-", _stat([a["val_acc"] for a in at]),
+                     _stat([a["sotl"] / max(1, a["steps"]) for a in at])]
+        stopped = sum(1 for r in recs if r.rung == k)
+        rows.append(f"<tr><td>{k}</td><td>{len(at)}</td><td>{stopped}</td>"
+                    + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    never = sum(1 for r in completed(records) if r.top_rung is not None and not r.rungs)
+    return ("<h2>Fidelity ladder</h2><p class=note>Trials reaching each rung (rung 0: feasible, "
+            f"scored zero-cost; {never} infeasible trial(s) never trained) and the estimates there: "
+            "median [min, max] over the trials that reached the rung. Only trials at the top rung "
+            "are on the front.</p><table><tr><th>rung</th><th>reached</th><th>stopped there</th>"
+            "<th>steps</th><th>val_acc</th><th>sotl per step</th></tr>" + "".join(rows) + "</table>"
+            + (f"<h3>Self-check</h3><pre>{_e(check_text)}</pre>" if check_text else ""))
+
+
+def _stat(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    ys = sorted(float(x) for x in xs)
+    return f"{ys[len(ys) // 2]:.3f} [{ys[0]:.3f}, {ys[-1]:.3f}]"
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -385,6 +422,7 @@ def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], Non
     say("computing")
     d = report_data(records, title=f"shufflesearch report: {run.name}", meta=meta,
                     resolution=t.resolution, unit_ms=unit_ms, predictor_note=note)
+    d.ladder = ladder_section(records, run_check_text(run_path))
     say("drawing")
     svgs, pngs = {}, []
     try:

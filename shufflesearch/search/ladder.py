@@ -48,6 +48,7 @@ from ..accuracy.fidelity import (
 )
 from ..common.threads import torch_threads
 from ..model.arch import Arch
+from .faults import fault_point
 from .front import pareto_front, spread_indices
 from .objective import constraint_items
 from .promotion import should_promote
@@ -110,10 +111,13 @@ def climb(study: optuna.Study, trial_id: int, rec: TrialRecord, space: SearchSpa
         with torch_threads(1):
             # One thread, like the proxies: workers share the cores, and a second thread buys
             # little on the proxy task's tiny inputs.
+            # fault point `rung`: a kill -9 right after a rung's checkpoint is on disk, before
+            # the trial's storage says so (the retry must find it and train nothing again)
             r = train_to_rung(arch, data, fs, k + 1, rung_dir(run_root, rec.archid, space.seed),
-                              seed=space.seed)
+                              seed=space.seed, on_rung=lambda _h: fault_point("rung"))
         rungs[str(k + 1)] = {**rung_attr(r), "latency_ms": float(rec.latency_ms),
-                             "trained_seconds": float(r["trained_seconds"])}
+                             "trained_seconds": float(r["trained_seconds"]),
+                             "resumed_from": int(r["resumed_from"])}
         rec.rung = k + 1
         st.set_trial_user_attr(trial_id, "rungs", rungs)
         st.set_trial_user_attr(trial_id, "rung", k + 1)
