@@ -193,3 +193,17 @@ def test_bad_fidelity_section_names_the_field(tmp_path, bad, msg):
     with pytest.raises(UserError, match=msg) as e:
         load_space(p)
     assert "s.yaml:" in str(e.value) and "fidelity" in str(e.value)
+
+
+def test_proxy_val_fraction_is_read_and_kept_out_of_old_fingerprints(tmp_path):
+    base = load_space(TINY)
+    p = tmp_path / "vf.yaml"
+    p.write_text(TINY.read_text().replace("batch: 16}", "batch: 16, val_fraction: 0.5}"))
+    s = load_space(p)
+    assert base.data.val_fraction == 0.2 and s.data.val_fraction == 0.5
+    assert "val_fraction" not in base.raw["proxy"] and s.fingerprint() != base.fingerprint()
+    p.write_text(TINY.read_text().replace("batch: 16}", "batch: 16, val_fraction: 1.5}"))
+    from shufflesearch import UserError
+
+    with pytest.raises(UserError, match=r"proxy.val_fraction: 1.5 is out of range"):
+        load_space(p)

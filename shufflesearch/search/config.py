@@ -123,6 +123,9 @@ _PROXY_RULES: dict[str, Rule] = {  # fills DataSpec (`dataset` is its `name`) an
     "score": (str, None, None, SCORES),
 }
 _PROXY_KEYS = ("dataset", "resolution", "batch", "proxies", "score", "short_train_top_k", "short_train_steps")
+# proxy.val_fraction (DataSpec.val_fraction): read apart from _PROXY_RULES, and kept in the
+# resolved config only when set, so that spaces without it keep their fingerprint.
+VAL_FRACTION_RULE: Rule = (float, 0.05, 0.95, None)
 _GUIDELINE_RULES: dict[str, Rule] = {
     "mode": (str, None, None, GUIDELINE_MODES),
     "weight": (float, 0, 1000, None),

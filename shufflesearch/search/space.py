@@ -37,6 +37,7 @@ from .config import (
     _TARGET_RULES,
     GUIDELINE_MODES,
     SAMPLERS,
+    VAL_FRACTION_RULE,
     Dim,
     GuidelineConfig,
     ProxySettings,
@@ -288,7 +289,7 @@ def parse_space(doc: Located) -> SearchSpace:
     target, target_options = TargetSpec(**_fields(TargetSpec, tv)), TargetOptions(**_fields(TargetOptions, tv))
 
     pr = _mapping(doc, d.get("proxy"), "proxy")
-    check_keys(doc, pr, _PROXY_KEYS, "proxy")
+    check_keys(doc, pr, (*_PROXY_KEYS, "val_fraction"), "proxy")
     pv = _section(doc, pr, "proxy", _PROXY_RULES, {**_defaults(DataSpec, ProxySettings), "dataset": DataSpec.name})
     proxies = pr.get("proxies")
     if proxies is not None:
@@ -300,8 +301,11 @@ def parse_space(doc: Located) -> SearchSpace:
         missing = [n for n in needed_for(pv["score"]) if n not in proxies]
         if missing:
             raise doc.error("proxy.proxies", f"score {pv['score']!r} needs {', '.join(missing)}")
+    kind, lo, hi, _ = VAL_FRACTION_RULE
+    vf = {"val_fraction": float(_scalar(doc, pr, "val_fraction", "proxy", kind, None, lo, hi))
+          } if "val_fraction" in pr else {}
     try:
-        data = DataSpec(name=pv["dataset"], resolution=pv["resolution"], batch=pv["batch"], seed=seed)
+        data = DataSpec(name=pv["dataset"], resolution=pv["resolution"], batch=pv["batch"], seed=seed, **vf)
     except UserError as e:
         raise UserError(f"{doc.where('proxy.dataset')}: {e}") from None
     proxy = ProxySettings(**_fields(ProxySettings, pv), proxies=None if proxies is None else tuple(proxies))
@@ -388,7 +392,8 @@ def parse_space(doc: Located) -> SearchSpace:
         # The resolved config as YAML keys: written to the run's config.yaml, parsed back by
         # load_run, and hashed into the space's fingerprint.
         raw={"name": name, "seed": seed, "target": tv,
-             "proxy": {**{k: pv[k] for k in _PROXY_KEYS if k in pv}, "proxies": proxies},
+             "proxy": {**{k: pv[k] for k in _PROXY_KEYS if k in pv}, "proxies": proxies,
+                       **({"val_fraction": data.val_fraction} if "val_fraction" in pr else {})},
              "space": sp, "objectives": objectives, "constraints": constraints,
              "guidelines": {**gv, "settings": gs}, "sampler": dataclasses.asdict(sampler)},
     )
