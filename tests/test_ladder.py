@@ -207,3 +207,46 @@ def test_proxy_val_fraction_is_read_and_kept_out_of_old_fingerprints(tmp_path):
 
     with pytest.raises(UserError, match=r"proxy.val_fraction: 1.5 is out of range"):
         load_space(p)
+
+
+def test_two_machines_share_one_postgresql_ladder(tmp_path):
+    """Two processes, each with its own run folder (as two machines), on one PostgreSQL study:
+    exact budget, every (architecture, rung) trained once across both, the check stored."""
+    url = os.environ.get("SHUFFLESEARCH_TEST_PG")
+    if not url:
+        pytest.skip("no PostgreSQL: `source .ci/postgres.sh` starts one and sets SHUFFLESEARCH_TEST_PG")
+    import uuid
+
+    import sqlalchemy as sa
+
+    base = sa.engine.make_url(url)
+    db = f"ss_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f"CREATE DATABASE {db}"))
+    storage = base.set(database=db).render_as_string(hide_password=False)
+    try:
+        args = ["run", str(LADDER), "--budget", str(BUDGET), "--name", "lpg", "--storage", storage, "--quiet"]
+        procs = [subprocess.Popen([sys.executable, "-m", "shufflesearch.cli", *args, "--runs",
+                                   str(tmp_path / f"m{i}")], env=_env(tmp_path), stderr=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True) for i in range(2)]
+        outs = [p.communicate(timeout=600) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+        assert all("self-check:" in o for o, _ in outs)
+        import optuna
+
+        study = optuna.load_study(study_name="lpg", storage=storage)
+        recs = trial_records(study.get_trials())
+        assert sum(1 for r in recs if r.state == "COMPLETE" and not r.baseline) == BUDGET
+        trained: dict[tuple[str, str], int] = {}
+        for r in recs:
+            if r.duplicate_of is None and r.rungs:
+                for k, v in r.rungs.items():
+                    if k != "0" and v["trained_seconds"] > 0:
+                        trained[(r.archid, k)] = trained.get((r.archid, k), 0) + 1
+        assert trained and all(n == 1 for n in trained.values()), trained
+        assert study.user_attrs["check"]["n"] >= 3
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        admin.dispose()
