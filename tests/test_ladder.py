@@ -141,9 +141,11 @@ def test_kill_9_after_a_rung_checkpoint_resumes_and_trains_nothing_twice(tmp_pat
     assert study.trials[killed.number].state == TrialState.FAIL
     (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
     rungs = retry.user_attrs.get("rungs") or {}
-    if str(on_disk) in rungs:  # promoted again: the rung came from the checkpoint, untrained
-        assert rungs[str(on_disk)]["trained_seconds"] == 0.0
-        assert rungs[str(on_disk)]["resumed_from"] == on_disk
+    rungs = retry.user_attrs["rungs"]
+    # The rung on disk was a promotion already won: the retry climbs to it without deciding
+    # again, and takes it from the checkpoint without training it.
+    assert rungs[str(on_disk)]["trained_seconds"] == 0.0
+    assert rungs[str(on_disk)]["resumed_from"] == on_disk
 
 
 def test_infeasible_trials_never_train(tmp_path):

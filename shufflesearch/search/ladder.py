@@ -15,7 +15,7 @@ What finished rung k is read from the study's storage (the ``rungs`` user attrib
 writes as it climbs), so the rule holds across workers and machines; a trial whose worker died
 (FAIL) does not count, and one architecture counts once. Checkpoints live in the run folder
 (``rungs/ARCHID-sSEED``): a retry after kill -9 continues from the last finished rung and
-re-decides the promotion it had not got past, so nothing is trained twice.
+counts the rungs on disk as promotions won, so nothing is trained twice.
 
 The number a ladder trial tells Optuna as its ``proxy`` objective (``TrialRecord.proxy``) is
 its estimate at the highest rung it reached (``estimate_value``): val_acc, or SoTL per step
@@ -40,6 +40,7 @@ from ..accuracy.fidelity import (
     FidelitySettings,
     check_estimator,
     format_check,
+    latest_checkpoint,
     pick_estimate,
     rung_attr,
     rung_dir,
@@ -102,8 +103,12 @@ def climb(study: optuna.Study, trial_id: int, rec: TrialRecord, space: SearchSpa
     st.set_trial_user_attr(trial_id, "rungs", rungs)
     st.set_trial_user_attr(trial_id, "rung", 0)
     arch = Arch.from_dict(rec.arch)
+    ckpt = rung_dir(run_root, rec.archid, space.seed)
+    # Rungs already on disk (a retry after kill -9) were promotions already won: honoured, not
+    # decided again against a field that has grown since, so their training is never wasted.
+    on_disk = (latest_checkpoint(ckpt) or (0, None))[0]
     for k in range(0, len(fs.rungs)):
-        if not baseline:
+        if not baseline and k >= on_disk:
             fin = finished_at(study, k, est, number)
             if not should_promote(number, fin, fs.eta):
                 rec.stopped = f"stopped at rung {k}: not in the best 1/{fs.eta} of {len(fin)} at that rung"
@@ -113,8 +118,7 @@ def climb(study: optuna.Study, trial_id: int, rec: TrialRecord, space: SearchSpa
             # little on the proxy task's tiny inputs.
             # fault point `rung`: a kill -9 right after a rung's checkpoint is on disk, before
             # the trial's storage says so (the retry must find it and train nothing again)
-            r = train_to_rung(arch, data, fs, k + 1, rung_dir(run_root, rec.archid, space.seed),
-                              seed=space.seed, on_rung=lambda _h: fault_point("rung"))
+            r = train_to_rung(arch, data, fs, k + 1, ckpt, seed=space.seed, on_rung=lambda _h: fault_point("rung"))
         rungs[str(k + 1)] = {**rung_attr(r), "latency_ms": float(rec.latency_ms),
                              "trained_seconds": float(r["trained_seconds"]),
                              "resumed_from": int(r["resumed_from"])}
