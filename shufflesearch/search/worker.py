@@ -175,12 +175,13 @@ def evaluate_once(study: optuna.Study, trial_id: int, arch: Any, evaluate: Evalu
         owner = claim(st, study._study_id, key, trial_id, lambda o: _dead(st, o))
         if owner == trial_id:
             rec = evaluate(arch, timings)
-            if evaluate.space.fidelity is not None:  # train as far as promotion allows
+            space = getattr(evaluate, "space", None)  # (tests pass a bare function)
+            if space is not None and space.fidelity is not None:  # train as far as promotion allows
                 if evaluate.run_root is None:
                     raise ValueError("a fidelity ladder needs the run folder: Evaluator(space, run.root)")
                 t0 = time.perf_counter()
                 baseline = bool(getattr(st, "_backend", st).get_trial(trial_id).user_attrs.get("baseline"))
-                climb(study, trial_id, rec, evaluate.space, evaluate.data,
+                climb(study, trial_id, rec, space, evaluate.data,
                       evaluate.run_root, baseline=baseline)
                 timings["ladder"] = time.perf_counter() - t0
             return rec
