@@ -271,8 +271,8 @@ def export_info(rec: TrialRecord, run_name: str) -> dict[str, Any]:
         "guideline_penalties": g.penalties,
         "guideline_total": g.total,
         "guideline_findings": g.n_findings,
-        "rung": None if rec.rung is None else f"{rec.rung} of {rec.top_rung}",
-        "estimator": rec.estimator,
+        "fidelity_rung": None if rec.rung is None else f"{rec.rung} of {rec.top_rung}",
+        "accuracy_estimator": rec.estimator,
     }
     if rec.baseline:
         info["baseline"] = rec.baseline
