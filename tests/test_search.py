@@ -98,10 +98,14 @@ def test_two_workers_reach_exactly_the_budget(tmp_path):
 def test_kill_9_then_rerun_reaches_exactly_the_budget(tmp_path):
     args = ("run", str(TINY), "--budget", "4", "--runs", str(tmp_path), "--quiet")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    p = subprocess.Popen([sys.executable, "-m", "shufflesearch.cli", *args], env=env)
+    err = (tmp_path / "stderr.txt").open("w")
+    p = subprocess.Popen([sys.executable, "-m", "shufflesearch.cli", *args], env=env, stderr=err)
     db = tmp_path / "tiny" / "study.db"
     deadline = time.time() + 300
     while time.time() < deadline:  # wait for the first completed trial, then kill mid-run
+        # A run that fails by itself (e.g. racing this loop to create the database) must say so
+        # now, not after the deadline.
+        assert p.poll() in (None, 0), (tmp_path / "stderr.txt").read_text()
         if db.exists():
             try:
                 s = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
@@ -112,6 +116,7 @@ def test_kill_9_then_rerun_reaches_exactly_the_budget(tmp_path):
         time.sleep(0.2)
     p.send_signal(signal.SIGKILL)
     p.wait()
+    err.close()
     r = _cli(*args)
     assert r.returncode == 0, r.stderr
     _, study = load_run(tmp_path / "tiny")

@@ -19,6 +19,7 @@ from ..review.pareto import (
     load_reference_note,
     pareto_rows,
     pick_trial,
+    run_check_text,
 )
 from ..search.records import completed, failed
 from ..search.retime import retime_run
@@ -80,6 +81,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
             print(f"{run.root}: no completed trials yet" + (f" ({n} failed: see --failed)" if n else ""))
     else:
         print(format_pareto(rows, [n for n, _ in run.space.objectives], reference=load_reference_note(args.run)))
+        check = run_check_text(args.run)
+        if check:
+            print(check)
     return 0
 
 
@@ -127,7 +131,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not quiet:
         log(f"trial {rec.trial} ({rec.archid}): proxy {rec.proxy:.4f}, "
             f"{rec.latency_ms:.3f} ms measured")
-    res = export_arch(Arch.from_dict(rec.arch), args.out, info=export_info(rec, run.name),
+    info = export_info(rec, run.name)
+    check = run_check_text(args.run)
+    if check:  # report.md carries the run's self-check beside the rung the estimate comes from
+        info["self_check"] = " / ".join(line.strip() for line in check.splitlines())
+    res = export_arch(Arch.from_dict(rec.arch), args.out, info=info,
                       resolution=run.space.target.resolution, onnx=args.onnx,
                       channels_last=run.space.target.channels_last,
                       log=None if quiet else log, int8=args.int8, proxy=run.space.data)

@@ -21,6 +21,7 @@ from ..guidelines.calibration import save
 from ..guidelines.microbench import FULL, QUICK, bench, format_tables, n_measurements
 from ..measure.target import BACKENDS
 from ..search.engine import search
+from ..search.ladder import describe_check
 from ..search.space import load_space
 from .output import print_json
 
@@ -40,6 +41,8 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     run = search(args.space, args.budget, name=args.name, runs_root=args.runs,
                  storage=args.storage, workers=args.workers, quiet=args.quiet)
+    if run.space.fidelity is not None:  # the run's self-check, printed even when --quiet
+        print(describe_check(run.load_study().user_attrs.get("check")))
     if not args.quiet:
         print(f"done: {run.root}  (review: shufflesearch pareto {run.root})")
     return 0

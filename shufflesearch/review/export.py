@@ -31,11 +31,9 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +44,16 @@ from .. import __version__
 from ..accuracy.data import DataSpec, load_data
 from ..common.files import prepare_out_dir
 from ..errors import UserError
-from ..guidelines import checks as guidelines
 from ..measure import backends as B
-from ..model.arch import Arch, load_arch, preset_name, resolve_arch
+from ..model.arch import Arch, load_arch, resolve_arch
 from ..model.codegen import model_source
 from ..model.compile import build, check_state_dict_fits, to_inference
-from ..model.cost import costs, format_costs
+from .bundle import _BATCH, ARTEFACTS, INT8, ExportResult, render_report
 
-ARTEFACTS = ("arch.yaml", "model.py", "weights.pt", "model.pt2", "model.onnx", "report.md")
-INT8 = "model.int8.onnx"  # optional (int8=True): not part of the default bundle
 _CALIBRATION_IMAGES = 64  # from the proxy task's training split; MinMax ranges settle by then
 _AGREEMENT_IMAGES = 500  # validation images compared at most (digits has 360)
 # model.py may import these and nothing else: "depends only on torch" is checked, not hoped.
 _ALLOWED_IMPORTS = {"__future__", "os", "collections", "typing", "dataclasses", "torch"}
-_MAX_FINDINGS = 15  # rows of guideline findings in report.md
-_BATCH = 2  # verification batch: 2 so that the dynamic batch dimension is exercised
 # Tolerances relative to the largest reference output (freshly initialised logits are ~1e-8,
 # so an absolute bound would pass anything).
 _EXACT_TOL = 1e-6  # model.py runs the very same ops as the compiled model
@@ -69,32 +62,6 @@ _FOLDED_TOL = 1e-3  # BN folding and the exporters reorder float32 arithmetic
 
 class ExportError(UserError):
     """An export that cannot be written or whose artefact failed verification."""
-
-
-@dataclass
-class ExportResult:
-    out_dir: Path
-    archid: str
-    files: dict[str, Path]  # artefact name → path
-    max_abs_diff: dict[str, float]  # artefact → max |output − training-form output|
-    skipped: dict[str, str] = field(default_factory=dict)  # artefact → why it is missing
-    params: int = 0
-    output_scale: float = 0.0  # max |reference output|: the yardstick for the diffs above
-    int8: dict[str, Any] = field(default_factory=dict)  # agreement, accuracies, latencies (int8=True)
-    channels_last: bool = True  # memory format of the exported inference form (the target's)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "out_dir": str(self.out_dir),
-            "archid": self.archid,
-            "params": self.params,
-            "files": {k: str(v) for k, v in self.files.items()},
-            "max_abs_diff": self.max_abs_diff,
-            "output_scale": self.output_scale,
-            "skipped": self.skipped,
-            "channels_last": self.channels_last,
-            **({"int8": self.int8} if self.int8 else {}),
-        }
 
 
 def export_arch(
@@ -391,168 +358,3 @@ def _export_int8(fp32: Path, path: Path, x: torch.Tensor, ref: torch.Tensor, sca
         "size_fp32_kb": fp32.stat().st_size / 1024,
         "size_int8_kb": path.stat().st_size / 1024,
     }
-
-
-def _int8_lines(r: Mapping[str, Any], arch: Arch, res: int) -> list[str]:
-    def acc(v: Any) -> str:
-        return f"{100 * v:.1f}%" if v is not None else "n/a"
-
-    lines = [
-        f"`{INT8}`: static post-training quantisation of `model.onnx` (QDQ, int8 activations, "
-        f"per-channel int8 weights), calibrated on {r['calibration_images']} training images of "
-        f"the proxy task ({r['proxy']}, resized to {res}x{res}). On {r['val_images']} validation "
-        f"images its top-1 prediction agrees with `model.onnx` for **{100 * r['top1_agreement']:.1f}%**.",
-        "",
-        "| | model.onnx (fp32) | model.int8.onnx |",
-        "|---|---|---|",
-        f"| latency, ONNX Runtime, batch 1, 1 thread (ms) | {r['latency_fp32_ms']:.3f} | "
-        f"{r['latency_int8_ms']:.3f} (x{r['latency_ratio']:.2f}) |",
-        f"| proxy-task accuracy (validation split) | {acc(r['acc_fp32'])} | {acc(r['acc_int8'])} |",
-        f"| file size (KB) | {r['size_fp32_kb']:.0f} | {r['size_int8_kb']:.0f} |",
-        "",
-        "Latencies are medians over interleaved rounds of the two sessions on this machine when "
-        "exporting; the ratio is the median of the per-round ratios.",
-    ]
-    if r["acc_fp32"] is None:
-        lines += ["", f"Accuracy is n/a: the classifier has {arch.num_classes} outputs, not the proxy "
-                     "task's classes (export weights trained with `shufflesearch train`)."]
-    return lines
-
-
-# --- report.md --------------------------------------------------------------------------------
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)) and len(v) > 8:
-        return f"{len(v)} values"
-    return str(v)
-
-
-def _kv_table(d: Mapping[str, Any]) -> list[str]:
-    rows = ["| key | value |", "|---|---|"]
-    rows += [f"| {k} | {_fmt(v)} |" for k, v in d.items()]
-    return rows
-
-
-def _guideline_lines(arch: Arch, res: int) -> list[str]:
-    try:
-        rep = guidelines.check(arch, res)
-    except Exception as e:  # a checker bug must not cost the user an otherwise verified bundle
-        return [f"The guideline check failed: {e.__class__.__name__}: {e}"]
-    findings = list(getattr(rep, "findings", []))
-    penalties = getattr(rep, "penalties", {})
-    lines = []
-    if isinstance(penalties, Mapping) and penalties:
-        lines += ["Penalties: " + ", ".join(f"{k} {_fmt(v)}" for k, v in penalties.items()), ""]
-    if not findings:
-        return [*lines, "No findings: the network follows G1–G4 as the checkers see it."]
-    # Worst first, and not hundreds of rows: `shufflesearch check arch.yaml` lists them all.
-    findings.sort(key=lambda f: -float(getattr(f, "penalty", 0) or 0))
-    shown = findings[:_MAX_FINDINGS]
-    lines += ["| guideline | node | penalty | finding |", "|---|---|---|---|"]
-    for f in shown:
-        lines.append(
-            f"| {getattr(f, 'guideline', '')} | `{getattr(f, 'node', '')}` | "
-            f"{_fmt(getattr(f, 'penalty', ''))} | {getattr(f, 'message', '')} |"
-        )
-    if len(findings) > len(shown):
-        lines += ["", f"... and {len(findings) - len(shown)} more (`shufflesearch check arch.yaml` lists all)."]
-    return lines
-
-
-_LATENCY_KEYS = ("latency_ms", "latency_measured_ms", "latency_ratio", "latency_ratio_ci", "latency_reference",
-                 "latency_drifted", "latency_retimed")
-
-
-def _latency_summary(info: Mapping[str, Any]) -> list[str]:
-    """The figure in one paragraph: ms = ratio [95% CI] x the reference, the drift flag, and
-    whether it comes from the run's side-by-side re-timing (export_info's latency_* keys)."""
-    ms, ratio = info.get("latency_ms"), info.get("latency_ratio")
-    if ms is None:
-        return []
-    ref = info.get("latency_reference") or {}
-    ci = info.get("latency_ratio_ci")
-    if ratio is not None and ref:
-        ref_ms = ms / ratio if ratio else ref.get("ms")
-        text = (f"**{ms:.3f} ms** = ratio {ratio:.4f}"
-                + (f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")
-                + f" x reference {ref.get('arch')} ({ref.get('archid')}) at {ref_ms:.3f} ms.")
-    else:
-        text = f"**{ms:.3f} ms** (the trial's own median; no reference, timing protocol 1)."
-    if info.get("latency_measured_ms") is not None:
-        text += f" The search stored {info['latency_measured_ms']:.3f} ms (its own window's reference figure)."
-    text += (" Re-timed side by side with the front and the baselines at the end of the run."
-             if info.get("latency_retimed") else " Not re-timed side by side (`shufflesearch pareto RUN --retime`).")
-    text += (" **Drifted**: the window ran beyond the drift bound off the reference's usual speed."
-             if info.get("latency_drifted") else " Drifted: no.")
-    return [text, ""]
-
-
-def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res: int,
-                  trained: bool, version: str = "") -> str:
-    """report.md: what the bundle holds, what was verified, and what the Arch costs."""
-
-    name = preset_name(arch)
-    c = costs(arch, res)
-    what = {
-        "arch.yaml": "the architecture (`shufflesearch show arch.yaml`)",
-        "model.py": "standalone PyTorch source (training form), needs torch only",
-        "weights.pt": "state_dict for model.py: " + ("the given weights" if trained else "freshly initialised"),
-        "model.pt2": "`torch.export` program of the inference form (BN folded), dynamic batch, "
-                     + ("NHWC (channels_last)" if result.channels_last else "NCHW") + " as the target timed",
-        "model.onnx": "the inference form as ONNX, dynamic batch; input `input`, output `logits`",
-        INT8: "model.onnx quantised to int8 (QDQ, per-channel weights), same input and output",
-        "report.md": "this file",
-    }
-    lines = [
-        f"# Export of {arch.archid}" + (f" ({name})" if name else ""),
-        "",
-        f"Written by shufflesearch {version} on {time.strftime('%Y-%m-%d %H:%M:%S')}. Every file was "
-        f"checked against the compiled training form (eval mode) on a seeded random batch of "
-        f"{_BATCH} at {res}x{res}; its outputs reach {result.output_scale:.3g} in absolute value"
-        + (" (fresh weights: logits are tiny, so are the diffs)." if not trained else "."),
-        "",
-        "| file | what | check |",
-        "|---|---|---|",
-    ]
-    for art in ARTEFACTS + ((INT8,) if INT8 in result.files else ()):
-        if art in result.skipped:
-            lines.append(f"| {art} | skipped | {result.skipped[art]} |")
-            continue
-        if art == "arch.yaml":
-            check = "reads back with the same archid"
-        elif art == "model.py":
-            check = f"imported alone; {result.params:,} params; max abs diff {result.max_abs_diff[art]:.3g}"
-        elif art == INT8:
-            check = (f"onnxruntime; max abs diff {result.max_abs_diff[art]:.3g}; top-1 agreement "
-                     f"with model.onnx {100 * result.int8['top1_agreement']:.1f}% (see below)")
-        elif art in result.max_abs_diff:
-            tool = "onnxruntime" if art == "model.onnx" else "saved, loaded, run"
-            check = f"{tool}; max abs diff {result.max_abs_diff[art]:.3g}"
-        elif art == "weights.pt":
-            check = "loaded into model.py"
-        else:
-            check = ""
-        lines.append(f"| {art} | {what[art]} | {check} |")
-    lines += ["", "## Costs", "", f"At {res}x{res}, batch 1: {c.params:,} params, "
-              f"{c.macs / 1e6:.2f}M MACs, MAC {c.mac / 1e6:.2f}M elements, peak activation "
-              f"{c.peak_activation / 1e6:.2f}M elements.", "", "```", format_costs(arch, c), "```"]
-    lines += ["", "## Guidelines (ShuffleNet V2, Sec. 2)", "", *_guideline_lines(arch, res)]
-    if result.int8:
-        lines += ["", "## int8 (ONNX Runtime)", "", *_int8_lines(result.int8, arch, res)]
-    lines += ["", "## Latency", ""]
-    lines += _latency_summary(info)
-    lat = info.get("latency")
-    if isinstance(lat, Mapping):
-        lines += _kv_table({k: v for k, v in lat.items() if k not in ("fingerprint", "runs_ms")})
-    else:
-        lines.append("Not measured for this export (see `shufflesearch export RUN` for a searched trial).")
-    fp = info.get("fingerprint") or (lat.get("fingerprint") if isinstance(lat, Mapping) else None)
-    if isinstance(fp, Mapping):
-        lines += ["", "Environment fingerprint:", "", *_kv_table(fp)]
-    rest = {k: v for k, v in info.items() if k not in ("latency", "fingerprint") and k not in _LATENCY_KEYS}
-    if rest:
-        lines += ["", "## Provenance", "", *_kv_table(rest)]
-    return "\n".join(lines) + "\n"

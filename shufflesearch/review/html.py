@@ -14,117 +14,32 @@ import io
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..measure.predictor import LatencyTable, table_path
 from ..measure.target import TargetSpec
-from ..model.arch import Arch
-from ..model.cost import costs
 from ..search.records import TrialRecord
 from .pareto import (
     GUIDELINES,
-    HypervolumeHistory,
     ParetoRow,
     RankCorrelation,
     completed,
     failed,
     format_breaks,
     format_reference,
-    hypervolume_history,
     load_records,
     load_reference_note,
-    pareto_rows,
-    rank_correlation,
+    run_check_text,
 )
+from .report_data import Pick, ReportData, UnitMs, report_data
 from .transfer import load_transfer, transfer_html
 
 # matplotlib is imported inside the drawing functions, not here: it is heavy (about a second)
 # and only `shufflesearch report` draws, while report_data and the CLI's other commands that
 # import this package do not need it.
-
-# --- what to draw (pure) ----------------------------------------------------------------------
-
-
-@dataclass
-class UnitRow:
-    unit: str  # "stem", "stages.i.j", "head", "classifier"
-    params: int
-    macs: int
-    mac: int  # memory access cost, elements
-    predicted_ms: float | None  # from the latency table, when there is one
-
-
-@dataclass
-class Pick:
-    label: str  # "knee", "fastest", "best proxy"
-    trial: int
-    archid: str
-    latency_ms: float  # measured, as stored
-    units: list[UnitRow]
-
-
-@dataclass
-class ReportData:
-    title: str
-    meta: dict[str, str]  # run facts shown at the top
-    rows: list[ParetoRow]  # every completed trial (on_front/baseline/knee flags)
-    macs_corr: RankCorrelation  # MACs vs measured latency
-    mac_corr: RankCorrelation  # MAC vs measured latency
-    hv: HypervolumeHistory
-    picks: list[Pick]
-    predictor_note: str  # where predicted per-unit latency came from, or why there is none
-    n_failed: int
-    failures: list[tuple[int, str]] = field(default_factory=list)
-    transfer: str = ""  # the runtimes section (transfer.py), when the run carries transfer.json
-
-
-UnitMs = Callable[[Arch], dict[str, float] | None]  # arch -> predicted ms per unit, or None
-
-
-def _picks(rows: list[ParetoRow], records: dict[int, TrialRecord], resolution: int,
-           unit_ms: UnitMs | None) -> list[Pick]:
-    front = [r for r in rows if r.on_front]
-    if not front:
-        return []
-    chosen: list[tuple[str, ParetoRow]] = []
-    for label, r in (("knee", next((r for r in front if r.knee), None)),
-                     ("fastest", min(front, key=lambda r: r.latency_ms)),
-                     ("best proxy", max(front, key=lambda r: r.proxy))):
-        if r is None:
-            continue
-        if any(r.trial == c.trial for _, c in chosen):  # one table per trial, labels joined
-            chosen = [((f"{lab}, {label}" if c.trial == r.trial else lab), c) for lab, c in chosen]
-        else:
-            chosen.append((label, r))
-    picks = []
-    for label, r in chosen:
-        arch = Arch.from_dict(records[r.trial].arch)
-        c = costs(arch, resolution)
-        ms = unit_ms(arch) if unit_ms else None
-        units = [UnitRow(name, u.params, u.macs, u.mac, (ms or {}).get(name)) for name, u in c.units.items()]
-        picks.append(Pick(label, r.trial, r.archid, r.latency_ms, units))
-    return picks
-
-
-def report_data(records: list[TrialRecord], *, title: str, meta: dict[str, str],
-                resolution: int, unit_ms: UnitMs | None = None, predictor_note: str = "") -> ReportData:
-    """Everything the page shows, computed from the run's trial records."""
-    rows = pareto_rows(records, all_trials=True)
-    lat = [r.latency_ms for r in rows]
-    bad = failed(records)
-    return ReportData(
-        title=title, meta=meta, rows=rows,
-        macs_corr=rank_correlation([r.macs for r in rows], lat),
-        mac_corr=rank_correlation([r.mac for r in rows], lat),
-        hv=hypervolume_history(records),
-        picks=_picks(rows, {r.trial: r for r in completed(records)}, resolution, unit_ms),
-        predictor_note=predictor_note, n_failed=len(bad),
-        failures=[(r.trial, r.fail_reason or "") for r in bad],
-    )
-
 
 # --- drawing ---------------------------------------------------------------------------------------
 
@@ -322,6 +237,7 @@ def render_html(d: ReportData, svgs: dict[str, str]) -> str:
         f'<div class="fig" id="fig-pareto">{svgs["pareto"]}</div>',
         _rows_table(front),
         d.transfer,
+        d.ladder,
         "<h2>Do FLOPs predict speed here?</h2>",
         f"<p>MACs vs measured latency: <b>{corr(d.macs_corr)}</b>. MAC (memory access cost) vs measured "
         f"latency: <b>{corr(d.mac_corr)}</b>. Rank correlations: 1 means the cheaper network by that "
@@ -344,6 +260,40 @@ def render_html(d: ReportData, svgs: dict[str, str]) -> str:
         f"<script>{_SCRIPT}</script></body></html>",
     ]
     return "\n".join(parts)
+
+
+def ladder_section(records: list[TrialRecord], check_text: str | None) -> str:
+    """The ladder in a ladder run: how many trials reached each rung, the estimates at each rung
+    (median and range over the trials that reached it: estimate vs rung), and the self-check."""
+    recs = [r for r in completed(records) if r.rungs]
+    if not recs and check_text is None:
+        return ""
+    top = max((r.top_rung or 0) for r in recs) if recs else 0
+    rows = []
+    for k in range(top + 1):
+        at = [r.rungs[str(k)] for r in recs if str(k) in r.rungs]
+        if k == 0:
+            cells = ["-", "-", f"{_stat([a['estimate'] for a in at])} (zero-cost score)"]
+        else:
+            cells = [str(at[0]["steps"]) if at else "-", _stat([a["val_acc"] for a in at]),
+                     _stat([a["sotl"] / max(1, a["steps"]) for a in at])]
+        stopped = sum(1 for r in recs if r.rung == k)
+        rows.append(f"<tr><td>{k}</td><td>{len(at)}</td><td>{stopped}</td>"
+                    + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    never = sum(1 for r in completed(records) if r.top_rung is not None and not r.rungs)
+    return ("<h2>Fidelity ladder</h2><p class=note>Trials reaching each rung (rung 0: feasible, "
+            f"scored zero-cost; {never} infeasible trial(s) never trained) and the estimates there: "
+            "median [min, max] over the trials that reached the rung. Only trials at the top rung "
+            "are on the front.</p><table><tr><th>rung</th><th>reached</th><th>stopped there</th>"
+            "<th>steps</th><th>val_acc</th><th>sotl per step</th></tr>" + "".join(rows) + "</table>"
+            + (f"<h3>Self-check</h3><pre>{_e(check_text)}</pre>" if check_text else ""))
+
+
+def _stat(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    ys = sorted(float(x) for x in xs)
+    return f"{ys[len(ys) // 2]:.3f} [{ys[0]:.3f}, {ys[-1]:.3f}]"
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -404,6 +354,7 @@ def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], Non
     d = report_data(records, title=f"shufflesearch report: {run.name}", meta=meta,
                     resolution=t.resolution, unit_ms=unit_ms, predictor_note=note)
     d.transfer = transfer_html(load_transfer(run.root))
+    d.ladder = ladder_section(records, run_check_text(run_path))
     say("drawing")
     svgs, pngs = {}, []
     try:

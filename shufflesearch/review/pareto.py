@@ -10,7 +10,14 @@ from typing import Any
 
 from ..common.stats import kendall_tau, spearman_rho
 from ..errors import UserError
-from ..search.front import dominated_beyond_noise, knee, on_one_reference, shown_front, tie_groups
+from ..search.front import (
+    dominated_beyond_noise,
+    knee,
+    on_one_reference,
+    shown_front,
+    tie_groups,
+)
+from ..search.ladder import apply_estimator, describe_check
 from ..search.records import GUIDELINES, TrialRecord, completed, failed
 from ..search.retime import load_retime, records_with_retime
 from ..search.runfolder import Run, load_run
@@ -47,6 +54,12 @@ class ParetoRow:
     retimed: bool = False  # the figure comes from the run's side-by-side re-timing
     ties: list[int] = field(default_factory=list)  # shown trials whose latency is a tie with this one
     dominated_by: list[int] | None = None  # baselines: the trials that dominate it beyond the noise
+    # The fidelity ladder (None in a zero-cost run): the rung reached of top_rung, what the
+    # proxy column is there (val_acc or sotl per step), why it stopped below the top.
+    rung: int | None = None
+    top_rung: int | None = None
+    estimator: str | None = None
+    stopped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +96,8 @@ def pareto_rows(records: list[TrialRecord], all_trials: bool = False) -> list[Pa
             retimed=bool(r.retimed), ties=ties.get(r.trial, []),
             dominated_by=(None if not r.baseline or r.trial in on
                           else dominated_beyond_noise(r, front)),
+            rung=r.rung, top_rung=r.top_rung, estimator=r.estimator,
+            stopped=None if r.at_top else r.stopped,
         ))
     return rows
 
@@ -168,6 +183,11 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
         head.insert(4, "acc")
         for row, r in zip(body, rows):
             row.insert(4, "" if r.short_train_acc is None else f"{r.short_train_acc:.3f}")
+    ladder = any(r.top_rung is not None for r in rows)
+    if ladder:  # the rung each row's estimate comes from
+        head.insert(4, "rung")
+        for row, r in zip(body, rows):
+            row.insert(4, "" if r.rung is None else f"{r.rung}/{r.top_rung}")
     last = len(head) - 1  # the baseline name, left-aligned like the marks and the archid
     if not all(r.feasible for r in rows):  # which constraints the infeasible rows break
         head.append("breaks")
@@ -196,10 +216,23 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
                                               if r.dominated_by else "not dominated beyond the noise (off the front only within it)"))
     if reference:
         lines.append(format_reference(reference))
+    if ladder:
+        lines.append(ladder_legend(rows))
     if "breaks" in head:
         lines.append("x infeasible: breaks the constraint(s) listed (by how much over the limit); "
                      "never on the front, picked, short-trained or exported")
     return "\n".join(lines)
+
+
+def ladder_legend(rows: list[ParetoRow]) -> str:
+    """What the proxy and rung columns mean in a ladder run, and how many rows stopped early."""
+    est = sorted({r.estimator for r in rows if r.estimator})
+    low = sum(1 for r in rows if r.rung is not None and r.rung != r.top_rung)
+    what = " / ".join("val_acc (validation accuracy)" if e == "val_acc" else
+                      "sotl (negated mean training loss per step)" for e in est) or "the estimate"
+    return (f"proxy = {what} at the rung reached; rung k/K = trained to rung k of K; only trials "
+            f"at the top rung are on the front" + (f"; {low} row(s) stopped early (below the top "
+                                                    "rung: not on the front, never picked)" if low else ""))
 
 
 def format_failed(records: list[TrialRecord]) -> str:
@@ -338,6 +371,8 @@ def export_info(rec: TrialRecord, run_name: str) -> dict[str, Any]:
         "guideline_penalties": g.penalties,
         "guideline_total": g.total,
         "guideline_findings": g.n_findings,
+        "fidelity_rung": None if rec.rung is None else f"{rec.rung} of {rec.top_rung}",
+        "accuracy_estimator": rec.estimator,
     }
     if rec.baseline:
         info["baseline"] = rec.baseline
@@ -346,11 +381,20 @@ def export_info(rec: TrialRecord, run_name: str) -> dict[str, Any]:
     return {k: v for k, v in info.items() if v is not None}
 
 
+def run_check_text(path: str | Path) -> str | None:
+    """The run's stored self-check in a few lines (None in a zero-cost run)."""
+    run, study = load_run(path)
+    return None if run.space.fidelity is None else describe_check(study.user_attrs.get("check"))
+
+
 def load_records(path: str | Path) -> tuple[Run, list[TrialRecord]]:
     """(Run, records) of a run folder, short-training results attached; UserError for a bad
     path (I/O edge of this module)."""
     run, study = load_run(path)
     records = records_with_retime(study)  # the end-of-run side-by-side figures, if any
+    chosen = (study.user_attrs.get("check") or {}).get("chosen")
+    if run.space.fidelity is not None and chosen:  # the front in the estimator the check chose
+        apply_estimator(records, chosen)
     trained = study.user_attrs.get("short_train") or {}  # multi-fidelity results, if any
     for r in records:
         if str(r.trial) in trained:

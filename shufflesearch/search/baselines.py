@@ -56,7 +56,7 @@ def evaluate_baselines(run: Run, evaluate: Evaluator | None = None) -> None:
             if n not in done and not (f"baseline:{n}" in owned and _baseline_settled(st, owned[f"baseline:{n}"]))]
     if not todo:
         return
-    evaluate = evaluate or Evaluator(run.space)
+    evaluate = evaluate or Evaluator(run.space, run.root)
     sweep = Sweeper(study)
     for name, arch in todo:
         sweep()

@@ -18,6 +18,7 @@ and their slots pass on.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ from ..errors import UserError
 from ..model.arch import ArchError
 from .baselines import evaluate_baselines, short_train_front
 from .evaluator import prefilter_table
+from .ladder import run_check
+from .progress import Progress
 from .retime import retime_run
 from .runfolder import Run, _setup_log, open_run
 from .space import SearchSpace, load_space
@@ -67,8 +70,6 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
     run = open_run(space, name, runs_root, storage)
     _setup_log(run)
     log.info("run %s: budget %d, workers %d, storage %s", run.name, budget, workers, run.storage_url)
-    from .progress import Progress
-
     with Progress(run, budget, quiet=quiet) as progress:
         evaluate_baselines(run)  # once, before any worker starts
         if workers == 1:
@@ -76,8 +77,6 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
             th.start()
             work(run, budget)
         else:
-            import multiprocessing as mp
-
             ctx = mp.get_context("spawn")
             procs = [ctx.Process(target=_worker_main,
                                  args=(str(space_path), run.name, str(runs_root), storage, budget, i))
@@ -99,5 +98,6 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
     # The front that is shown and exported rests on figures taken side by side (retime.py).
     retime_run(run, say=None if quiet else (lambda m: print(f"run {run.name}: {m}", flush=True)))
     short_train_front(run, quiet=quiet)
+    run_check(run, quiet=quiet)  # the fidelity ladder's self-check (nothing in a zero-cost run)
     log.info("run %s finished", run.name)
     return run

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -61,8 +62,9 @@ def calibration_images(space: SearchSpace, data: ProxyData | None = None) -> Any
 class Evaluator:
     """Scores one Arch on everything the space asks for; loaded once per worker."""
 
-    def __init__(self, space: SearchSpace) -> None:
+    def __init__(self, space: SearchSpace, run_root: str | Path | None = None) -> None:
         self.space = space
+        self.run_root = run_root  # where a ladder keeps its rung checkpoints (rungs/)
         self.spec = space.target
         self.cache = LatencyCache()
         self.data = load_data(space.data)

@@ -24,7 +24,8 @@ def fault_point(name: str, hold: Any = None) -> None:
     the trial created, nothing of it stored yet), ``retry`` (the same, when the trial popped is
     the retry of a dead one), ``sample``, ``latency`` (holding the timing lock, as a
     measurement does), ``proxies`` (holding the compute lock), ``storage`` (half of a trial's
-    results written). A no-op unless the variable is set."""
+    results written), ``rung`` (a ladder rung's checkpoint on disk, its result not stored
+    yet). A no-op unless the variable is set."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return

@@ -27,8 +27,9 @@ def _key(r: TrialRecord) -> tuple[float, float]:
 
 def pareto_front(records: Iterable[TrialRecord]) -> list[TrialRecord]:
     """Feasible completed records not dominated on (proxy ↑, latency ↓), sorted by latency;
-    one record per architecture."""
-    pts = [r for r in records if r.complete and r.feasible]
+    one record per architecture. In a ladder run only the trials at the top rung compete
+    (the front is drawn at the highest fidelity)."""
+    pts = [r for r in records if r.complete and r.feasible and r.at_top]
     front = [r for r in pts if not any(dominates(_key(o), _key(r)) for o in pts if o is not r)]
     seen, out = set(), []
     for r in sorted(front, key=lambda r: (r.latency_ms, -r.proxy)):

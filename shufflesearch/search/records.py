@@ -78,6 +78,15 @@ class TrialRecord:
     # latency_ms as stored (the objective Optuna saw) when a reviewer put the record on one
     # reference (front.on_one_reference); None when latency_ms is the stored figure.
     measured_ms: float | None = None
+    # The fidelity ladder (search/ladder.py); None in a zero-cost run. rung: the highest rung
+    # reached (0: zero-cost only); rungs: per rung ("0", "1", ...) its figures (rung 0: the
+    # zero-cost estimate and latency; k >= 1: steps, val_acc, sotl, seconds, device, ...);
+    # estimator: what ``proxy`` is at that rung; stopped: why it climbed no further.
+    rung: int | None = None
+    top_rung: int | None = None
+    rungs: dict[str, Any] | None = None
+    estimator: str | None = None
+    stopped: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     # --- feasibility ---------------------------------------------------------------------------
@@ -126,6 +135,11 @@ class TrialRecord:
         """The reference network's absolute figure the ratio was scaled by."""
         ref = self.figure.get("reference") or {}
         return float(ref["ms"]) if ref.get("ms") is not None else None
+    @property
+    def at_top(self) -> bool:
+        """Reached the top rung of its ladder (always, in a zero-cost run): only such trials
+        are on the front, the knee, or picked."""
+        return self.top_rung is None or self.rung == self.top_rung
 
     # --- storage -------------------------------------------------------------------------------
     def to_user_attrs(self) -> dict[str, Any]:

@@ -93,9 +93,12 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
             )
             _CLAIMS.metadata.create_all(st.engine, checkfirst=True)
             return st
-        except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
-            # Workers started together on an empty database race to create the tables;
-            # the loser finds them made on the next try.
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError) as e:
+            # Workers (or a reader such as `pareto`) started together on an empty database race
+            # to create the tables (SQLite says "table ... already exists", PostgreSQL raises an
+            # IntegrityError); the loser finds them made on the next try.
+            if isinstance(e, sa.exc.OperationalError) and "already exists" not in str(e):
+                raise UserError(f"cannot open storage {url}: {str(e).splitlines()[0]}") from None
             if attempt == 4:
                 raise UserError(f"cannot open storage {url}: its tables could not be created") from None
             time.sleep(0.5 * (attempt + 1))

@@ -20,12 +20,38 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
 from ..accuracy.data import DataSpec
-from ..accuracy.proxies import PROXIES, SCORES, needed_for
+from ..accuracy.fidelity import FidelitySettings
+from ..accuracy.proxies import PROXIES, needed_for
 from ..common.yamlio import Located, check_keys, load_yaml
 from ..errors import UserError
 from ..guidelines.checks import GuidelineSettings
-from ..measure.target import BACKENDS, TargetSpec
+from ..measure.target import TargetSpec
 from ..model.arch import FAMILIES, KERNELS, LAYOUTS, PRESETS, Arch, ArchError, Stage, Stem
+
+# The typed settings and the readers live in config.py; re-exported here, where callers look.
+from .config import (
+    _GUIDELINE_RULES,
+    _PROXY_KEYS,
+    _PROXY_RULES,
+    _SAMPLER_RULES,
+    _TARGET_RULES,
+    _TARGET_SPACE_DEFAULTS,
+    GUIDELINE_MODES,
+    SAMPLERS,
+    VAL_FRACTION_RULE,
+    Dim,
+    GuidelineConfig,
+    ProxySettings,
+    SamplerSettings,
+    TargetOptions,
+    _defaults,
+    _dim,
+    _fields,
+    _mapping,
+    _scalar,
+    _section,
+    parse_fidelity,
+)
 
 OBJECTIVES = {  # name → direction
     "proxy": "maximize",
@@ -35,37 +61,9 @@ OBJECTIVES = {  # name → direction
     "params": "minimize",
 }
 CONSTRAINTS = ("latency_ms", "params_m", "macs_m", "mac_m", "guideline_penalty")
-SAMPLERS = ("tpe", "nsga2", "random", "gp")
-GUIDELINE_MODES = ("penalize", "constrain", "report")
-
-
-@dataclass(frozen=True)
-class Dim:
-    """One searchable value: fixed, a list of choices, or an int range with a step."""
-
-    choices: tuple[Any, ...]  # every value it can take, in order
-    is_range: bool = False  # sampled with suggest_int (ordered) rather than categorically
-
-    @property
-    def fixed(self) -> bool:
-        return len(self.choices) == 1
-
-    def distribution(self) -> BaseDistribution | None:
-        """The Optuna distribution ``suggest`` uses (None when fixed: nothing is suggested)."""
-        if self.fixed:
-            return None
-        if self.is_range:
-            return IntDistribution(self.choices[0], self.choices[-1], step=self.choices[1] - self.choices[0])
-        return CategoricalDistribution(list(self.choices))
-
-    def suggest(self, trial: Any, name: str) -> Any:
-        if self.fixed:
-            return self.choices[0]
-        if self.is_range:
-            lo, hi = self.choices[0], self.choices[-1]
-            step = self.choices[1] - self.choices[0]
-            return trial.suggest_int(name, lo, hi, step=step)
-        return trial.suggest_categorical(name, list(self.choices))
+__all__ = ["CONSTRAINTS", "GUIDELINE_MODES", "OBJECTIVES", "SAMPLERS", "Dim", "GuidelineConfig",
+           "ProxySettings", "SamplerSettings", "SearchSpace", "StageSpace", "TargetOptions",
+           "load_space", "parse_space"]
 
 
 @dataclass(frozen=True)
@@ -80,52 +78,6 @@ class StageSpace:
     stride: int = 2
     per_unit_kernel: bool = False  # Single-Path-One-Shot style: a kernel choice per unit
     layout: str = "torchvision"
-
-
-# --- typed settings: each section of the YAML is one frozen dataclass; its field defaults are
-# the defaults of the YAML keys (written nowhere else). A section's rules (type, range, allowed
-# values) sit in a table beside it in the parsing code below.
-
-
-@dataclass(frozen=True)
-class TargetOptions:
-    """The `target:` keys that are not part of the measured target (TargetSpec): the
-    classifier size, the per-figure time cap and the latency pre-filter."""
-
-    num_classes: int = 1000
-    max_seconds: float = 1.0  # time cap per latency measurement
-    # > 0: skip measuring architectures the latency predictor puts above the latency_ms
-    # constraint by more than this fraction (needs `shufflesearch latency build-table`)
-    prefilter: float = 0.0
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    """The `proxy:` keys that say how an architecture is scored (the data is a DataSpec)."""
-
-    score: str = "macs"  # accuracy.proxies.SCORES
-    proxies: tuple[str, ...] | None = None  # computed proxies; None: the default set
-    # Multi-fidelity: at the end of a run, short-train the baselines and k points spread along
-    # the front, and store the accuracies with the run (pareto shows them).
-    short_train_top_k: int = 0
-    short_train_steps: int = 150
-
-
-@dataclass(frozen=True)
-class GuidelineConfig:
-    """The `guidelines:` section: how guideline penalties enter the search."""
-
-    mode: str = "penalize"  # GUIDELINE_MODES
-    weight: float = 30.0  # penalize: score units per unit of combined penalty
-    max_penalty: float = 0.5  # constrain: the largest combined penalty allowed
-    settings: GuidelineSettings = field(default_factory=GuidelineSettings)
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    name: str = "tpe"  # SAMPLERS
-    n_startup_trials: int = 10
-    population_size: int = 20
 
 
 @dataclass
@@ -147,6 +99,9 @@ class SearchSpace:
     guidelines: GuidelineConfig
     sampler: SamplerSettings
     baselines: list[str]
+    # The fidelity ladder (accuracy from training, accuracy/fidelity.py); None: `fidelity:
+    # none` (or no `fidelity:` key), the zero-cost search of rung 0 only.
+    fidelity: FidelitySettings | None = None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)  # the resolved YAML (config.yaml)
 
     @property
@@ -312,147 +267,9 @@ class SearchSpace:
 # --- parsing ------------------------------------------------------------------------------
 
 _TOP = ("name", "seed", "target", "proxy", "space", "objectives", "constraints", "guidelines",
-        "sampler", "baselines")
-# One rule per YAML key of a settings section: (type, low, high, allowed values). The default
-# of a key is the field default of the dataclass it fills (``_defaults``), written nowhere else.
-Rule = tuple[type, float | None, float | None, tuple | None]
-_TARGET_RULES: dict[str, Rule] = {  # fills TargetSpec and TargetOptions, in YAML check order
-    "resolution": (int, 8, 4096, None),
-    "batch": (int, 1, 4096, None),
-    "threads": (int, 1, 256, None),
-    "num_classes": (int, 1, 1_000_000, None),
-    "backend": (str, None, None, BACKENDS),
-    "channels_last": (bool, None, None, None),
-    "max_seconds": (float, 0.05, 600, None),
-    "prefilter": (float, 0.0, 10.0, None),
-}
-# Where a search space's default differs from TargetSpec's (a bare TargetSpec stays NCHW for the
-# library's callers): a space times and exports NHWC unless it says otherwise, the format the
-# inference form runs fastest in on oneDNN CPUs (README, Search spaces: channels_last).
-_TARGET_SPACE_DEFAULTS: dict[str, Any] = {"channels_last": True}
-_PROXY_RULES: dict[str, Rule] = {  # fills DataSpec (`dataset` is its `name`) and ProxySettings
-    "dataset": (str, None, None, None),
-    "resolution": (int, 8, 1024, None),
-    "batch": (int, 2, 4096, None),
-    "short_train_top_k": (int, 0, 100, None),
-    "short_train_steps": (int, 1, 100_000, None),
-    "score": (str, None, None, SCORES),
-}
-_PROXY_KEYS = ("dataset", "resolution", "batch", "proxies", "score", "short_train_top_k", "short_train_steps")
-_GUIDELINE_RULES: dict[str, Rule] = {
-    "mode": (str, None, None, GUIDELINE_MODES),
-    "weight": (float, 0, 1000, None),
-    "max_penalty": (float, 0, 1, None),
-}
-_SAMPLER_RULES: dict[str, Rule] = {
-    "name": (str, None, None, SAMPLERS),
-    "n_startup_trials": (int, 0, 10_000, None),
-    "population_size": (int, 2, 10_000, None),
-}
-
-
-def _defaults(*classes: type) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for cls in classes:
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                out[f.name] = f.default
-    return out
-
-
-def _section(doc: Located, d: dict, path: str, rules: dict[str, Rule], defaults: dict[str, Any]) -> dict[str, Any]:
-    """Every key of one section, read and checked by its rule; absent keys take their default."""
-    return {k: _scalar(doc, d, k, path, kind, defaults[k], lo, hi, allowed)
-            for k, (kind, lo, hi, allowed) in rules.items()}
-
-
-def _fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
-
-
+        "sampler", "baselines", "fidelity")
 _STAGE_KEYS = ("family", "width", "depth", "split", "groups", "kernel", "bottleneck", "stride",
                "per_unit_kernel", "layout")
-
-
-def _is_num(v: Any, kind: type) -> bool:
-    if isinstance(v, bool):
-        return False
-    return isinstance(v, int) if kind is int else isinstance(v, (int, float))
-
-
-def _dim(doc: Located, v: Any, path: str, kind: type, lo: float, hi: float | None = None,
-         allowed: tuple | None = None) -> Dim:
-    """A scalar, a list, or {low, high, step} → Dim, checked against [lo, hi] / allowed."""
-
-    def check(x: Any, at: str) -> Any:
-        if allowed is not None:
-            if x not in allowed:
-                raise doc.error(at, f"must be one of {', '.join(map(str, allowed))}, got {x!r}")
-            return x
-        if not _is_num(x, kind):
-            raise doc.error(at, f"must be {'an integer' if kind is int else 'a number'}, got {x!r}")
-        if x < lo or (hi is not None and x > hi):
-            rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-            raise doc.error(at, f"{x} is out of range {rng}")
-        return x
-
-    if isinstance(v, dict):
-        check_keys(doc, v, ("low", "high", "step"), path)
-        if kind is not int or allowed is not None:
-            raise doc.error(path, "a range {low, high, step} is only for integers; give a list")
-        for k in ("low", "high"):
-            if k not in v:
-                raise doc.error(f"{path}.{k}", "required in a range")
-        low, high = check(v["low"], f"{path}.low"), check(v["high"], f"{path}.high")
-        step = v.get("step", 1)
-        if not _is_num(step, int) or step < 1:
-            raise doc.error(f"{path}.step", f"must be a positive integer, got {step!r}")
-        if high < low:
-            raise doc.error(path, f"high ({high}) is below low ({low})")
-        if (high - low) // step > 100_000:
-            raise doc.error(path, "range has more than 100000 values; raise the step")
-        vals = tuple(range(low, high + 1, step))
-        return Dim(vals, is_range=len(vals) > 1)
-    if isinstance(v, list):
-        if not v:
-            raise doc.error(path, "an empty list of choices")
-        vals = tuple(check(x, f"{path}[{i}]") for i, x in enumerate(v))
-        if len(set(vals)) != len(vals):
-            raise doc.error(path, "repeats a choice")
-        return Dim(vals)
-    return Dim((check(v, path),))
-
-
-def _mapping(doc: Located, v: Any, path: str) -> dict[str, Any]:
-    if v is None:
-        return {}
-    if not isinstance(v, dict):
-        raise doc.error(path, f"must be a mapping, got {type(v).__name__}")
-    return v
-
-
-def _scalar(doc: Located, d: dict, key: str, path: str, kind: type, default: Any,
-            lo: float | None = None, hi: float | None = None, allowed: tuple | None = None) -> Any:
-    v = d.get(key, default)
-    at = f"{path}.{key}"
-    if allowed is not None:
-        if v not in allowed:
-            raise doc.error(at, f"must be one of {', '.join(map(str, allowed))}, got {v!r}")
-        return v
-    if kind is bool:
-        if not isinstance(v, bool):
-            raise doc.error(at, f"must be true or false, got {v!r}")
-        return v
-    if kind is str:
-        if not isinstance(v, str):
-            raise doc.error(at, f"must be a string, got {v!r}")
-        return v
-    if not _is_num(v, kind):
-        raise doc.error(at, f"must be {'an integer' if kind is int else 'a number'}, got {v!r}")
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise doc.error(at, f"{v} is out of range [{lo}, {hi if hi is not None else '∞'}]")
-    return v
 
 
 def parse_space(doc: Located) -> SearchSpace:
@@ -473,7 +290,7 @@ def parse_space(doc: Located) -> SearchSpace:
     target, target_options = TargetSpec(**_fields(TargetSpec, tv)), TargetOptions(**_fields(TargetOptions, tv))
 
     pr = _mapping(doc, d.get("proxy"), "proxy")
-    check_keys(doc, pr, _PROXY_KEYS, "proxy")
+    check_keys(doc, pr, (*_PROXY_KEYS, "val_fraction"), "proxy")
     pv = _section(doc, pr, "proxy", _PROXY_RULES, {**_defaults(DataSpec, ProxySettings), "dataset": DataSpec.name})
     proxies = pr.get("proxies")
     if proxies is not None:
@@ -485,8 +302,11 @@ def parse_space(doc: Located) -> SearchSpace:
         missing = [n for n in needed_for(pv["score"]) if n not in proxies]
         if missing:
             raise doc.error("proxy.proxies", f"score {pv['score']!r} needs {', '.join(missing)}")
+    kind, lo, hi, _ = VAL_FRACTION_RULE
+    vf = {"val_fraction": float(_scalar(doc, pr, "val_fraction", "proxy", kind, None, lo, hi))
+          } if "val_fraction" in pr else {}
     try:
-        data = DataSpec(name=pv["dataset"], resolution=pv["resolution"], batch=pv["batch"], seed=seed)
+        data = DataSpec(name=pv["dataset"], resolution=pv["resolution"], batch=pv["batch"], seed=seed, **vf)
     except UserError as e:
         raise UserError(f"{doc.where('proxy.dataset')}: {e}") from None
     proxy = ProxySettings(**_fields(ProxySettings, pv), proxies=None if proxies is None else tuple(proxies))
@@ -562,15 +382,19 @@ def parse_space(doc: Located) -> SearchSpace:
     check_keys(doc, sm, _SAMPLER_RULES, "sampler")
     sampler = SamplerSettings(**_section(doc, sm, "sampler", _SAMPLER_RULES, _defaults(SamplerSettings)))
 
+    fidelity = parse_fidelity(doc, d)
+
     space = SearchSpace(
         name=name, path=doc.source, seed=seed, target=target, target_options=target_options,
         data=data, proxy=proxy, stem_channels=stem_channels, stem_stride=stem_stride,
         stem_pool=stem_pool, stages=stages, head=head, objectives=objectives,
         constraints=constraints, guidelines=guidelines, sampler=sampler, baselines=[],
+        fidelity=fidelity,
         # The resolved config as YAML keys: written to the run's config.yaml, parsed back by
         # load_run, and hashed into the space's fingerprint.
         raw={"name": name, "seed": seed, "target": tv,
-             "proxy": {**{k: pv[k] for k in _PROXY_KEYS if k in pv}, "proxies": proxies},
+             "proxy": {**{k: pv[k] for k in _PROXY_KEYS if k in pv}, "proxies": proxies,
+                       **({"val_fraction": data.val_fraction} if "val_fraction" in pr else {})},
              "space": sp, "objectives": objectives, "constraints": constraints,
              "guidelines": {**gv, "settings": gs}, "sampler": dataclasses.asdict(sampler)},
     )
@@ -587,6 +411,8 @@ def parse_space(doc: Located) -> SearchSpace:
     else:
         raise doc.error("baselines", "must be 'auto', a list of preset names, or []")
     space.raw["baselines"] = space.baselines
+    if fidelity is not None:  # absent under `none`, so a zero-cost space keeps its fingerprint
+        space.raw["fidelity"] = fidelity.to_dict()
     return space
 
 

@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..model.arch import ArchError
 from .evaluator import Evaluator
 from .faults import fault_point, with_ask_faults
+from .ladder import climb
 from .objective import _PER_TRIAL_CONSTRAINTS, constraint_items, make_sampler, objective_values
 from .records import TrialRecord
 from .runfolder import GRACE_S, HEARTBEAT_S, Run, _setup_log, claim, claims, open_run, trial_state
@@ -173,7 +174,17 @@ def evaluate_once(study: optuna.Study, trial_id: int, arch: Any, evaluate: Evalu
     while True:
         owner = claim(st, study._study_id, key, trial_id, lambda o: _dead(st, o))
         if owner == trial_id:
-            return evaluate(arch, timings)
+            rec = evaluate(arch, timings)
+            space = getattr(evaluate, "space", None)  # (tests pass a bare function)
+            if space is not None and space.fidelity is not None:  # train as far as promotion allows
+                if evaluate.run_root is None:
+                    raise ValueError("a fidelity ladder needs the run folder: Evaluator(space, run.root)")
+                t0 = time.perf_counter()
+                baseline = bool(getattr(st, "_backend", st).get_trial(trial_id).user_attrs.get("baseline"))
+                climb(study, trial_id, rec, space, evaluate.data,
+                      evaluate.run_root, baseline=baseline)
+                timings["ladder"] = time.perf_counter() - t0
+            return rec
         src = getattr(st, "_backend", st).get_trial(owner)
         if src.state == TrialState.COMPLETE:
             return _copy_record(src)
@@ -267,7 +278,7 @@ def work(run: Run, budget: int, stop_event: Any = None, worker: int = 0) -> int:
     """One worker: run trials until the study holds ``budget`` completed search trials."""
     study = optuna.load_study(study_name=run.name, storage=run.storage(),
                               sampler=with_ask_faults(make_sampler(run.space, worker)))
-    evaluate = Evaluator(run.space)
+    evaluate = Evaluator(run.space, run.root)
     sweep = Sweeper(study)
     failures = 0
     while stop_event is None or not stop_event.is_set():

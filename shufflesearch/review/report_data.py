@@ -1,0 +1,102 @@
+"""What the HTML report shows, computed from a run's records: pure data, no drawing (html.py
+draws it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..model.arch import Arch
+from ..model.cost import costs
+from ..search.records import TrialRecord
+from .pareto import (
+    HypervolumeHistory,
+    ParetoRow,
+    RankCorrelation,
+    completed,
+    failed,
+    hypervolume_history,
+    pareto_rows,
+    rank_correlation,
+)
+
+# --- what to draw (pure) ----------------------------------------------------------------------
+
+
+@dataclass
+class UnitRow:
+    unit: str  # "stem", "stages.i.j", "head", "classifier"
+    params: int
+    macs: int
+    mac: int  # memory access cost, elements
+    predicted_ms: float | None  # from the latency table, when there is one
+
+
+@dataclass
+class Pick:
+    label: str  # "knee", "fastest", "best proxy"
+    trial: int
+    archid: str
+    latency_ms: float  # measured, as stored
+    units: list[UnitRow]
+
+
+@dataclass
+class ReportData:
+    title: str
+    meta: dict[str, str]  # run facts shown at the top
+    rows: list[ParetoRow]  # every completed trial (on_front/baseline/knee flags)
+    macs_corr: RankCorrelation  # MACs vs measured latency
+    mac_corr: RankCorrelation  # MAC vs measured latency
+    hv: HypervolumeHistory
+    picks: list[Pick]
+    predictor_note: str  # where predicted per-unit latency came from, or why there is none
+    n_failed: int
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    transfer: str = ""  # the runtimes section (transfer.py), when the run carries transfer.json
+    ladder: str = ""  # the fidelity ladder's section (ladder_section), empty in a zero-cost run
+
+
+UnitMs = Callable[[Arch], dict[str, float] | None]  # arch -> predicted ms per unit, or None
+
+
+def _picks(rows: list[ParetoRow], records: dict[int, TrialRecord], resolution: int,
+           unit_ms: UnitMs | None) -> list[Pick]:
+    front = [r for r in rows if r.on_front]
+    if not front:
+        return []
+    chosen: list[tuple[str, ParetoRow]] = []
+    for label, r in (("knee", next((r for r in front if r.knee), None)),
+                     ("fastest", min(front, key=lambda r: r.latency_ms)),
+                     ("best proxy", max(front, key=lambda r: r.proxy))):
+        if r is None:
+            continue
+        if any(r.trial == c.trial for _, c in chosen):  # one table per trial, labels joined
+            chosen = [((f"{lab}, {label}" if c.trial == r.trial else lab), c) for lab, c in chosen]
+        else:
+            chosen.append((label, r))
+    picks = []
+    for label, r in chosen:
+        arch = Arch.from_dict(records[r.trial].arch)
+        c = costs(arch, resolution)
+        ms = unit_ms(arch) if unit_ms else None
+        units = [UnitRow(name, u.params, u.macs, u.mac, (ms or {}).get(name)) for name, u in c.units.items()]
+        picks.append(Pick(label, r.trial, r.archid, r.latency_ms, units))
+    return picks
+
+
+def report_data(records: list[TrialRecord], *, title: str, meta: dict[str, str],
+                resolution: int, unit_ms: UnitMs | None = None, predictor_note: str = "") -> ReportData:
+    """Everything the page shows, computed from the run's trial records."""
+    rows = pareto_rows(records, all_trials=True)
+    lat = [r.latency_ms for r in rows]
+    bad = failed(records)
+    return ReportData(
+        title=title, meta=meta, rows=rows,
+        macs_corr=rank_correlation([r.macs for r in rows], lat),
+        mac_corr=rank_correlation([r.mac for r in rows], lat),
+        hv=hypervolume_history(records),
+        picks=_picks(rows, {r.trial: r for r in completed(records)}, resolution, unit_ms),
+        predictor_note=predictor_note, n_failed=len(bad),
+        failures=[(r.trial, r.fail_reason or "") for r in bad],
+    )
