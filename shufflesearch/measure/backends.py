@@ -204,7 +204,7 @@ def _int8_tag() -> str:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_exporters() -> Iterator[None]:
     """The TorchScript exporter's deprecation notes and ORT's quantiser logging say nothing
     about this model."""
     loggers = [logging.getLogger(n) for n in ("", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
@@ -228,7 +228,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     x = torch.from_numpy(_fixed_input(input_shape))
     try:
-        with torch.inference_mode(False), torch.no_grad(), _quiet():
+        with torch.inference_mode(False), torch.no_grad(), quiet_exporters():
             if dynamo:
                 torch.onnx.export(model.eval(), (x,), str(tmp), dynamo=True, opset_version=18,  # its lowest
                                   input_names=["x"], output_names=["y"], external_data=False)
@@ -329,7 +329,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
     out_path = Path(out_path)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
-        with _quiet():
+        with quiet_exporters():
             quantize_static(str(fp32_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8,

@@ -25,8 +25,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import importlib.util
-import io
-import logging
 import shutil
 import statistics
 import sys
@@ -255,30 +253,13 @@ def _verify_source(path: Path, weights: Path, arch: Arch, params: int, x: torch.
     return _max_diff(y, ref, "model.py", _EXACT_TOL * (ref.abs().max().item() + 1e-30))
 
 
-@contextlib.contextmanager
-def _quiet_exporters():
-    """torch.export and torch.onnx log warnings (e.g. about torchvision ops) and deprecation
-    notices that say nothing about this model; keep them off the user's terminal."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
-
-
 def _dynamic_batch() -> dict[str, dict[int, Any]]:
     return {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
 
 
 def _export_pt2(inf: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, scale: float, path: Path) -> float:
     try:
-        with _quiet_exporters():
+        with B.quiet_exporters():
             prog = torch.export.export(inf, (x,), dynamic_shapes=_dynamic_batch())
             torch.export.save(prog, path)
             loaded = torch.export.load(path)
@@ -295,7 +276,7 @@ def _export_onnx(inf: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, scale
     import onnxruntime as ort
 
     try:
-        with _quiet_exporters():
+        with B.quiet_exporters():
             torch.onnx.export(
                 inf, (x,), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
                 dynamic_shapes=_dynamic_batch(), verbose=False,
