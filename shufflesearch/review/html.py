@@ -131,6 +131,25 @@ def _fig_hv(d: ReportData):
     return fig
 
 
+def _fig_ladder(d: ReportData):
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.4, 3.2))
+    a.bar(range(len(d.ladder_reached)), d.ladder_reached, color="#4c78a8")
+    a.set_xlabel("rung (0: zero-cost)")
+    a.set_ylabel("trials reaching it")
+    a.set_xticks(range(len(d.ladder_reached)))
+    for trial, baseline, pts in d.ladder_curves:
+        xs, ys = zip(*pts)
+        b.plot(xs, ys, marker="*" if baseline else ".", lw=1.5 if baseline else 0.6,
+               color="#e45756" if baseline else "#4c78a8", alpha=1.0 if baseline else 0.4)
+    b.set_xlabel("rung")
+    b.set_ylabel("estimate at the rung")
+    b.set_xticks(range(1, len(d.ladder_reached)))
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {"pareto": _fig_pareto, "macs_latency": lambda d: _fig_cost(d, "macs"),
            "mac_latency": lambda d: _fig_cost(d, "mac"), "guidelines": _fig_guidelines,
            "hypervolume": _fig_hv}
@@ -238,6 +257,7 @@ def render_html(d: ReportData, svgs: dict[str, str]) -> str:
         _rows_table(front),
         d.transfer,
         d.ladder,
+        f'<div class="fig" id="fig-ladder">{svgs["ladder"]}</div>' if "ladder" in svgs else "",
         "<h2>Do FLOPs predict speed here?</h2>",
         f"<p>MACs vs measured latency: <b>{corr(d.macs_corr)}</b>. MAC (memory access cost) vs measured "
         f"latency: <b>{corr(d.mac_corr)}</b>. Rank correlations: 1 means the cheaper network by that "
@@ -364,6 +384,13 @@ def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], Non
                 fig = draw(d)
                 svgs[name] = _svg(fig)
                 png = out.with_name(f"{out.stem}_{name}.png")
+                fig.savefig(png, dpi=90)
+                pngs.append(png)
+                plt.close(fig)
+            if d.ladder_curves:  # a ladder run: how many trials reached each rung, estimate vs rung
+                fig = _fig_ladder(d)
+                svgs["ladder"] = _svg(fig)
+                png = out.with_name(f"{out.stem}_ladder.png")
                 fig.savefig(png, dpi=90)
                 pngs.append(png)
                 plt.close(fig)

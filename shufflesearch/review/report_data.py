@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ..model.arch import Arch
 from ..model.cost import costs
+from ..search.ladder import estimate_value
 from ..search.records import TrialRecord
 from .pareto import (
     HypervolumeHistory,
@@ -55,6 +56,10 @@ class ReportData:
     failures: list[tuple[int, str]] = field(default_factory=list)
     transfer: str = ""  # the runtimes section (transfer.py), when the run carries transfer.json
     ladder: str = ""  # the fidelity ladder's section (ladder_section), empty in a zero-cost run
+    # The ladder's figure: per trial that trained, (trial, baseline?, [(rung, estimate), ...]) in
+    # the estimator it reports, and how many trials reached each rung (index = rung).
+    ladder_curves: list[tuple[int, bool, list[tuple[int, float]]]] = field(default_factory=list)
+    ladder_reached: list[int] = field(default_factory=list)
 
 
 UnitMs = Callable[[Arch], dict[str, float] | None]  # arch -> predicted ms per unit, or None
@@ -85,6 +90,24 @@ def _picks(rows: list[ParetoRow], records: dict[int, TrialRecord], resolution: i
     return picks
 
 
+def ladder_figure_data(records: list[TrialRecord]) -> tuple[list[tuple[int, bool, list[tuple[int, float]]]], list[int]]:
+    """What the ladder figure draws: each trained trial's estimate at every rung it reached (in
+    its own estimator, so one curve shows how its ranking figure grew), and the count of trials
+    reaching each rung. Empty in a zero-cost run."""
+    done = [r for r in completed(records) if r.top_rung is not None]
+    if not done:
+        return [], []
+    top = max(r.top_rung or 0 for r in done)
+    reached = [sum(1 for r in done if (r.rung or 0) >= k) for k in range(top + 1)]
+    curves = []
+    for r in done:
+        pts = [(k, estimate_value(r.rungs[str(k)], r.estimator or "val_acc"))
+               for k in range(1, (r.rung or 0) + 1) if r.rungs and str(k) in r.rungs]
+        if pts:
+            curves.append((r.trial, bool(r.baseline), pts))
+    return curves, reached
+
+
 def report_data(records: list[TrialRecord], *, title: str, meta: dict[str, str],
                 resolution: int, unit_ms: UnitMs | None = None, predictor_note: str = "") -> ReportData:
     """Everything the page shows, computed from the run's trial records."""
@@ -99,4 +122,5 @@ def report_data(records: list[TrialRecord], *, title: str, meta: dict[str, str],
         picks=_picks(rows, {r.trial: r for r in completed(records)}, resolution, unit_ms),
         predictor_note=predictor_note, n_failed=len(bad),
         failures=[(r.trial, r.fail_reason or "") for r in bad],
+        ladder_curves=ladder_figure_data(records)[0], ladder_reached=ladder_figure_data(records)[1],
     )
