@@ -19,8 +19,9 @@ from ..measure.target import BACKENDS, TargetSpec
 from ..model.arch import PRESETS, Arch, resolve_arch
 from ..model.cost import costs, format_costs
 from ..review.export import export_arch
-from ..review.transfer import CALIBRATION_IMAGES, format_transfer, parse_backends, transfer
 from ..review.transfer import FILE as TRANSFER_FILE
+from ..review.transfer import format_transfer, parse_backends, transfer
+from ..search.evaluator import CALIBRATION_IMAGES
 from ..search.space import load_space
 from .output import print_artefacts, print_json
 

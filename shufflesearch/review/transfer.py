@@ -25,12 +25,12 @@ from ..errors import UserError
 from ..measure.protocol import retime
 from ..measure.target import BACKENDS
 from ..model.arch import Arch
+from ..search.evaluator import CALIBRATION_IMAGES  # int8: calibrated as in the search
 from ..search.front import pareto_front
 from ..search.records import TrialRecord
 from .pareto import load_records
 
 FILE = "transfer.json"
-CALIBRATION_IMAGES = 16  # int8 calibration images, as in the search (search/evaluator.py)
 
 
 def parse_backends(text: str) -> list[str]:
