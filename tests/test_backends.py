@@ -19,6 +19,7 @@ from shufflesearch.measure.target import TargetSpec
 from shufflesearch.model.arch import Arch, Stage, Stem
 from shufflesearch.model.compile import build
 from shufflesearch.search.space import load_space
+from tests.test_export import random_state
 
 HERE = Path(__file__).parent
 # Two small stages, one of each family, so both unit kinds go through the exporter.
@@ -26,21 +27,11 @@ TINY = Arch(stages=(Stage("v2", 24, 2), Stage("v1", 48, 1, groups=2)), stem=Stem
             num_classes=10)
 
 
-def randomised(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Weights far from the fresh init (non-trivial BN statistics, a large FC) so that logits
-    are O(1) and a wrong op shows up; fresh logits are ~1e-6 and would compare equal to noise."""
-    g = torch.Generator().manual_seed(seed)
-    sd = model.state_dict()
-    for k, v in sd.items():
-        if not v.is_floating_point():
-            continue
-        if k.endswith("running_var"):
-            sd[k] = torch.rand(v.shape, generator=g) + 0.5
-        elif k.startswith("fc."):
-            sd[k] = 0.3 * torch.randn(v.shape, generator=g)
-        else:
-            sd[k] = v + 0.1 * torch.randn(v.shape, generator=g)
-    model.load_state_dict(sd)
+def randomised(arch: Arch, seed: int = 1) -> torch.nn.Module:
+    """The training form of ``arch`` with weights far from the fresh init and a large FC, so that
+    logits are O(1) and a wrong op shows up (fresh logits are ~1e-6 and compare equal to noise)."""
+    model = build(arch)
+    model.load_state_dict(random_state(arch, seed, fc_scale=0.3))
     return model.eval()
 
 
@@ -89,7 +80,7 @@ def test_torch_runner_uses_the_spec_threads_and_restores_them():
 
 
 def test_module_runner_onnx_matches_torch():
-    m = randomised(build(TINY))
+    m = randomised(TINY)
     spec = TargetSpec(resolution=32, backend="onnxruntime")
     r = B.make_module_runner(m, (3, 3, 32, 32), spec)
     ref = reference(m, r.x)
@@ -114,7 +105,7 @@ def test_export_cache_hits_on_second_call(monkeypatch):
 
 
 def test_int8_agrees_with_fp32_in_top1():
-    m = randomised(build(TINY), seed=3)
+    m = randomised(TINY, seed=3)
     shape = (32, 3, 32, 32)
     r8 = B.make_module_runner(m, shape, TargetSpec(resolution=32, backend="onnxruntime-int8"),
                               calibration=digits_like(64, 0))
@@ -203,7 +194,7 @@ def test_export_adds_a_verified_int8_model(tmp_path):
 
     from shufflesearch.review.export import ARTEFACTS, INT8, ExportError, export_arch
 
-    m = randomised(build(TINY), seed=5)
+    m = randomised(TINY, seed=5)
     res = export_arch(TINY, tmp_path / "b", state_dict=m.state_dict(), resolution=32, torch_export=False,
                       int8=True, proxy={"dataset": "digits", "resolution": 16})
     out = tmp_path / "b"

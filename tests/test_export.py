@@ -52,7 +52,7 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def random_state(arch: Arch, seed: int = 1) -> dict[str, torch.Tensor]:
+def random_state(arch: Arch, seed: int = 1, fc_scale: float = 0.1) -> dict[str, torch.Tensor]:
     """Weights far from the fresh init (non-trivial BN statistics, a non-negligible FC) so that
     a wrong channel order or a missing BN shows up in the outputs."""
     g = torch.Generator().manual_seed(seed)
@@ -63,7 +63,7 @@ def random_state(arch: Arch, seed: int = 1) -> dict[str, torch.Tensor]:
         if k.endswith("running_var"):
             sd[k] = torch.rand(v.shape, generator=g) + 0.5
         elif k.startswith("fc."):
-            sd[k] = 0.1 * torch.randn(v.shape, generator=g)
+            sd[k] = fc_scale * torch.randn(v.shape, generator=g)
         else:
             sd[k] = v + 0.1 * torch.randn(v.shape, generator=g)
     return sd
