@@ -114,6 +114,7 @@ def report_data(records: list[TrialRecord], *, title: str, meta: dict[str, str],
     rows = pareto_rows(records, all_trials=True)
     lat = [r.latency_ms for r in rows]
     bad = failed(records)
+    curves, reached = ladder_figure_data(records)
     return ReportData(
         title=title, meta=meta, rows=rows,
         macs_corr=rank_correlation([r.macs for r in rows], lat),
@@ -122,5 +123,5 @@ def report_data(records: list[TrialRecord], *, title: str, meta: dict[str, str],
         picks=_picks(rows, {r.trial: r for r in completed(records)}, resolution, unit_ms),
         predictor_note=predictor_note, n_failed=len(bad),
         failures=[(r.trial, r.fail_reason or "") for r in bad],
-        ladder_curves=ladder_figure_data(records)[0], ladder_reached=ladder_figure_data(records)[1],
+        ladder_curves=curves, ladder_reached=reached,
     )
