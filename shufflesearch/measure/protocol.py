@@ -35,6 +35,7 @@ int8 needs calibration images, which the caller passes (the proxy task's trainin
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -437,12 +438,13 @@ def retime(archs: Sequence[Any], spec: TargetSpec, *, max_seconds: float | None 
     """Re-time a set of architectures side by side: all of them and the reference interleaved
     in one window, so their ratios (and ms, scaled by one reference figure) are comparable
     without any phase of the machine between them. Not cached (the window is the point).
-    ``max_seconds`` caps the window (default: 1 s per model, the reference included).
+    ``max_seconds`` caps the window (default: 1 s per model, the reference included);
     ``calibration`` images are required by ``onnxruntime-int8``."""
     if not archs:
         return []
     archs = [resolve_arch(a) for a in archs]  # Arch, preset name or arch file
-    models = [inference_model(a, spec) if spec.backend == "torch" else a for a in archs]
-    cap = max_seconds if max_seconds is not None else float(len(models) + 1)
-    rounds = _window(models, spec, max_seconds=cap, lock=True, calibration=calibration)
-    return window_latencies(rounds, spec, schedule=schedule, reference_ms=reference_ms)
+    distinct = list({a.archid: a for a in archs}.values())  # timed once each, repeats share it
+    models = [inference_model(a, spec) if spec.backend == "torch" else a for a in distinct]
+    rounds = _window(models, spec, max_seconds=max_seconds if max_seconds is not None else float(len(models) + 1), lock=True, calibration=calibration)
+    at = dict(zip((a.archid for a in distinct), window_latencies(rounds, spec, schedule=schedule, reference_ms=reference_ms)))
+    return [copy.deepcopy(at[a.archid]) for a in archs]
