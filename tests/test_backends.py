@@ -260,7 +260,7 @@ def test_cli_export_arch_int8(tmp_path, capsys):
 
 
 def _calibration() -> torch.Tensor:
-    return load_data().batch("train", 16).x
+    return load_data(DataSpec(name="digits")).batch("train", 16).x
 
 
 @pytest.mark.parametrize("backend", B.BACKENDS)

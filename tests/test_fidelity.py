@@ -49,7 +49,7 @@ def tiny_data() -> ProxyData:
     """16 px digits cut to 33 training images in batches of 16: two steps per epoch and a
     last batch of one (skipped: BN cannot train on it), so the rungs stop mid-epoch, at an
     epoch's end and across the skipped batch."""
-    d = load_data(DataSpec(resolution=16, batch=16))
+    d = load_data(DataSpec(name="digits", resolution=16, batch=16))
     return dataclasses.replace(d, train=Split(d.train.x[:33], d.train.y[:33]),
                                val=Split(d.val.x[:64], d.val.y[:64]))
 

@@ -39,7 +39,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def data() -> ProxyData:
-    return load_data(DataSpec(resolution=8, batch=16))
+    return load_data(DataSpec(name="digits", resolution=8, batch=16))
 
 
 def _with(data: ProxyData, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> ProxyData:

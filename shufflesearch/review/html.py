@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import UserError
 from ..measure.predictor import LatencyTable, table_path
 from ..measure.target import TargetSpec
-from ..search.records import TrialRecord
+from ..search.records import TrialRecord, measured
 from .pareto import (
     GUIDELINES,
     ParetoRow,
@@ -51,9 +51,11 @@ def _fig_pareto(d: ReportData):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    dom = [r for r in d.rows if not r.on_front and not r.baseline]
-    front = [r for r in d.rows if r.on_front and not r.baseline]
-    base = [r for r in d.rows if r.baseline]
+    # One scale: only rows with a top-rung figure are drawn (rows below the top have none).
+    rows = [r for r in d.rows if r.proxy is not None]
+    dom = [r for r in rows if not r.on_front and not r.baseline]
+    front = [r for r in rows if r.on_front and not r.baseline]
+    base = [r for r in rows if r.baseline]
     ax.scatter([r.latency_ms for r in dom], [r.proxy for r in dom], s=22, c=FADED, alpha=0.35,
                label="dominated", gid="pts-dominated")
     on = sorted((r for r in d.rows if r.on_front), key=lambda r: r.latency_ms)
@@ -215,7 +217,9 @@ def _rows_table(rows: list[ParetoRow]) -> str:
                                          *_noise_marks(r)) if on)
         ratio = ("—" if r.ratio is None else f"{r.ratio:.3f}"
                  + (f" [{r.ratio_ci[0]:.3f}, {r.ratio_ci[1]:.3f}]" if r.ratio_ci else ""))
-        cells = [r.trial, r.archid, f"{r.proxy:.4f}", f"{r.latency_ms:.3f} ± {r.iqr_ms:.3f}", ratio, _n(r.mac),
+        acc = ("—" if r.proxy is None else f"{r.proxy:.4f}") + (
+            f" (rung {r.rung}: {r.rung_estimate:.4f} {r.rung_estimator})" if r.rung_estimate is not None else "")
+        cells = [r.trial, r.archid, acc, f"{r.latency_ms:.3f} ± {r.iqr_ms:.3f}", ratio, _n(r.mac),
                  _n(r.macs), _n(r.params), *(f"{r.penalties[g]:.2f}" for g in GUIDELINES)]
         out.append(f'<tr class="{cls}">' + "".join(f"<td>{_e(c)}</td>" for c in cells)
                    + f'<td class="l">{_e(mark)}</td></tr>')
@@ -285,26 +289,25 @@ def render_html(d: ReportData, svgs: dict[str, str]) -> str:
 def ladder_section(records: list[TrialRecord], check_text: str | None) -> str:
     """The ladder in a ladder run: how many trials reached each rung, the estimates at each rung
     (median and range over the trials that reached it: estimate vs rung), and the self-check."""
-    recs = [r for r in completed(records) if r.rungs]
+    recs = [r for r in measured(records) if r.rungs]
     if not recs and check_text is None:
         return ""
     top = max((r.top_rung or 0) for r in recs) if recs else 0
     rows = []
-    for k in range(top + 1):
+    for k in range(1, top + 1):
         at = [r.rungs[str(k)] for r in recs if str(k) in r.rungs]
-        if k == 0:
-            cells = ["-", "-", f"{_stat([a['estimate'] for a in at])} (zero-cost score)"]
-        else:
-            cells = [str(at[0]["steps"]) if at else "-", _stat([a["val_acc"] for a in at]),
-                     _stat([a["sotl"] / max(1, a["steps"]) for a in at])]
+        vals = [a["val_acc"] for a in at if "val_acc" in a]
+        cells = [str(at[0]["steps"]) if at else "-", _stat(vals) if vals else "-",
+                 _stat([a["sotl"] / max(1, a["steps"]) for a in at])]
         stopped = sum(1 for r in recs if r.rung == k)
         rows.append(f"<tr><td>{k}</td><td>{len(at)}</td><td>{stopped}</td>"
                     + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
-    never = sum(1 for r in completed(records) if r.top_rung is not None and not r.rungs)
-    return ("<h2>Fidelity ladder</h2><p class=note>Trials reaching each rung (rung 0: feasible, "
-            f"scored zero-cost; {never} infeasible trial(s) never trained) and the estimates there: "
-            "median [min, max] over the trials that reached the rung. Only trials at the top rung "
-            "are on the front.</p><table><tr><th>rung</th><th>reached</th><th>stopped there</th>"
+    never = sum(1 for r in measured(records) if r.top_rung is not None and not r.rungs)
+    return ("<h2>Fidelity ladder</h2><p class=note>Trials reaching each rung (every feasible "
+            f"trial trains rung 1; {never} infeasible trial(s) never trained) and the estimates "
+            "there: median [min, max] over the trials that reached the rung (val_acc is scored at "
+            "the top rung only). Only trials at the top rung are on the front.</p><table><tr>"
+            "<th>rung</th><th>reached</th><th>stopped there</th>"
             "<th>steps</th><th>val_acc</th><th>sotl per step</th></tr>" + "".join(rows) + "</table>"
             + (f"<h3>Self-check</h3><pre>{_e(check_text)}</pre>" if check_text else ""))
 
@@ -340,7 +343,7 @@ def _unit_ms_from_table(spec: TargetSpec) -> tuple[UnitMs | None, str]:
 
 
 def _infeasible_note(records: list[TrialRecord]) -> str:
-    n = sum(not r.feasible for r in completed(records))
+    n = sum(not r.feasible for r in measured(records))
     return f" ({n} infeasible: off the front, listed in the table)" if n else ""
 
 
@@ -353,19 +356,19 @@ def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], Non
 
     say = log or (lambda _m: None)
     run, records = load_records(run_path)
-    if not completed(records):
+    if not measured(records):
         raise UserError(f"{run.root}: no completed trials to report yet")
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out}: is a directory; give a file name such as report.html")
     t = run.space.target
     unit_ms, note = _unit_ms_from_table(t)
-    fp = next((r.latency.get("fingerprint") for r in completed(records) if r.latency), None) or {}
+    fp = next((r.latency.get("fingerprint") for r in measured(records) if r.latency), None) or {}
     meta = {
         "run": str(run.root), "space": str(run.space.path or "-"),
         "objectives": ", ".join(f"{n} ({d})" for n, d in run.space.objectives),
         "target": f"{t.resolution}x{t.resolution}, batch {t.batch}, {t.threads} thread(s), {t.backend}",
-        "trials": f"{len(completed(records))} completed{_infeasible_note(records)}, "
+        "trials": f"{len(measured(records))} completed{_infeasible_note(records)}, "
                   f"{len(failed(records))} failed/pruned",
         "latency": format_reference(load_reference_note(run_path)),
         "measured on": str(fp.get("cpu", "?")), "written": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -17,8 +17,8 @@ from ..search.front import (
     shown_front,
     tie_groups,
 )
-from ..search.ladder import apply_estimator, describe_check
-from ..search.records import GUIDELINES, TrialRecord, completed, failed
+from ..search.ladder import apply_estimator, chosen_estimator, describe_check, rung_estimate
+from ..search.records import GUIDELINES, TrialRecord, completed, failed, measured
 from ..search.retime import load_retime, records_with_retime
 from ..search.runfolder import Run, load_run
 
@@ -29,7 +29,7 @@ from ..search.runfolder import Run, load_run
 class ParetoRow:
     trial: int
     archid: str
-    proxy: float
+    proxy: float | None  # the accuracy figure: one estimator at the top rung (None: no such figure)
     latency_ms: float
     iqr_ms: float
     mac: int
@@ -60,6 +60,10 @@ class ParetoRow:
     top_rung: int | None = None
     estimator: str | None = None
     stopped: str | None = None
+    # Below the top rung: the highest rung's figure, labelled with its rung and estimator (it is
+    # comparable only within that rung, so it never goes in the proxy column).
+    rung_estimate: float | None = None
+    rung_estimator: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,18 +74,20 @@ def pareto_rows(records: list[TrialRecord], all_trials: bool = False) -> list[Pa
     latency ↓), plus every baseline (shown even when dominated or infeasible, so the front is
     read against them), plus with ``all_trials`` every other completed trial (infeasible ones
     marked, with the constraints they break); sorted by latency."""
-    done = on_one_reference(completed(records))
+    done = on_one_reference(measured(records))
     front = shown_front(done)
     on = {r.trial for r in front}
     k = knee(front)
-    keep = [r for r in done if r.trial in on or r.baseline or all_trials]
+    keep = [r for r in done if r.trial in on or r.baseline or (all_trials and (r.complete or r.top_rung is not None))]
     shown = [r for r in done if r.trial in on or r.baseline]
     ties = tie_groups(shown)
     rows = []
-    for r in sorted(keep, key=lambda r: (r.latency_ms, -r.proxy, r.trial)):
+    for r in sorted(keep, key=lambda r: (r.latency_ms, -(r.proxy if r.proxy is not None else -math.inf), r.trial)):
         g = r.guidelines
+        below = rung_estimate(r)
         rows.append(ParetoRow(
-            trial=r.trial, archid=r.archid, proxy=float(r.proxy), latency_ms=float(r.latency_ms),
+            trial=r.trial, archid=r.archid, proxy=None if r.proxy is None else float(r.proxy),
+            latency_ms=float(r.latency_ms),
             iqr_ms=_iqr_ms(r),
             mac=int(r.mac), macs=int(r.macs), params=int(r.params),
             penalties={x: float(g.penalties.get(x, 0.0)) for x in GUIDELINES},
@@ -98,6 +104,8 @@ def pareto_rows(records: list[TrialRecord], all_trials: bool = False) -> list[Pa
                           else dominated_beyond_noise(r, front)),
             rung=r.rung, top_rung=r.top_rung, estimator=r.estimator,
             stopped=None if r.at_top else r.stopped,
+            rung_estimate=None if below is None else below[2],
+            rung_estimator=None if below is None else below[1],
         ))
     return rows
 
@@ -175,7 +183,8 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
         mark = (("K" if r.knee else "*" if r.on_front else " " if r.feasible else "x") + ("B" if r.baseline else " ")
                 + _flags(r))
         body.append([
-            mark, str(r.trial), r.archid, f"{r.proxy:.4f}", f"{r.latency_ms:.3f} ± {r.iqr_ms:.3f}", _ratio_cell(r),
+            mark, str(r.trial), r.archid, "-" if r.proxy is None else f"{r.proxy:.4f}",
+            f"{r.latency_ms:.3f} ± {r.iqr_ms:.3f}", _ratio_cell(r),
             _m(r.mac), _m(r.macs), _m(r.params), *(f"{r.penalties[g]:.2f}" for g in GUIDELINES),
             r.baseline or "",
         ])
@@ -184,7 +193,12 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
         for row, r in zip(body, rows):
             row.insert(4, "" if r.short_train_acc is None else f"{r.short_train_acc:.3f}")
     ladder = any(r.top_rung is not None for r in rows)
-    if ladder:  # the rung each row's estimate comes from
+    if ladder:  # the rung each row reached, and below the top that rung's own figure
+        if any(r.rung_estimate is not None for r in rows):
+            head.insert(4, "below-top estimate")
+            for row, r in zip(body, rows):
+                row.insert(4, "" if r.rung_estimate is None else
+                           f"rung {r.rung}: {r.rung_estimate:.4f} {r.rung_estimator}")
         head.insert(4, "rung")
         for row, r in zip(body, rows):
             row.insert(4, "" if r.rung is None else f"{r.rung}/{r.top_rung}")
@@ -228,11 +242,15 @@ def ladder_legend(rows: list[ParetoRow]) -> str:
     """What the proxy and rung columns mean in a ladder run, and how many rows stopped early."""
     est = sorted({r.estimator for r in rows if r.estimator})
     low = sum(1 for r in rows if r.rung is not None and r.rung != r.top_rung)
-    what = " / ".join("val_acc (validation accuracy)" if e == "val_acc" else
-                      "sotl (negated mean training loss per step)" for e in est) or "the estimate"
-    return (f"proxy = {what} at the rung reached; rung k/K = trained to rung k of K; only trials "
-            f"at the top rung are on the front" + (f"; {low} row(s) stopped early (below the top "
-                                                    "rung: not on the front, never picked)" if low else ""))
+    what = " / ".join(ESTIMATOR_WORDS.get(e, e) for e in est) or "the estimate"
+    return (f"proxy = {what} at the top rung, the one scale of the front; rung k/K = trained to "
+            f"rung k of K" + (f"; {low} row(s) stopped below the top: no proxy (-), their "
+                              "below-top estimate is that rung's figure, comparable only within "
+                              "that rung; never on the front, never picked" if low else ""))
+
+
+ESTIMATOR_WORDS = {"val_acc": "val_acc (validation accuracy)",
+                   "sotl": "sotl (negated mean training loss per step)"}
 
 
 def format_failed(records: list[TrialRecord]) -> str:
@@ -323,6 +341,10 @@ def pick_trial(records: list[TrialRecord], *, trial: int | None = None, use_knee
                 if r.state != "COMPLETE":
                     raise UserError(f"--trial {trial}: trial {r.state.lower()} "
                                     f"({r.fail_reason or 'no reason'}); pick a completed one")
+                if r.feasible and not r.at_top:
+                    raise UserError(f"--trial {trial}: stopped at rung {r.rung} of {r.top_rung}, so it "
+                                    "has no accuracy figure on the front's scale; pick a trial that "
+                                    "reached the top rung (`shufflesearch pareto RUN`)")
                 if not r.feasible:
                     raise UserError(f"--trial {trial}: infeasible, it breaks {format_breaks(r.broken)} "
                                     f"(over the limit); pick a feasible one")
@@ -392,8 +414,8 @@ def load_records(path: str | Path) -> tuple[Run, list[TrialRecord]]:
     path (I/O edge of this module)."""
     run, study = load_run(path)
     records = records_with_retime(study)  # the end-of-run side-by-side figures, if any
-    chosen = (study.user_attrs.get("check") or {}).get("chosen")
-    if run.space.fidelity is not None and chosen:  # the front in the estimator the check chose
+    chosen = chosen_estimator(study, run.space)
+    if chosen:  # one scale: the top-rung figure in the estimator the check chose
         apply_estimator(records, chosen)
     trained = study.user_attrs.get("short_train") or {}  # multi-fidelity results, if any
     for r in records:

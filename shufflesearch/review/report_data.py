@@ -3,13 +3,14 @@ draws it)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..model.arch import Arch
 from ..model.cost import costs
 from ..search.ladder import estimate_value
-from ..search.records import TrialRecord
+from ..search.records import TrialRecord, measured
 from .pareto import (
     HypervolumeHistory,
     ParetoRow,
@@ -73,7 +74,7 @@ def _picks(rows: list[ParetoRow], records: dict[int, TrialRecord], resolution: i
     chosen: list[tuple[str, ParetoRow]] = []
     for label, r in (("knee", next((r for r in front if r.knee), None)),
                      ("fastest", min(front, key=lambda r: r.latency_ms)),
-                     ("best proxy", max(front, key=lambda r: r.proxy))):
+                     ("best proxy", max(front, key=lambda r: r.proxy if r.proxy is not None else -math.inf))):
         if r is None:
             continue
         if any(r.trial == c.trial for _, c in chosen):  # one table per trial, labels joined
@@ -94,14 +95,14 @@ def ladder_figure_data(records: list[TrialRecord]) -> tuple[list[tuple[int, bool
     """What the ladder figure draws: each trained trial's estimate at every rung it reached (in
     its own estimator, so one curve shows how its ranking figure grew), and the count of trials
     reaching each rung. Empty in a zero-cost run."""
-    done = [r for r in completed(records) if r.top_rung is not None]
+    done = [r for r in measured(records) if r.top_rung is not None]
     if not done:
         return [], []
     top = max(r.top_rung or 0 for r in done)
     reached = [sum(1 for r in done if (r.rung or 0) >= k) for k in range(top + 1)]
     curves = []
-    for r in done:
-        pts = [(k, estimate_value(r.rungs[str(k)], r.estimator or "val_acc"))
+    for r in done:  # SoTL per step: the one estimator every rung records
+        pts = [(k, estimate_value(r.rungs[str(k)], "sotl"))
                for k in range(1, (r.rung or 0) + 1) if r.rungs and str(k) in r.rungs]
         if pts:
             curves.append((r.trial, bool(r.baseline), pts))

@@ -17,7 +17,7 @@ from ..measure.env import compute_lock
 from ..model.arch import Arch
 from .evaluator import Evaluator
 from .front import pareto_front, spread_indices
-from .objective import _constraint_system_attrs, constraint_items, objective_values
+from .objective import _constraint_system_attrs, constraint_items, objective_values, optuna_constraints
 from .records import TrialRecord, completed, trial_records
 from .runfolder import Run, claim, claims
 from .worker import Sweeper, _heartbeat, _mark_started, evaluate_once
@@ -114,7 +114,7 @@ def _evaluate_baseline(run: Run, study: optuna.Study, tid: int, number: int, nam
     rec.baseline, rec.timings = name, timings
     for k, v in rec.to_user_attrs().items():
         st.set_trial_user_attr(tid, k, v)
-    for k, v in _constraint_system_attrs(rec.constraints).items():
+    for k, v in _constraint_system_attrs(optuna_constraints(rec)).items():
         st.set_trial_system_attr(tid, k, v)
     st.set_trial_system_attr(tid, _FINAL, True)
     st.set_trial_state_values(tid, TrialState.COMPLETE, objective_values(run.space, rec))

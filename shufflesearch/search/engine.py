@@ -95,9 +95,11 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
             if bad:
                 raise UserError(f"{len(bad)} worker(s) exited with an error; see {run.root / 'run.log'}")
         progress.poll()
+    # The self-check first: under `estimator: auto` it picks the estimator the front is drawn
+    # with, and the re-timing, the short training and every review then follow that front.
+    run_check(run, quiet=quiet)  # the fidelity ladder's self-check (nothing in a zero-cost run)
     # The front that is shown and exported rests on figures taken side by side (retime.py).
     retime_run(run, say=None if quiet else (lambda m: print(f"run {run.name}: {m}", flush=True)))
     short_train_front(run, quiet=quiet)
-    run_check(run, quiet=quiet)  # the fidelity ladder's self-check (nothing in a zero-cost run)
     log.info("run %s finished", run.name)
     return run

@@ -99,22 +99,25 @@ class Evaluator:
         fault_point("latency", hold=timing_lock)
         lat = self.drift.measure_arch(arch, cache=self.cache)
         t2 = time.perf_counter()
-        with compute_lock(), torch_threads(1):
-            # One thread: proxies run on tiny proxy-task inputs where a second thread buys
-            # little, and on a busy machine extra threads oversubscribe the cores.
-            fault_point("proxies")
-            names = list(space.proxy.proxies) if space.proxy.proxies is not None else None
-            scores = compute_proxies(arch, self.data, names=names, seed=space.seed)
-        score = proxy_score(scores, space.proxy.score)
+        g = space.guidelines
+        scores: dict[str, float] = {}
+        score = proxy_value = None
+        if space.fidelity is None:  # zero-cost run; a ladder's accuracy comes from training
+            with compute_lock(), torch_threads(1):
+                # One thread: proxies run on tiny proxy-task inputs where a second thread buys
+                # little, and on a busy machine extra threads oversubscribe the cores.
+                fault_point("proxies")
+                names = list(space.proxy.proxies) if space.proxy.proxies is not None else None
+                scores = compute_proxies(arch, self.data, names=names, seed=space.seed)
+            score = proxy_score(scores, space.proxy.score)
+            # Any non-finite proxy means the network broke down numerically (exploding or dead
+            # activations): fail the trial with the names, even if the score does not use them.
+            bad = {k: v for k, v in scores.items() if not math.isfinite(v)}
+            if bad or not math.isfinite(score):
+                raise FloatingPointError(f"proxy score is not finite ({bad or score})")
+            proxy_value = score - g.weight * rep.total if g.mode == "penalize" else score
         t3 = time.perf_counter()
         timings.update(build=t1 - t0, latency=t2 - t1, proxies=t3 - t2)
-        # Any non-finite proxy means the network broke down numerically (exploding or dead
-        # activations): fail the trial with the names, even if the score does not use them.
-        bad = {k: v for k, v in scores.items() if not math.isfinite(v)}
-        if bad or not math.isfinite(score):
-            raise FloatingPointError(f"proxy score is not finite ({bad or score})")
-        g = space.guidelines
-        proxy_value = score - g.weight * rep.total if g.mode == "penalize" else score
         return TrialRecord(
             archid=arch.archid, arch=arch.to_dict(), params=c.params, macs=c.macs, mac=c.mac,
             peak_activation=c.peak_activation, latency=lat.to_dict(), latency_ms=lat.median_ms,

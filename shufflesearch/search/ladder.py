@@ -3,26 +3,31 @@
 Per trial (``climb``, called by the trial that holds the architecture's claim, so one
 architecture is trained once however many trials sample it):
 
-1. latency, constraints and zero-cost scores come first (the evaluator); an infeasible
-   architecture stops there and never trains;
-2. rung 0 -> 1: the trial is promoted when it is in the best 1/eta of the feasible trials that
-   finished rung 0, by non-dominated sorting over (zero-cost score, latency) and crowding
-   distance (promotion.should_promote, decided once, when the trial finishes the rung);
-3. rung k -> k+1 likewise over (estimate at rung k, latency) of the trials that finished rung k,
-   until the top rung or a rung where it is not promoted. Baselines climb every rung.
+1. latency, costs and constraints come first (the evaluator); an infeasible architecture
+   stops there and never trains (rung 0: not trained);
+2. every feasible trial trains rung 1, the first ``fidelity.rungs`` steps. There is no
+   zero-cost rung: on held-back data the zero-cost scores ranked architectures below chance,
+   while a few training steps' SoTL ranked them well (README, "The fidelity ladder");
+3. rung k -> k+1: the trial climbs when it is in the best 1/eta of the search trials that
+   finished rung k, by non-dominated sorting over (estimate at rung k, latency ratio), and
+   fewer than that many have started rung k+1 (promotion.should_promote: capped successive
+   halving, decided once, when the trial finishes the rung). Baselines climb every rung,
+   outside the count and outside the field, so they take no search trial's place.
 
-What finished rung k is read from the study's storage (the ``rungs`` user attribute each trial
-writes as it climbs), so the rule holds across workers and machines; a trial whose worker died
-(FAIL) does not count, and one architecture counts once. Checkpoints live in the run folder
-(``rungs/ARCHID-sSEED``): a retry after kill -9 continues from the last finished rung and
-counts the rungs on disk as promotions won, so nothing is trained twice.
+What finished or started rung k is read from the study's storage (the ``rungs`` and
+``promoted_to`` user attributes each trial writes as it climbs), so the rule holds across
+workers and machines; a trial whose worker died (FAIL) does not count, and one architecture
+counts once. Checkpoints live in the run folder (``rungs/ARCHID-sSEED``): a retry after
+kill -9 continues from the last finished rung and counts the rungs on disk as promotions
+won, so nothing is trained twice.
 
-The number a ladder trial tells Optuna as its ``proxy`` objective (``TrialRecord.proxy``) is
-its estimate at the highest rung it reached (``estimate_value``): val_acc, or SoTL per step
-(the mean negated training loss, so that trials that stopped at different rungs stay on one
-scale); a trial stopped at rung 0 gets the worst rung-1 estimate seen so far (the sampler
-reads it as no better than the trials that trained). The front is drawn from the trials that
-reached the top rung (``TrialRecord.at_top``).
+One scale (DESIGN.md, "one figure, one meaning"): a ladder trial's accuracy figure
+(``TrialRecord.proxy``, the first objective Optuna is told) is its estimate at the TOP rung
+(``estimate_value``: SoTL per step, the mean negated training loss, or val_acc), in one unit
+for every trial that has one. A trial that stopped below the top has no such figure:
+``proxy`` is None, Optuna is told -inf with the constraint ``ladder`` = rungs short of the
+top (> 0: infeasible, so every sampler ranks it by how far it got, never by a value on another
+scale), and its lower rungs' figures stay in ``rungs``, shown only where labelled as such.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from optuna.trial import TrialState
 
 from ..accuracy.data import ProxyData, load_data
 from ..accuracy.fidelity import (
+    ESTIMATORS,
+    MIN_CHECK,
     FidelitySettings,
     check_estimator,
     format_check,
@@ -63,27 +70,44 @@ _LIVE = (TrialState.RUNNING, TrialState.COMPLETE)
 
 
 def estimate_value(attr: dict[str, Any], estimator: str) -> float:
-    """The figure a rung's result stands for on the front and for Optuna: val_acc, or SoTL
-    divided by the rung's steps (see the module docstring)."""
+    """The figure a top-rung result stands for on the front and for Optuna: val_acc, or SoTL
+    divided by the rung's steps (the mean negated training loss, in nats)."""
     if estimator == "sotl":
         return float(attr["sotl"]) / max(1, int(attr["steps"]))
     return float(attr["val_acc"])
 
 
+def latency_key(rec: TrialRecord) -> float:
+    """What promotion ranks latency by: the ratio to the reference network (one yardstick for
+    every window), or the stored ms for a figure without a ratio."""
+    return float(rec.ratio) if rec.ratio is not None else float(rec.latency_ms)
+
+
+def _search_trials(study: optuna.Study) -> list[Any]:
+    return [t for t in study.get_trials(deepcopy=False, states=_LIVE) if not t.user_attrs.get("baseline")]
+
+
 def finished_at(study: optuna.Study, k: int, estimator: str, me: int) -> list[tuple[int, float, float]]:
-    """(trial number, estimate, latency) of the live trials that finished rung ``k``, one per
-    architecture (trial ``me``'s own entry wins for its architecture)."""
+    """(trial number, estimate, latency) of the live search trials that finished rung ``k``,
+    one per architecture (trial ``me``'s own entry wins for its architecture). Baselines are
+    left out: they climb anyway."""
     by_arch: dict[str, tuple[int, float, float]] = {}
-    for t in study.get_trials(deepcopy=False, states=_LIVE):
+    for t in _search_trials(study):
         r = (t.user_attrs.get("rungs") or {}).get(str(k))
-        if r is None:
+        if r is None or r.get("sotl") is None:
             continue
-        est = float(r["estimate"]) if k == 0 else pick_estimate(r, estimator)
-        p = (t.number, est, float(r["latency_ms"]))
+        p = (t.number, pick_estimate(r, estimator), float(r.get("latency", r.get("latency_ms"))))
         a = t.user_attrs.get("archid", str(t.number))
         if a not in by_arch or t.number == me:
             by_arch[a] = p
     return list(by_arch.values())
+
+
+def started_at(study: optuna.Study, k: int, me_archid: str) -> int:
+    """How many architectures other than ``me_archid`` live search trials have started rung
+    ``k`` with (``promoted_to`` >= k)."""
+    return len({t.user_attrs.get("archid", str(t.number)) for t in _search_trials(study)
+                if int(t.user_attrs.get("promoted_to", 0)) >= k} - {me_archid})
 
 
 def climb(study: optuna.Study, trial_id: int, rec: TrialRecord, space: SearchSpace,
@@ -94,47 +118,47 @@ def climb(study: optuna.Study, trial_id: int, rec: TrialRecord, space: SearchSpa
     st = study._storage
     number = getattr(st, "_backend", st).get_trial(trial_id).number
     est = search_estimator(fs)
-    rec.top_rung, rec.estimator, rec.rung = len(fs.rungs), est, 0
+    top = len(fs.rungs)
+    rec.top_rung, rec.estimator, rec.rung, rec.proxy = top, est, 0, None
     rec.constraints = constraint_items(space, rec)
     if not rec.feasible:
         rec.stopped = "infeasible: never trained"
         return rec
-    rungs: dict[str, Any] = {"0": {"estimate": float(rec.proxy), "latency_ms": float(rec.latency_ms)}}
-    st.set_trial_user_attr(trial_id, "rungs", rungs)
-    st.set_trial_user_attr(trial_id, "rung", 0)
+    rungs: dict[str, Any] = {}
     arch = Arch.from_dict(rec.arch)
     ckpt = rung_dir(run_root, rec.archid, space.seed)
+    lat = latency_key(rec)
     # Rungs already on disk (a retry after kill -9) were promotions already won: honoured, not
     # decided again against a field that has grown since, so their training is never wasted.
     on_disk = (latest_checkpoint(ckpt) or (0, None))[0]
-    for k in range(0, len(fs.rungs)):
-        if not baseline and k >= on_disk:
-            fin = finished_at(study, k, est, number)
-            if not should_promote(number, fin, fs.eta):
-                rec.stopped = f"stopped at rung {k}: not in the best 1/{fs.eta} of {len(fin)} at that rung"
+    for k in range(1, top + 1):
+        if k >= 2 and not baseline and k > on_disk:
+            fin = finished_at(study, k - 1, est, number)
+            started = started_at(study, k, rec.archid)
+            if not should_promote(number, fin, fs.eta, started=started):
+                rec.stopped = (f"stopped at rung {k - 1}: not in the best 1/{fs.eta} of {len(fin)} "
+                               f"at that rung, or their {started} place(s) at rung {k} already taken")
                 break
+        if k >= 2:  # counted at once, so that peers deciding meanwhile see the place taken
+            st.set_trial_user_attr(trial_id, "promoted_to", k)
         with torch_threads(1):
             # One thread, like the proxies: workers share the cores, and a second thread buys
             # little on the proxy task's tiny inputs.
             # fault point `rung`: a kill -9 right after a rung's checkpoint is on disk, before
             # the trial's storage says so (the retry must find it and train nothing again)
-            r = train_to_rung(arch, data, fs, k + 1, ckpt, seed=space.seed, on_rung=lambda _h: fault_point("rung"))
-        rungs[str(k + 1)] = {**rung_attr(r), "latency_ms": float(rec.latency_ms),
-                             "trained_seconds": float(r["trained_seconds"]),
-                             "resumed_from": int(r["resumed_from"])}
-        rec.rung = k + 1
+            r = train_to_rung(arch, data, fs, k, ckpt, seed=space.seed, on_rung=lambda _h: fault_point("rung"))
+        rungs[str(k)] = {**rung_attr(r), "latency": lat, "latency_ms": float(rec.latency_ms),
+                         "trained_seconds": float(r["trained_seconds"]),
+                         "resumed_from": int(r["resumed_from"])}
+        rec.rung = k
         st.set_trial_user_attr(trial_id, "rungs", rungs)
-        st.set_trial_user_attr(trial_id, "rung", k + 1)
-        log.info("trial %d: rung %d (%d steps) val_acc %.4f sotl %.1f, %.1f s", number, k + 1,
-                 r["steps"], r["val_acc"], r["sotl"], r["trained_seconds"])
+        st.set_trial_user_attr(trial_id, "rung", k)
+        log.info("trial %d: rung %d (%d steps) sotl/step %.4f%s, %.1f s", number, k, r["steps"],
+                 r["sotl"] / max(1, r["steps"]),
+                 f" val_acc {r['val_acc']:.4f}" if "val_acc" in r else "", r["trained_seconds"])
     rec.rungs = rungs
-    if rec.rung >= 1:
-        rec.proxy = estimate_value(rungs[str(rec.rung)], est)
-    else:  # stopped at rung 0: no worse-looking than the trials that trained (module docstring)
-        r1 = [estimate_value((t.user_attrs.get("rungs") or {})["1"], est)
-              for t in study.get_trials(deepcopy=False, states=_LIVE)
-              if "1" in (t.user_attrs.get("rungs") or {})]
-        rec.proxy = min(r1) if r1 else (0.0 if est == "val_acc" else -math.log(data.num_classes))
+    if rec.rung == top:
+        rec.proxy = estimate_value(rungs[str(top)], est)
     return rec
 
 
@@ -165,15 +189,16 @@ def run_check(run: Run, data: ProxyData | None = None, quiet: bool = True) -> di
     """The self-check at the end of a ladder run (accuracy.fidelity.check_estimator): each
     retraining is stored in the study's ``check_runs`` as it finishes, so an interrupted check
     resumes; the report goes to the study's ``check`` and is returned (None without a ladder or
-    with ``check.top: 0``; a report with ``skipped`` when fewer than 3 architectures qualify)."""
+    with ``check.top: 0``; a report with ``skipped`` when fewer than MIN_CHECK architectures
+    qualify: too few to tell, so nothing is retrained)."""
     fs = run.space.fidelity
     if fs is None or fs.check.top <= 0:
         return None
     study = run.load_study()
     picks = check_picks(trial_records(study.get_trials(deepcopy=False)), fs.check.top)
-    if len(picks) < 3:
-        rep: dict[str, Any] = {"skipped": f"only {len(picks)} architecture(s) reached the top rung "
-                               "feasibly; the check needs 3"}
+    if len(picks) < MIN_CHECK:
+        rep: dict[str, Any] = {"skipped": f"too few to tell: only {len(picks)} architecture(s) "
+                               f"reached the top rung feasibly; the check needs {MIN_CHECK}"}
         study.set_user_attr("check", rep)
         return rep
     data = data or load_data(run.space.data)
@@ -184,10 +209,9 @@ def run_check(run: Run, data: ProxyData | None = None, quiet: bool = True) -> di
         runs[archid] = res
         study.set_user_attr("check_runs", runs)
         if not quiet:
-            print(f"checked {archid}: val_acc {res['val_acc']}", file=sys.stderr, flush=True)
+            print(f"checked {archid}: accuracy {res['val_acc']}", file=sys.stderr, flush=True)
 
-    estimates = {"val_acc": [float(r.rungs[top]["val_acc"]) for r in picks],
-                 "sotl": [float(r.rungs[top]["sotl"]) for r in picks]}
+    estimates = {e: [estimate_value(r.rungs[top], e) for r in picks] for e in ESTIMATORS}
     with torch_threads(1):
         rep = check_estimator([Arch.from_dict(r.arch) for r in picks], estimates, data,
                               fs.check.steps, fs.check.seeds, estimator=fs.estimator,
@@ -199,12 +223,34 @@ def run_check(run: Run, data: ProxyData | None = None, quiet: bool = True) -> di
     return rep
 
 
+def chosen_estimator(study: optuna.Study, space: SearchSpace) -> str | None:
+    """The estimator a ladder run's front is drawn with: the check's choice once it has made
+    one, else the one promotions ranked by (None in a zero-cost run)."""
+    if space.fidelity is None:
+        return None
+    return (study.user_attrs.get("check") or {}).get("chosen") or search_estimator(space.fidelity)
+
+
 def apply_estimator(records: list[TrialRecord], estimator: str) -> None:
     """Redraw the ladder trials' ``proxy`` with ``estimator`` (the one the check chose under
-    ``estimator: auto``), at the highest rung each reached; rung-0 trials keep theirs."""
+    ``estimator: auto``): the top-rung figure of the trials that reached the top, None for the
+    others (one scale: module docstring)."""
     for r in records:
-        if r.rungs and r.rung and str(r.rung) in r.rungs:
-            r.proxy, r.estimator = estimate_value(r.rungs[str(r.rung)], estimator), estimator
+        if r.top_rung is None:
+            continue
+        res = (r.rungs or {}).get(str(r.top_rung))
+        r.estimator = estimator
+        r.proxy = estimate_value(res, estimator) if r.rung == r.top_rung and res and estimator in res else None
+
+
+def rung_estimate(r: TrialRecord) -> tuple[int, str, float] | None:
+    """(rung, estimator, figure) of a ladder trial below the top: its highest rung's figure,
+    for display where it is labelled as that rung's (never in the accuracy column)."""
+    if r.top_rung is None or r.rung is None or r.rung < 1 or r.rung == r.top_rung or not r.rungs:
+        return None
+    res = r.rungs.get(str(r.rung)) or {}
+    est = r.estimator if (r.estimator or "") in res else "sotl"
+    return (r.rung, est, estimate_value(res, est)) if est in res else None
 
 
 def describe_check(rep: dict[str, Any] | None) -> str:

@@ -3,6 +3,7 @@ sampler that learns from them."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -12,9 +13,23 @@ from .space import SearchSpace
 
 
 def objective_values(space: SearchSpace, rec: TrialRecord) -> list[float]:
-    pick = {"proxy": rec.proxy, "latency": rec.latency_ms, "mac": rec.mac, "macs": rec.macs,
+    """The values Optuna is told. A ladder trial without a top-rung figure (stopped below the
+    top, or infeasible and never trained) is told -inf for ``proxy``: worse than any figure,
+    never a figure on another scale; its ``ladder`` constraint (optuna_constraints) makes it
+    infeasible, so samplers rank it by how far it climbed, not by that value."""
+    acc = -math.inf if rec.proxy is None else rec.proxy
+    pick = {"proxy": acc, "latency": rec.latency_ms, "mac": rec.mac, "macs": rec.macs,
             "params": rec.params}
     return [float(pick[n]) for n, _ in space.objectives]
+
+
+def optuna_constraints(rec: TrialRecord) -> dict[str, float]:
+    """What Optuna's samplers see as the trial's constraints: the space's (``constraints``),
+    plus in a ladder run ``ladder`` = rungs short of the top (0 at the top)."""
+    out = dict(rec.constraints)
+    if rec.top_rung is not None:
+        out["ladder"] = float(rec.top_rung - (rec.rung or 0))
+    return out
 
 
 def constraint_items(space: SearchSpace, rec: TrialRecord) -> dict[str, float]:
@@ -44,7 +59,7 @@ def make_sampler(space: SearchSpace, worker: int = 0) -> optuna.samplers.BaseSam
     """The space's sampler; each worker gets its own seed so that workers do not propose the
     same architectures in lockstep."""
     s = space.sampler
-    constrained = space.constraints or space.guidelines.mode == "constrain"
+    constrained = space.constraints or space.guidelines.mode == "constrain" or space.fidelity is not None
     cf = _constraints_func if constrained and not _PER_TRIAL_CONSTRAINTS else None
     seed = space.seed + 7919 * worker
     if s.name == "random":
@@ -58,4 +73,4 @@ def make_sampler(space: SearchSpace, worker: int = 0) -> optuna.samplers.BaseSam
 
 
 def _constraints_func(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return list(TrialRecord.from_trial(trial).constraints.values())
+    return list(optuna_constraints(TrialRecord.from_trial(trial)).values())

@@ -79,9 +79,9 @@ class TrialRecord:
     # reference (front.on_one_reference); None when latency_ms is the stored figure.
     measured_ms: float | None = None
     # The fidelity ladder (search/ladder.py); None in a zero-cost run. rung: the highest rung
-    # reached (0: zero-cost only); rungs: per rung ("0", "1", ...) its figures (rung 0: the
-    # zero-cost estimate and latency; k >= 1: steps, val_acc, sotl, seconds, device, ...);
-    # estimator: what ``proxy`` is at that rung; stopped: why it climbed no further.
+    # reached (0: never trained); rungs: per rung ("1", "2", ...) its figures (steps, sotl,
+    # val_acc where scored, latency, seconds, device, ...); estimator: what ``proxy`` is;
+    # proxy: the TOP rung's figure, None below it; stopped: why it climbed no further.
     rung: int | None = None
     top_rung: int | None = None
     rungs: dict[str, Any] | None = None
@@ -211,6 +211,13 @@ def trial_records(trials: Iterable[Any]) -> list[TrialRecord]:
 def completed(records: Iterable[TrialRecord]) -> list[TrialRecord]:
     """Completed trials with finite proxy and latency (feasible or not)."""
     return [r for r in records if r.complete]
+
+
+def measured(records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """Completed trials with a finite latency, whether or not they have an accuracy figure (a
+    ladder trial below the top rung, or an infeasible one, has none)."""
+    return [r for r in records if r.state == "COMPLETE" and r.latency_ms is not None
+            and math.isfinite(r.latency_ms)]
 
 
 def failed(records: Iterable[TrialRecord]) -> list[TrialRecord]:

@@ -27,7 +27,8 @@ from ..measure.protocol import DRIFT_BOUND, ReferenceSchedule, retime
 from ..model.arch import Arch
 from .evaluator import calibration_images
 from .front import attach_retime, on_one_reference, pareto_front
-from .records import TrialRecord, completed, trial_records
+from .ladder import apply_estimator, chosen_estimator
+from .records import TrialRecord, completed, measured, trial_records
 from .runfolder import Run
 
 log = logging.getLogger("shufflesearch.search")
@@ -49,7 +50,7 @@ def retime_targets(records: list[TrialRecord]) -> list[TrialRecord]:
         r.retimed = None
     done = on_one_reference(done)
     picked, seen = [], set()
-    for r in [*pareto_front(done), *(r for r in done if r.baseline)]:
+    for r in [*pareto_front(done), *(r for r in measured(records) if r.baseline)]:
         if r.archid not in seen and r.arch:
             seen.add(r.archid)
             picked.append(r)
@@ -64,6 +65,9 @@ def retime_run(run: Run, *, max_seconds: float | None = None,
     most RETIME_MAX_SECONDS."""
     study = run.load_study()
     records = trial_records(study.get_trials(deepcopy=False))
+    est = chosen_estimator(study, run.space)
+    if est is not None:  # the front the check's estimator draws, not the search's
+        apply_estimator(records, est)
     targets = retime_targets(records)
     if not targets:
         return None
@@ -85,7 +89,7 @@ def retime_run(run: Run, *, max_seconds: float | None = None,
     drifted = factor is not None and abs(factor - 1) > DRIFT_BOUND
     by_arch = {r.archid: lat for r, lat in zip(targets, lats)}
     figs: dict[str, Any] = {}
-    for r in completed(records):  # every trial of a re-timed architecture (repeats, baselines)
+    for r in measured(records):  # every trial of a re-timed architecture (repeats, baselines)
         lat = by_arch.get(r.archid)
         if lat is not None:
             lat.speed_factor, lat.drifted = factor, drifted

@@ -19,7 +19,13 @@ from ..model.arch import ArchError
 from .evaluator import Evaluator
 from .faults import fault_point, with_ask_faults
 from .ladder import climb
-from .objective import _PER_TRIAL_CONSTRAINTS, constraint_items, make_sampler, objective_values
+from .objective import (
+    _PER_TRIAL_CONSTRAINTS,
+    constraint_items,
+    make_sampler,
+    objective_values,
+    optuna_constraints,
+)
 from .records import TrialRecord
 from .runfolder import GRACE_S, HEARTBEAT_S, Run, _setup_log, claim, claims, open_run, trial_state
 from .space import SearchSpace, load_space
@@ -260,7 +266,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, space: SearchSpace, eva
     t_store = time.perf_counter()
     rec.constraints = constraint_items(space, rec)
     if _PER_TRIAL_CONSTRAINTS:
-        for k, v in rec.constraints.items():
+        for k, v in optuna_constraints(rec).items():
             trial.set_constraint(k, v)
     attrs = rec.to_user_attrs()
     for i, (k, v) in enumerate(attrs.items()):
