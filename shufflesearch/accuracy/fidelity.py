@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..common.stats import bootstrap_ci, kendall_tau
+from ..common.stats import bootstrap_ci, kendall_tau, kendall_tau_rows
 from ..errors import UserError
 from ..measure.env import compute_lock
 from ..model.arch import Arch, resolve_arch
@@ -381,9 +381,9 @@ def oracle_ceiling(acc: np.ndarray, n_sim: int = 2000, quantile: float = CEILING
     if se == 0:
         return 1.0
     rng = np.random.default_rng(seed)
-    taus = [kendall_tau(means, means + rng.normal(0.0, se, n)) for _ in range(n_sim)]
-    taus = [t for t in taus if math.isfinite(t)]
-    return float(np.quantile(taus, quantile)) if taus else float("nan")
+    taus = kendall_tau_rows(means, means + rng.normal(0.0, se, (n_sim, n)))
+    taus = taus[np.isfinite(taus)]
+    return float(np.quantile(taus, quantile)) if len(taus) else float("nan")
 
 
 def _halves(n: int) -> tuple[list[int], list[int]]:

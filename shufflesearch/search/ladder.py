@@ -189,16 +189,16 @@ def run_check(run: Run, data: ProxyData | None = None, quiet: bool = True) -> di
     """The self-check at the end of a ladder run (accuracy.fidelity.check_estimator): each
     retraining is stored in the study's ``check_runs`` as it finishes, so an interrupted check
     resumes; the report goes to the study's ``check`` and is returned (None without a ladder or
-    with ``check.top: 0``; a report with ``skipped`` when fewer than MIN_CHECK architectures
-    qualify: too few to tell, so nothing is retrained)."""
+    with ``check.top: 0``; a report with ``skipped`` when fewer than 3 architectures qualify;
+    with 3 to MIN_CHECK - 1 the report's ``too_few`` says there are too few to tell)."""
     fs = run.space.fidelity
     if fs is None or fs.check.top <= 0:
         return None
     study = run.load_study()
     picks = check_picks(trial_records(study.get_trials(deepcopy=False)), fs.check.top)
-    if len(picks) < MIN_CHECK:
+    if len(picks) < 3:
         rep: dict[str, Any] = {"skipped": f"too few to tell: only {len(picks)} architecture(s) "
-                               f"reached the top rung feasibly; the check needs {MIN_CHECK}"}
+                               f"reached the top rung feasibly; a ranking needs 3 (a verdict {MIN_CHECK})"}
         study.set_user_attr("check", rep)
         return rep
     data = data or load_data(run.space.data)
