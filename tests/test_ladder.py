@@ -50,9 +50,13 @@ def check_ladder(root: Path, budget: int, workers: int = 1) -> list:
     n = [sum(1 for k in search_arch.values() if k >= j) for j in range(4)]
     for j in range(1, 3):
         assert n[j + 1] <= -(-n[j] // space.fidelity.eta) + workers, (j, n)
+    told = {t.number: t.values[0] for t in study.get_trials(states=(TrialState.COMPLETE,))}
     for r in done:
         assert r.top_rung == 3 and r.estimator == "sotl"
         assert (r.proxy is not None) == (r.rung == 3)  # one scale: the top rung's figure only
+        # ... and Optuna is told that figure, or -inf (no figure) with the ladder constraint
+        assert told[r.trial] == (r.proxy if r.rung == 3 else float("-inf"))
+        assert not r.proxies  # no zero-cost scores in a ladder run
         if r.baseline:
             assert r.rung == 3  # baselines climb every rung
         for k in range(1, r.rung + 1):
@@ -106,6 +110,10 @@ def check_review(root: Path, out: Path, capsys) -> None:
     assert all(r["proxy"] is not None for r in rows if r["rung"] == 3)
     assert all(r["proxy"] is None for r in below)  # one scale: never a lower rung's figure
     assert all(r["rung_estimate"] is not None and r["rung_estimator"] == "sotl" for r in below if r["rung"] >= 1)
+    from shufflesearch.review.pareto import hypervolume_history, load_records
+
+    hv = hypervolume_history(load_records(root)[1])  # top-rung trials only, its reference too
+    assert hv.trials and set(hv.trials) <= {r.trial for r in recs if r.rung == 3}
     assert main(["pareto", str(root), "--all"]) == 0
     text = capsys.readouterr().out
     if below:

@@ -59,7 +59,7 @@ DEVICES = ("auto", "cpu", "cuda")
 @dataclass(frozen=True)
 class CheckSettings:
     top: int = 8  # front points the run's self-check retrains (plus the baselines); >= MIN_CHECK
-    steps: int = 192  # steps of each check training (its own schedule): 3x the top rung
+    steps: int = 128  # steps of each check training (its own schedule): 2x the top rung
     seeds: int = 2  # seeds per check training; >= 2 gives the noise ceiling
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -23,3 +24,25 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+TRAIN_THREADS_ENV = "SHUFFLESEARCH_TRAIN_THREADS"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def train_threads() -> int:
+    """Threads for proxy-task training in a search: what ``shufflesearch run`` decided for its
+    workers (``SHUFFLESEARCH_TRAIN_THREADS``, inherited by worker processes: the usable cores
+    divided by the workers, at least 1), else 1. Training holds the compute lock, so the
+    threads of one worker's training never compete with another's latency timing."""
+    try:
+        return max(1, int(os.environ.get(TRAIN_THREADS_ENV, "1")))
+    except ValueError:
+        return 1

@@ -100,7 +100,7 @@ def pareto_rows(records: list[TrialRecord], all_trials: bool = False) -> list[Pa
             reference_ms=(r.latency_ms / r.ratio if r.ratio and r.measured_ms is not None else r.reference_ms),
             measured_ms=r.measured_ms, drifted=r.drifted,
             retimed=bool(r.retimed), ties=ties.get(r.trial, []),
-            dominated_by=(None if not r.baseline or r.trial in on
+            dominated_by=(None if not r.baseline or r.trial in on or r.proxy is None
                           else dominated_beyond_noise(r, front)),
             rung=r.rung, top_rung=r.top_rung, estimator=r.estimator,
             stopped=None if r.at_top else r.stopped,
@@ -225,7 +225,10 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
     if any(r.drifted for r in rows):
         lines.append("~ drifted: measured while the machine ran >10% off the reference's usual speed")
     for r in rows:
-        if r.baseline and not r.on_front:
+        if r.baseline and not r.on_front and r.proxy is None:
+            lines.append(f"{r.baseline}: no accuracy figure on the front's scale "
+                         f"({r.stopped or 'not trained'}); compared on latency only")
+        elif r.baseline and not r.on_front:
             lines.append(f"{r.baseline}: " + (f"dominated beyond the noise by trial(s) {', '.join(map(str, r.dominated_by))} (d)"
                                               if r.dominated_by else "not dominated beyond the noise (off the front only within it)"))
     if reference:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from ..common.threads import TRAIN_THREADS_ENV, usable_cores
 from ..errors import UserError
 from ..model.arch import ArchError
 from .baselines import evaluate_baselines, short_train_front
@@ -69,7 +71,11 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
     prefilter_table(space)  # a missing table is refused before any folder is made
     run = open_run(space, name, runs_root, storage)
     _setup_log(run)
-    log.info("run %s: budget %d, workers %d, storage %s", run.name, budget, workers, run.storage_url)
+    # Training in the ladder and the check uses the cores the workers leave (inherited by the
+    # worker processes); latency is timed alone, at target.threads, under the timing lock.
+    os.environ[TRAIN_THREADS_ENV] = str(max(1, usable_cores() // workers))
+    log.info("run %s: budget %d, workers %d, training threads %s, storage %s", run.name, budget,
+             workers, os.environ[TRAIN_THREADS_ENV], run.storage_url)
     with Progress(run, budget, quiet=quiet) as progress:
         evaluate_baselines(run)  # once, before any worker starts
         if workers == 1:

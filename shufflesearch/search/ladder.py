@@ -54,7 +54,7 @@ from ..accuracy.fidelity import (
     search_estimator,
     train_to_rung,
 )
-from ..common.threads import torch_threads
+from ..common.threads import torch_threads, train_threads
 from ..model.arch import Arch
 from .faults import fault_point
 from .front import pareto_front, spread_indices
@@ -141,9 +141,8 @@ def climb(study: optuna.Study, trial_id: int, rec: TrialRecord, space: SearchSpa
                 break
         if k >= 2:  # counted at once, so that peers deciding meanwhile see the place taken
             st.set_trial_user_attr(trial_id, "promoted_to", k)
-        with torch_threads(1):
-            # One thread, like the proxies: workers share the cores, and a second thread buys
-            # little on the proxy task's tiny inputs.
+        with torch_threads(train_threads()):
+            # The run's cores divided by its workers (common.threads.train_threads).
             # fault point `rung`: a kill -9 right after a rung's checkpoint is on disk, before
             # the trial's storage says so (the retry must find it and train nothing again)
             r = train_to_rung(arch, data, fs, k, ckpt, seed=space.seed, on_rung=lambda _h: fault_point("rung"))
@@ -212,7 +211,7 @@ def run_check(run: Run, data: ProxyData | None = None, quiet: bool = True) -> di
             print(f"checked {archid}: accuracy {res['val_acc']}", file=sys.stderr, flush=True)
 
     estimates = {e: [estimate_value(r.rungs[top], e) for r in picks] for e in ESTIMATORS}
-    with torch_threads(1):
+    with torch_threads(train_threads()):
         rep = check_estimator([Arch.from_dict(r.arch) for r in picks], estimates, data,
                               fs.check.steps, fs.check.seeds, estimator=fs.estimator,
                               device=fs.device, done=runs, on_trained=store)
