@@ -38,10 +38,11 @@ def usable_cores() -> int:
 
 
 def train_threads() -> int:
-    """Threads for proxy-task training in a search: what ``shufflesearch run`` decided for its
-    workers (``SHUFFLESEARCH_TRAIN_THREADS``, inherited by worker processes: the usable cores
-    divided by the workers, at least 1), else 1. Training holds the compute lock, so the
-    threads of one worker's training never compete with another's latency timing."""
+    """Threads for proxy-task training in a search and its check: 1, or the environment's
+    ``SHUFFLESEARCH_TRAIN_THREADS`` (inherited by worker processes). One by default because
+    the proxy task's convolutions are too small to split well, and on shared cores torch's
+    threads wait on each other (bench/train_threads.py measured 1 thread 4.8x faster than 2 at
+    load average 6); the cores are used by ``--workers`` instead."""
     try:
         return max(1, int(os.environ.get(TRAIN_THREADS_ENV, "1")))
     except ValueError:

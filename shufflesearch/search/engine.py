@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import threading
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from ..common.threads import TRAIN_THREADS_ENV, usable_cores
+from ..common.threads import train_threads
 from ..errors import UserError
 from ..model.arch import ArchError
 from .baselines import evaluate_baselines, short_train_front
@@ -71,11 +70,8 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
     prefilter_table(space)  # a missing table is refused before any folder is made
     run = open_run(space, name, runs_root, storage)
     _setup_log(run)
-    # Training in the ladder and the check uses the cores the workers leave (inherited by the
-    # worker processes); latency is timed alone, at target.threads, under the timing lock.
-    os.environ[TRAIN_THREADS_ENV] = str(max(1, usable_cores() // workers))
-    log.info("run %s: budget %d, workers %d, training threads %s, storage %s", run.name, budget,
-             workers, os.environ[TRAIN_THREADS_ENV], run.storage_url)
+    log.info("run %s: budget %d, workers %d, training threads %d, storage %s", run.name, budget,
+             workers, train_threads(), run.storage_url)
     with Progress(run, budget, quiet=quiet) as progress:
         evaluate_baselines(run)  # once, before any worker starts
         if workers == 1:
