@@ -272,6 +272,11 @@ _STAGE_KEYS = ("family", "width", "depth", "split", "groups", "kernel", "bottlen
                "per_unit_kernel", "layout")
 
 
+# proxy.val_fraction and proxy.check_fraction (DataSpec): kept in the resolved config only when
+# set, so that spaces without them keep their fingerprint.
+_FRACTIONS = ("val_fraction", "check_fraction")
+
+
 def parse_space(doc: Located) -> SearchSpace:
     d = doc.data
     if not isinstance(d, dict):
@@ -290,7 +295,7 @@ def parse_space(doc: Located) -> SearchSpace:
     target, target_options = TargetSpec(**_fields(TargetSpec, tv)), TargetOptions(**_fields(TargetOptions, tv))
 
     pr = _mapping(doc, d.get("proxy"), "proxy")
-    check_keys(doc, pr, (*_PROXY_KEYS, "val_fraction"), "proxy")
+    check_keys(doc, pr, (*_PROXY_KEYS, *_FRACTIONS), "proxy")
     pv = _section(doc, pr, "proxy", _PROXY_RULES, {**_defaults(DataSpec, ProxySettings), "dataset": DataSpec.name})
     proxies = pr.get("proxies")
     if proxies is not None:
@@ -303,8 +308,7 @@ def parse_space(doc: Located) -> SearchSpace:
         if missing:
             raise doc.error("proxy.proxies", f"score {pv['score']!r} needs {', '.join(missing)}")
     kind, lo, hi, _ = VAL_FRACTION_RULE
-    vf = {"val_fraction": float(_scalar(doc, pr, "val_fraction", "proxy", kind, None, lo, hi))
-          } if "val_fraction" in pr else {}
+    vf = {k: float(_scalar(doc, pr, k, "proxy", kind, None, lo, hi)) for k in _FRACTIONS if k in pr}
     try:
         data = DataSpec(name=pv["dataset"], resolution=pv["resolution"], batch=pv["batch"], seed=seed, **vf)
     except UserError as e:
@@ -394,7 +398,7 @@ def parse_space(doc: Located) -> SearchSpace:
         # load_run, and hashed into the space's fingerprint.
         raw={"name": name, "seed": seed, "target": tv,
              "proxy": {**{k: pv[k] for k in _PROXY_KEYS if k in pv}, "proxies": proxies,
-                       **({"val_fraction": data.val_fraction} if "val_fraction" in pr else {})},
+                       **{k: getattr(data, k) for k in _FRACTIONS if k in pr}},
              "space": sp, "objectives": objectives, "constraints": constraints,
              "guidelines": {**gv, "settings": gs}, "sampler": dataclasses.asdict(sampler)},
     )
