@@ -24,8 +24,9 @@ import time
 
 import torch
 
+from shufflesearch.accuracy.check import check_training
 from shufflesearch.accuracy.data import DataSpec, load_data
-from shufflesearch.accuracy.fidelity import FidelitySettings, check_training, train_to_rung
+from shufflesearch.accuracy.fidelity import FidelitySettings, train_to_rung
 from shufflesearch.model.arch import preset
 
 

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
+from shufflesearch.accuracy.check import check_seeds, check_training, noise_ceiling
 from shufflesearch.accuracy.data import load_data
-from shufflesearch.accuracy.fidelity import check_seeds, check_training, noise_ceiling
 from shufflesearch.common.threads import torch_threads
 from shufflesearch.model.arch import Arch
 from shufflesearch.search.records import trial_records

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from shufflesearch.accuracy.data import load_data
+from shufflesearch.accuracy.data import DataSpec, load_data
 from shufflesearch.errors import UserError
 from shufflesearch.measure import backends as B
 from shufflesearch.measure.target import TargetSpec

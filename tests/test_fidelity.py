@@ -16,15 +16,11 @@ import pytest
 import torch
 
 from shufflesearch import Arch, Stage, Stem
+from shufflesearch.accuracy import check as chk
 from shufflesearch.accuracy import fidelity as fid
+from shufflesearch.accuracy.check import check_estimator, check_report
 from shufflesearch.accuracy.data import DataSpec, ProxyData, Split, load_data
-from shufflesearch.accuracy.fidelity import (
-    FidelitySettings,
-    check_estimator,
-    check_report,
-    ladder_run,
-    train_to_rung,
-)
+from shufflesearch.accuracy.fidelity import FidelitySettings, ladder_run, train_to_rung
 from shufflesearch.accuracy.training import Trainer, fresh_model, resolve_device, short_train
 from shufflesearch.errors import UserError
 from shufflesearch.search.promotion import (
@@ -125,11 +121,11 @@ def test_killed_rung_restarts_cleanly(data, tmp_path, monkeypatch):
     real = fid.rung_estimates
     calls = {"n": 0}
 
-    def dies_once(trainer, d):  # the process dies after rung 2's steps, before its checkpoint
+    def dies_once(trainer, d, **kw):  # the process dies after rung 2's steps, before its checkpoint
         calls["n"] += 1
         if calls["n"] == 1:
             raise KeyboardInterrupt
-        return real(trainer, d)
+        return real(trainer, d, **kw)
 
     monkeypatch.setattr(fid, "rung_estimates", dies_once)
     with pytest.raises(KeyboardInterrupt):
@@ -185,7 +181,7 @@ def test_settings_defaults_none_and_overrides():
     s = FidelitySettings.from_dict(None)
     d = FidelitySettings()
     assert (s.rungs, s.eta, s.estimator, s.device) == (d.rungs, 3, "sotl", "auto")
-    assert s.check.top >= fid.MIN_CHECK and s.check.seeds == 2 and s.check.steps > s.top_steps
+    assert s.check.top >= chk.MIN_CHECK and s.check.seeds == 2 and s.check.steps > s.top_steps
     assert FidelitySettings.from_dict("none") is None
     t = FidelitySettings.from_dict({"rungs": [10, 20], "check": {"seeds": 3}})
     assert t.rungs == (10, 20) and t.check.seeds == 3 and t.check.steps == d.check.steps
@@ -322,8 +318,8 @@ def test_vectorised_tau_matches_scipy():
     rng = np.random.default_rng(3)
     x = np.round(rng.normal(size=9), 1)  # some ties
     ys = np.round(rng.normal(size=(5, 9)), 1)
-    got = fid.kendall_tau_rows(x, ys)
-    assert got == pytest.approx([fid.kendall_tau(x, y) for y in ys])
+    got = chk.kendall_tau_rows(x, ys)
+    assert got == pytest.approx([chk.kendall_tau(x, y) for y in ys])
 
 
 def test_oracle_does_not_beat_the_noise_ceiling():
@@ -339,9 +335,9 @@ def test_oracle_does_not_beat_the_noise_ceiling():
             true = rng.normal(0.0, 1.0, 11)
             acc = true[:, None] + rng.normal(0.0, noise, (11, 2))
             truth = acc.mean(axis=1)
-            oracle = fid.kendall_tau(true, truth)
-            beats += oracle > fid.oracle_ceiling(acc, n_sim=500, seed=int(rng.integers(1 << 30)))
-            beats_seed_tau += oracle > fid.noise_ceiling(acc.T)
+            oracle = chk.kendall_tau(true, truth)
+            beats += oracle > chk.oracle_ceiling(acc, n_sim=500, seed=int(rng.integers(1 << 30)))
+            beats_seed_tau += oracle > chk.noise_ceiling(acc.T)
         assert beats / draws <= 0.13, (noise, beats)
         assert beats_seed_tau / draws >= 0.5, (noise, beats_seed_tau)  # what the old ceiling allowed
 

@@ -39,6 +39,7 @@ the paper's stem on real photos, should set ``resolution: 64`` (last map 2x2, ~4
 from __future__ import annotations
 
 import dataclasses
+import gzip
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,8 +187,6 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 def read_idx(path: str | Path) -> np.ndarray:
     """One IDX file (plain or .gz): the magic number's type byte and dimension count, the
     big-endian dimensions, then the data (LeCun et al.'s MNIST format)."""
-    import gzip
-
     path = Path(path)
     raw = (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")).read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import math
 import os
 import tempfile
 import time
@@ -42,15 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..common.stats import bootstrap_ci, kendall_tau, kendall_tau_rows
 from ..errors import UserError
 from ..measure.env import compute_lock
 from ..model.arch import Arch, resolve_arch
 from .data import ProxyData
-from .training import Trainer, evaluate, fresh_model, resolve_device, train_model
+from .training import Trainer, evaluate, fresh_model, resolve_device
 
 ESTIMATORS = ("val_acc", "sotl")
 DEVICES = ("auto", "cpu", "cuda")
@@ -318,188 +315,3 @@ def pick_estimate(result: Mapping[str, Any], estimator: str) -> float:
         raise UserError(f"fidelity.estimator: {estimator!r} must be val_acc or sotl here "
                         "(auto is resolved by the run's check)")
     return float(result[estimator])
-
-
-# --- the self-check --------------------------------------------------------------------------
-
-
-def check_training(arch: Arch | str, data: ProxyData, steps: int, seeds: Sequence[int], *,
-                   lr: float = 0.05, device: str | torch.device | None = "auto") -> dict[str, Any]:
-    """Retrain ``arch`` from scratch for ``steps`` steps (its own schedule) once per seed and
-    score it on the ``check`` split, images the ladder never scores (data.py). Returns
-    ``val_acc`` (one accuracy per seed, on the check split), ``split``, ``seeds``, ``steps``,
-    ``seconds``. The search calls it one architecture at a time and stores each result, so an
-    interrupted check resumes."""
-    accs, seconds = [], 0.0
-    for s in seeds:
-        model = fresh_model(resolve_arch(arch), data, s)
-        t0 = time.perf_counter()
-        with compute_lock():  # never train while another worker times a candidate
-            train_model(model, data, steps=steps, lr=lr, seed=s, device=device)
-        seconds += time.perf_counter() - t0
-        accs.append(evaluate(model, data, "check"))
-    return {"val_acc": accs, "split": "check", "seeds": list(seeds), "steps": steps, "seconds": seconds}
-
-
-def check_seeds(n: int) -> list[int]:
-    """The check's seeds: 100, 101, ... kept apart from the ladder's (a trial's seed is small),
-    so that a shared initialisation or batch order cannot make the check agree with the
-    estimate it checks."""
-    return [100 + i for i in range(n)]
-
-
-def noise_ceiling(per_seed: np.ndarray) -> float:
-    """Mean Kendall τ between every pair of seeds; ``per_seed`` is (seeds, archs). This is
-    how well one seed's ranking predicts another's: the seed-to-seed agreement of the task."""
-    pairs = [kendall_tau(per_seed[i], per_seed[j])
-             for i in range(len(per_seed)) for j in range(i + 1, len(per_seed))]
-    pairs = [p for p in pairs if math.isfinite(p)]
-    return float(np.mean(pairs)) if pairs else float("nan")
-
-
-MIN_CHECK = 8  # architectures a check needs before its τ can tell anything (CI width ~±0.5 at 8)
-CEILING_QUANTILE = 0.9
-
-
-def oracle_ceiling(acc: np.ndarray, n_sim: int = 2000, quantile: float = CEILING_QUANTILE,
-                   seed: int = 0) -> float:
-    """The τ an estimator that knew every architecture's true accuracy would reach against the
-    check's truth (the mean over seeds), at most, in ``quantile`` of cases: the ceiling on the
-    same footing as the τ it bounds (both are τ against the mean of the seeds).
-
-    ``acc`` is (archs, seeds). Parametric bootstrap: the seed noise of one training is the
-    pooled within-architecture variance s²; the truth's noise is s² / seeds. Each draw adds
-    that noise to the observed means and takes τ between the two. The observed means are
-    themselves spread by noise, so this errs high (a ceiling an oracle seldom beats: the
-    README's test has it beaten in under 10% of simulated checks)."""
-    acc = np.asarray(acc, dtype=float)
-    n, seeds = acc.shape
-    if seeds < 2 or n < 3:
-        return float("nan")
-    means = acc.mean(axis=1)
-    se = math.sqrt(float(acc.var(axis=1, ddof=1).mean()) / seeds)
-    if se == 0:
-        return 1.0
-    rng = np.random.default_rng(seed)
-    taus = kendall_tau_rows(means, means + rng.normal(0.0, se, (n_sim, n)))
-    taus = taus[np.isfinite(taus)]
-    return float(np.quantile(taus, quantile)) if len(taus) else float("nan")
-
-
-def _halves(n: int) -> tuple[list[int], list[int]]:
-    """Alternate positions: the picks come ordered along the front, so each half spans it."""
-    return list(range(0, n, 2)), list(range(1, n, 2))
-
-
-def check_report(estimates: Mapping[str, Sequence[float]], check_acc: Sequence[Sequence[float]],
-                 estimator: str = "sotl", n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Pure statistics of a check. ``estimates[name]`` holds the search's estimate per
-    architecture (``val_acc`` and/or ``sotl``); ``check_acc`` is per architecture the check's
-    accuracy per seed (on the check split). For each estimator: Kendall τ against the check's
-    mean accuracy with a percentile bootstrap CI.
-
-    ``noise_ceiling_tau``: ``oracle_ceiling``, on the same footing as τ; ``seed_tau``: τ
-    between single seeds, for reference. ``chosen``: the given estimator, graded on every
-    point; under ``auto``, the one with the higher τ on one half of the points (alternate
-    positions), graded on the other half only, so that it is not graded on the points it
-    was chosen on (``graded_on`` says which). Fewer than MIN_CHECK architectures: ``too_few``
-    says so and no verdict is drawn. ``warning``: a plain sentence when the chosen estimator's
-    CI reaches 0 (or lies below it, or is undefined), else None."""
-    acc = np.asarray([list(a) for a in check_acc], dtype=float)  # (archs, seeds)
-    truth = acc.mean(axis=1)
-    n = len(truth)
-    ests = {name: np.asarray(est, dtype=float) for name, est in estimates.items()}
-    for name, e in ests.items():
-        if len(e) != n:
-            raise ValueError(f"estimates[{name}] has {len(e)} values for {n} architectures")
-
-    def grade(e: np.ndarray, idx: list[int]) -> dict[str, Any]:
-        ci = bootstrap_ci(kendall_tau, e[idx], truth[idx], n_boot=n_boot, seed=seed)
-        return {"tau": kendall_tau(e[idx], truth[idx]), "tau_ci": [ci.lo, ci.hi], "n": len(idx)}
-
-    every = list(range(n))
-    per = {name: grade(e, every) for name, e in ests.items()}
-    graded_on = "all"
-    if estimator == "auto":
-        pick, hold = _halves(n)
-        on_pick = {k: kendall_tau(e[pick], truth[pick]) for k, e in ests.items()}
-        finite = {k: v for k, v in on_pick.items() if math.isfinite(v)}
-        chosen = max(finite, key=lambda k: (finite[k], k == "sotl")) if finite else (
-            "sotl" if "sotl" in ests else next(iter(ests)))
-        how = (f"auto: the better τ on {len(pick)} of the {n} architectures, graded on the other "
-               f"{len(hold)} only")
-        res, graded_on = grade(ests[chosen], hold), "other half"
-    else:
-        if estimator not in per:
-            raise ValueError(f"no estimates for estimator {estimator!r}")
-        chosen, how, res = estimator, "set in the space file", per[estimator]
-    tau, (lo, hi) = res["tau"], res["tau_ci"]
-    too_few = (f"too few to tell: {n} architectures checked, the check needs {MIN_CHECK}"
-               if n < MIN_CHECK else None)
-    warning = None
-    if too_few is None and (not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0):
-        # A CI reaching 0 (or below it) means the ranking is not shown to beat chance.
-        warning = (f"the check cannot tell the search's {chosen} ranking from chance: Kendall τ "
-                   f"{tau:.2f}, 95% CI [{lo:+.2f}, {hi:+.2f}] is not above 0 - do not trust the "
-                   "accuracy axis of this front; train the picks before choosing")
-    return {"n": n, "seeds": acc.shape[1], "estimators": per, "chosen": chosen,
-            "chosen_how": how, "graded_on": graded_on, "graded_n": res["n"], "tau": tau,
-            "tau_ci": [lo, hi], "too_few": too_few,
-            "noise_ceiling_tau": oracle_ceiling(acc, seed=seed),
-            "seed_tau": noise_ceiling(acc.T) if acc.shape[1] >= 2 else float("nan"),
-            "check_acc_mean": truth.tolist(), "warning": warning}
-
-
-def check_estimator(archs: Sequence[Arch | str], estimates: Mapping[str, Sequence[float]] | Sequence[float],
-                    data: ProxyData, steps: int, seeds: int, *, estimator: str = "sotl",
-                    lr: float = 0.05, device: str | torch.device | None = "auto",
-                    done: Mapping[str, Mapping[str, Any]] | None = None,
-                    on_trained: Callable[[str, dict[str, Any]], None] | None = None,
-                    n_boot: int = 1000) -> dict[str, Any]:
-    """The run's self-check: retrain ``archs`` at ``steps`` with ``seeds`` seeds
-    (``check_seeds``) and compare with the search's ``estimates`` (``check_report``).
-
-    ``estimates``: a sequence (one estimator, named by ``estimator``) or a mapping
-    ``{"val_acc": [...], "sotl": [...]}``, one value per arch. ``done`` (archid -> a
-    ``check_training`` result) skips architectures already retrained; ``on_trained(archid,
-    result)`` is called after each new one, for the caller to store it."""
-    archs = [resolve_arch(a) for a in archs]
-    if len(archs) < 3:
-        raise UserError(f"check: needs at least 3 architectures to rank, got {len(archs)}")
-    if not isinstance(estimates, Mapping):
-        if estimator == "auto":
-            raise UserError("check: estimator auto needs both val_acc and sotl estimates")
-        estimates = {estimator: list(estimates)}
-    done = dict(done or {})
-    results = []
-    for a in archs:
-        r = done.get(a.archid)
-        if r is None or r.get("steps") != steps or len(r.get("val_acc", [])) != seeds:
-            r = check_training(a, data, steps, check_seeds(seeds), lr=lr, device=device)
-            done[a.archid] = r
-            if on_trained is not None:
-                on_trained(a.archid, r)
-        results.append(r)
-    rep = check_report(estimates, [r["val_acc"] for r in results], estimator, n_boot=n_boot)
-    rep.update({"steps": steps, "archids": [a.archid for a in archs],
-                "seconds": float(sum(r["seconds"] for r in results))})
-    return rep
-
-
-def format_check(rep: Mapping[str, Any]) -> str:
-    """The check in two or three lines, for the end of a run and `pareto`."""
-    lo, hi = rep["tau_ci"]
-    graded = "" if rep.get("graded_on", "all") == "all" else f" on {rep.get('graded_n')} held-out architectures"
-    lines = [f"self-check: {rep['n']} architectures retrained {rep['steps']} steps x {rep['seeds']} "
-             f"seed(s), scored on images the ladder never saw; estimator {rep['chosen']} ({rep['chosen_how']})"]
-    if rep.get("too_few"):
-        lines.append(f"  {rep['too_few']}: no verdict (τ {rep['tau']:.2f} [{lo:+.2f}, {hi:+.2f}])")
-    else:
-        lines.append(f"  Kendall τ vs check {rep['tau']:.2f}{graded} [95% CI {lo:+.2f}, {hi:+.2f}], "
-                     f"noise ceiling {rep['noise_ceiling_tau']:.2f} (what an oracle reaches at most, "
-                     f"9 times in 10)"
-                     + "".join(f"; {k} τ {v['tau']:.2f}" for k, v in rep["estimators"].items()
-                               if k != rep["chosen"]))
-    if rep.get("warning"):
-        lines.append(f"  warning: {rep['warning']}")
-    return "\n".join(lines)

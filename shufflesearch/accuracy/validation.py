@@ -20,8 +20,9 @@ from ..common.stats import bootstrap_ci, kendall_tau, spearman_rho
 from ..errors import UserError
 from ..model.arch import Arch, resolve_arch
 from ..model.cost import costs
+from .check import check_seeds, check_training, noise_ceiling
 from .data import ProxyData
-from .fidelity import FidelitySettings, check_seeds, check_training, ladder_run, noise_ceiling
+from .fidelity import FidelitySettings, ladder_run
 from .proxies import DEFAULT_ENSEMBLE, PROXIES, compute_proxies
 from .training import short_train
 
@@ -138,10 +139,9 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
         ladder = ([ladder_run(a, data, rungs, seed=s, lr=lr, device=device) for s in range(ladder_seeds)]
                   if rungs is not None else None)
         if rungs is not None:  # the truth as the run's check makes it: scored on the check split
-            runs = [{**check_training(a, data, steps, [s], lr=lr, device=device), "train_loss_sum": math.nan}
-                    for s in truth_seeds]
+            runs = [check_training(a, data, steps, [s], lr=lr, device=device) for s in truth_seeds]
             for r in runs:
-                r["val_acc"], r["seconds"] = r["val_acc"][0], r["seconds"]
+                r["val_acc"], r["train_loss_sum"] = r["val_acc"][0], r["train_loss_sum"][0]
         else:
             runs = [short_train(a, data, steps=steps, lr=lr, seed=s, device=device) for s in truth_seeds]
         rows.append({
@@ -237,8 +237,8 @@ def report_from_rows(rows: list[dict[str, Any]], data: ProxyData, n_boot: int = 
     score_names = [n for n in rows[0]["scores"] if all(n in r["scores"] for r in rows)]
     scores = {n: np.array([r["scores"][n] for r in rows]) for n in score_names}
     # Training-speed proxy (Ru et al. 2021): lower loss sum is better, so negate it.
-    neg_loss = -np.array([np.mean(r["train_loss_sum"]) for r in rows])
-    if np.isfinite(neg_loss).all():  # the truth's own loss sum (not kept when the ladder runs)
+    neg_loss = -np.array([np.mean(r["train_loss_sum"]) for r in rows], dtype=float)
+    if np.isfinite(neg_loss).all():  # rows of an interrupted older version may lack it
         scores["neg_train_loss_sum"] = neg_loss
     report = rank_report(scores, truth, params, seed_accs, n_boot=n_boot)
     if all(r.get("ladder") for r in rows):

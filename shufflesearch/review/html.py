@@ -26,7 +26,6 @@ from .pareto import (
     GUIDELINES,
     ParetoRow,
     RankCorrelation,
-    completed,
     failed,
     format_breaks,
     format_reference,

@@ -17,7 +17,12 @@ from ..measure.env import compute_lock
 from ..model.arch import Arch
 from .evaluator import Evaluator
 from .front import pareto_front, spread_indices
-from .objective import _constraint_system_attrs, constraint_items, objective_values, optuna_constraints
+from .objective import (
+    _constraint_system_attrs,
+    constraint_items,
+    objective_values,
+    optuna_constraints,
+)
 from .records import TrialRecord, completed, trial_records
 from .runfolder import Run, claim, claims
 from .worker import Sweeper, _heartbeat, _mark_started, evaluate_once

@@ -33,20 +33,17 @@ scale), and its lower rungs' figures stay in ``rungs``, shown only where labelle
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from ..accuracy.check import MIN_CHECK, check_estimator, format_check
 from ..accuracy.data import ProxyData, load_data
 from ..accuracy.fidelity import (
     ESTIMATORS,
-    MIN_CHECK,
     FidelitySettings,
-    check_estimator,
-    format_check,
     latest_checkpoint,
     pick_estimate,
     rung_attr,
