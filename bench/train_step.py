@@ -10,7 +10,8 @@ machine's slow phases hit all alike. Printed: the median seconds per step of eac
 median over rounds of the per-round ratio to "before" with its 10th-90th percentile range.
 Nothing is asserted. The load average before and after is printed: the machine is shared.
 
-    python bench/train_step.py [--arch shufflenet_v2_x1_0] [--steps 5] [--rounds 15]
+    python bench/train_step.py [--arch shufflenet_v2_x1_0] [--steps 5] [--rounds 15] [--tried]
+    python bench/train_step.py --trajectory 60 [--arch ...]   # the same run, before and after
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from shufflesearch.accuracy.data import DataSpec, load_data
-from shufflesearch.accuracy.training import Trainer, fresh_model
+from shufflesearch.accuracy.training import Trainer, evaluate, fresh_model
 from shufflesearch.model.arch import preset
 
 
@@ -33,17 +34,19 @@ def load() -> str:
     return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def before(model: torch.nn.Module, data, channels_last: bool = False, fused: bool = False
-           ) -> Callable[[int], None]:
-    """The old loop's step, batch order included (seeded per epoch, like Trainer)."""
+def before(model: torch.nn.Module, data, total: int, channels_last: bool = False, fused: bool = False,
+           losses: list[float] | None = None) -> Callable[[int], None]:
+    """The old loop's step: its optimiser, schedule and batch order (seed 0: ``seed * 1000 +
+    epoch`` is the epoch), the losses appended to ``losses``."""
     dev = torch.device("cpu")
     model.train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
                           weight_decay=5e-4, **({"fused": True} if fused else {}))
-    losses: list[float] = []
-    state = {"epoch": 0, "it": iter(())}
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
+    losses = [] if losses is None else losses
+    state = {"epoch": -1, "it": iter(())}
 
     def steps(n: int) -> None:
         for _ in range(n):
@@ -59,6 +62,7 @@ def before(model: torch.nn.Module, data, channels_last: bool = False, fused: boo
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             losses.append(loss.item())
 
     return steps
@@ -81,16 +85,32 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--tried", action="store_true",
                     help="also time the variants tried and not kept (channels_last, fused SGD)")
+    ap.add_argument("--trajectory", type=int, default=0, metavar="N",
+                    help="instead of timing: train N steps both ways from seed 0 and print SoTL, val_acc")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = load_data(DataSpec())  # digits, 32 px, batch 64, 10 classes: the proxy defaults
     arch = preset(args.arch)
+    if args.trajectory:
+        runs = []
+        for k, cl in (("before", False), ("before + channels_last", True)):
+            m, ls = fresh_model(arch, data, 0), []
+            before(m, data, args.trajectory, channels_last=cl, losses=ls)(args.trajectory)
+            runs.append((k, m, ls))
+        new = Trainer(fresh_model(arch, data, 0), data, total_steps=args.trajectory, device="cpu")
+        new.run(args.trajectory)
+        runs.append(("after", new.model, new.losses))
+        for k, m, ls in runs:
+            print(f"{args.arch}, {args.trajectory} steps, {k:<22}: SoTL {-sum(ls):.3f}, "
+                  f"val_acc {evaluate(m, data):.4f}, first losses {[round(v, 5) for v in ls[:3]]}")
+        return
     total = (args.rounds + 2) * args.steps
-    variants = {"before": before(fresh_model(arch, data, 0), data),
+    variants = {"before": before(fresh_model(arch, data, 0), data, total),
                 "after (Trainer.run)": after(fresh_model(arch, data, 0), data, total)}
     if args.tried:
-        variants["before + channels_last"] = before(fresh_model(arch, data, 0), data, channels_last=True)
-        variants["before + fused SGD"] = before(fresh_model(arch, data, 0), data, fused=True)
+        variants["before + channels_last"] = before(fresh_model(arch, data, 0), data, total,
+                                                    channels_last=True)
+        variants["before + fused SGD"] = before(fresh_model(arch, data, 0), data, total, fused=True)
         variants["after, NCHW"] = after(fresh_model(arch, data, 0), data, total, channels_last=False)
     print(f"{args.arch}, digits 32 px, batch {data.spec.batch}, 1 thread, torch {torch.__version__}; "
           f"{args.rounds} interleaved rounds of {args.steps} steps; {load()}")
