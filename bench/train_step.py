@@ -12,6 +12,7 @@ Nothing is asserted. The load average before and after is printed: the machine i
 
     python bench/train_step.py [--arch shufflenet_v2_x1_0] [--steps 5] [--rounds 15] [--tried]
     python bench/train_step.py --trajectory 60 [--arch ...]   # the same run, before and after
+    python bench/train_step.py --profile                      # where a step's time goes
 """
 
 from __future__ import annotations
@@ -85,12 +86,27 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--tried", action="store_true",
                     help="also time the variants tried and not kept (channels_last, fused SGD)")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead of timing: torch.profiler's top ops of 3 steps, before and after")
     ap.add_argument("--trajectory", type=int, default=0, metavar="N",
                     help="instead of timing: train N steps both ways from seed 0 and print SoTL, val_acc")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = load_data(DataSpec())  # digits, 32 px, batch 64, 10 classes: the proxy defaults
     arch = preset(args.arch)
+    if args.profile:
+        from torch.profiler import profile
+
+        for k, f in (("before", before(fresh_model(arch, data, 0), data, 10)),
+                     ("after", after(fresh_model(arch, data, 0), data, 10))):
+            f(2)
+            with profile(record_shapes=True) as prof:
+                f(3)
+            print(f"\n{k}: 3 steps")
+            print(prof.key_averages(group_by_input_shape=True).table(
+                sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=28,
+                max_shapes_column_width=60))
+        return
     if args.trajectory:
         runs = []
         for k, cl in (("before", False), ("before + channels_last", True)):

@@ -96,16 +96,28 @@ def test_cli_errors(tmp_path, capsys):
 # --- cheap steps: what the Trainer does differently must not change what it computes ------------
 
 
+@pytest.mark.parametrize("nhwc", [False, True])
 @pytest.mark.parametrize("c, hw, k, stride, bias", [
     (6, 1, 3, 1, False), (6, 2, 3, 1, False), (5, 3, 3, 2, True), (4, 4, 3, 1, False),
-    (4, 4, 5, 2, False), (3, 2, 5, 1, True), (4, 5, 3, 2, False),
+    (4, 4, 5, 2, False), (3, 2, 5, 1, True), (4, 5, 3, 2, False), (5, 2, 3, 2, False),
 ])
-def test_small_map_depthwise_gradients_are_torchs(c, hw, k, stride, bias):
-    from shufflesearch.accuracy.training import _SmallMapDepthwise, small_map_depthwise
+def test_small_map_depthwise_gradients_are_torchs(c, hw, k, stride, bias, nhwc):
+    from shufflesearch.accuracy.training import (
+        SMALL_MAP,
+        SMALL_MAP_NHWC,
+        _SmallMapDepthwise,
+        small_map_depthwise,
+    )
 
+    oh = (hw + 2 * (k // 2) - k) // stride + 1
+    if oh * oh * hw * hw > (SMALL_MAP_NHWC if nhwc else SMALL_MAP):
+        pytest.skip("beyond the small-map limit of this layout: torch's own conv runs")
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(c, c, k, stride, k // 2, groups=c, bias=bias).double()
     x = torch.randn(7, c, hw, hw, dtype=torch.double)
+    if nhwc:
+        conv = conv.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     g = torch.randn_like(conv(x))
     grads = []
     for patched in (False, True):

@@ -179,9 +179,11 @@ def evaluate(model: nn.Module, data: ProxyData, which: str = "val") -> float:
 
 # oneDNN's weight gradient of a depthwise conv is pathological on the maps a 32 px proxy task
 # leaves in stages 3-4 (2x2 and 1x1): 2.5-8 ms per call for a few hundred thousand MACs, 20-50x
-# its forward pass, and about a third of a V2 1x training step (bench/train_step.py). Up to
-# this many output x input positions per image the gradient is taken as below instead.
-SMALL_MAP = 16 * 16  # oh·ow · h·w; 4x4 → 4x4 at stride 1 is 256
+# its forward pass, and about a third of a V2 1x training step (bench/train_step.py --profile).
+# Up to this many output x input positions per image the gradient is taken as below instead:
+SMALL_MAP = 16 * 16  # NCHW: one batched matmul; 4x4 -> 4x4 at stride 1 is 256
+SMALL_MAP_NHWC = 4 * 4  # NHWC: products summed over the batch; 2x2 -> 2x2 is 16 (beyond it,
+# oneDNN's own NHWC gradient is as fast, and the batched matmul on NHWC strides is slow)
 
 
 @functools.lru_cache(maxsize=64)
@@ -219,8 +221,12 @@ class _SmallMapDepthwise(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             (n, ch, h, wd), (oh, ow) = x.shape, go.shape[-2:]
             tap = _tap_map(h, wd, oh, ow, c.kernel_size[0], c.stride[0], c.padding[0]).to(go)
-            pairs = torch.bmm(go.reshape(n, ch, oh * ow).permute(1, 2, 0),  # (C, oh·ow, N)
-                              x.reshape(n, ch, h * wd).transpose(0, 1))  # (C, N, h·w)
+            if x.is_contiguous():  # NCHW
+                pairs = torch.bmm(go.reshape(n, ch, oh * ow).permute(1, 2, 0),  # (C, oh·ow, N)
+                                  x.reshape(n, ch, h * wd).transpose(0, 1))  # (C, N, h·w)
+            else:  # NHWC: channels innermost, so products over whole rows, summed over N
+                g = go.permute(0, 2, 3, 1).reshape(n, oh * ow, 1, ch)
+                pairs = (g * x.permute(0, 2, 3, 1).reshape(n, 1, h * wd, ch)).sum(0).permute(2, 0, 1)
             gw = (pairs.reshape(ch, -1) @ tap).view_as(w)  # (C, 1, k, k)
         if ctx.needs_input_grad[2]:
             gb = go.sum((0, 2, 3))
@@ -237,8 +243,9 @@ def _is_plain_depthwise(m: nn.Module) -> bool:
 def _depthwise_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     oh = (x.shape[-2] + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
     ow = (x.shape[-1] + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
+    limit = SMALL_MAP if x.is_contiguous() else SMALL_MAP_NHWC
     if (torch.is_grad_enabled() and conv.weight.requires_grad and x.device.type == "cpu"
-            and oh * ow * x.shape[-2] * x.shape[-1] <= SMALL_MAP):
+            and oh * ow * x.shape[-2] * x.shape[-1] <= limit):
         return _SmallMapDepthwise.apply(x, conv.weight, conv.bias, conv)
     return conv._conv_forward(x, conv.weight, conv.bias)
 
