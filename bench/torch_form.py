@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from shufflesearch.measure import backends as B
+from shufflesearch.measure.compiled import compiled_runner
 from shufflesearch.measure.target import TargetSpec
 from shufflesearch.model.arch import preset
 
@@ -77,7 +78,7 @@ def main() -> None:
                 spec = TargetSpec(batch=b, threads=1)
                 ref = reference_runner(name, spec)
                 eager = B.make_runner(name, spec)
-                aoti = B.make_runner(name, spec, compiled=True)
+                aoti = compiled_runner(name, spec)
                 scale = float(np.abs(ref.outputs()).max())
                 for r in (eager, aoti):  # the forms compute what the reference does
                     assert np.abs(r.outputs() - ref.outputs()).max() <= 1e-3 * scale

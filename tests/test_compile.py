@@ -181,12 +181,13 @@ def test_merged_halves_path_is_used_and_exact():
 
 def test_compiled_runner_matches_training_form_and_is_cached(tmp_path, monkeypatch):
     from shufflesearch.measure import backends as B
+    from shufflesearch.measure.compiled import compiled_runner, package_tag
     from shufflesearch.measure.target import TargetSpec
 
     monkeypatch.setenv("SHUFFLESEARCH_CACHE_DIR", str(tmp_path))
     arch = Arch(stages=(Stage("v2", 24, 2),), stem=Stem(channels=8), head=32, num_classes=5)
     spec = TargetSpec(resolution=32, batch=2, threads=1)
-    r = B.make_runner(arch, spec, compiled=True)
+    r = compiled_runner(arch, spec)
     assert r.backend == "torch" and r.info["compile_cached"] is False
     y = r.outputs()
     with torch.no_grad():
@@ -194,10 +195,10 @@ def test_compiled_runner_matches_training_form_and_is_cached(tmp_path, monkeypat
     assert y.shape == (2, 5)
     assert np.abs(y - ref).max() <= 1e-3 * np.abs(ref).max() and np.abs(ref).max() > 0
     files = list((tmp_path / "aoti").glob("*.pt2"))
-    assert [f.name for f in files] == [f"{arch.archid}_{B.package_tag(spec)}.pt2"]
-    again = B.make_runner(arch, spec, compiled=True)  # read from the cache, not compiled again
+    assert [f.name for f in files] == [f"{arch.archid}_{package_tag(spec)}.pt2"]
+    again = compiled_runner(arch, spec)  # read from the cache, not compiled again
     assert again.info["compile_cached"] is True
     assert np.array_equal(again.outputs(), y)
-    assert B.package_tag(spec) != B.package_tag(TargetSpec(resolution=32, batch=2, threads=2))
+    assert package_tag(spec) != package_tag(TargetSpec(resolution=32, batch=2, threads=2))
     with pytest.raises(ss.UserError, match="no compiled form"):
-        B.make_runner(arch, TargetSpec(resolution=32, backend="onnxruntime"), compiled=True)
+        compiled_runner(arch, TargetSpec(resolution=32, backend="onnxruntime"))

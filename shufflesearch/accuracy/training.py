@@ -199,8 +199,9 @@ def _tap_map(h: int, w: int, oh: int, ow: int, k: int, s: int, p: int) -> torch.
 
 class _SmallMapDepthwise(torch.autograd.Function):
     """A depthwise conv whose forward and input gradient are torch's own, and whose weight
-    gradient is Σ_n go[n, c, a] · x[n, c, i] for every (output a, input i) pair of a channel,
-    one batched matmul over channels, summed onto the taps by a fixed 0/1 map."""
+    gradient is Σ_n go[n, c, a] · x[n, c, i] for every (output a, input i) pair of a channel
+    (NCHW: one batched matmul over channels; NHWC: elementwise products along the channels,
+    summed over the batch), summed onto the kernel taps by a fixed 0/1 map."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,

@@ -2,8 +2,7 @@
 
 The search ranks candidates by the latency of what ships. Three runtimes (``BACKENDS``):
 
-  torch             the inference form (BN folded, shuffle fused) under ``inference_mode``;
-                    with ``compiled=True`` the same form as an AOTInductor package (model/compile.py)
+  torch             the inference form (BN folded, shuffle fused) under ``inference_mode``
   onnxruntime       the inference form exported to ONNX, run by ONNX Runtime (CPU provider)
   onnxruntime-int8  the same ONNX file after static post-training quantisation (QDQ, int8
                     weights per output channel, int8 activations calibrated on images the
@@ -49,14 +48,7 @@ from torch import nn
 from ..common.threads import torch_threads
 from ..errors import UserError
 from ..model.arch import resolve_arch
-from ..model.compile import (
-    PACKAGE_CONFIG,
-    PACKAGE_FORM,
-    build,
-    compile_package,
-    load_package,
-    to_inference,
-)
+from ..model.compile import build, to_inference
 from .env import cache_dir, clock_for
 from .target import BACKENDS, TargetSpec, stable_hash
 
@@ -142,23 +134,15 @@ def _fixed_input(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def make_runner(arch: Any, spec: TargetSpec, *,
-                calibration: np.ndarray | Iterable[Any] | None = None,
-                compiled: bool = False) -> Runner:
+                calibration: np.ndarray | Iterable[Any] | None = None) -> Runner:
     """A zero-argument callable running one forward pass of ``arch`` (an Arch, preset name or
     arch file) on ``spec`` with ``spec.backend``. ``calibration`` (images, NCHW, any size:
     they are resized to ``spec.resolution``) is required by ``onnxruntime-int8``. All backends
-    run the inference form (ONNX: as model.onnx; 2-3x cheaper to export than the training form).
-    ``compiled`` (torch only): run the inference form as the AOTInductor package that export
-    writes as model.aoti.pt2 (``compile_package``; built once per architecture, shape and
-    thread count, then read from the cache)."""
+    run the inference form (ONNX: as model.onnx; 2-3x cheaper to export than the training form)."""
     _check_backend(spec.backend)
     arch = resolve_arch(arch)
-    if compiled and spec.backend != "torch":
-        raise UserError(f"target.backend: {spec.backend} has no compiled form (only torch)")
     model = to_inference(seeded_model(arch))
     if spec.backend == "torch":
-        if compiled:
-            return _package_runner(model, spec, key=arch.archid)
         return _torch_runner(model, spec)
     return _ort_runner(model, spec, calibration, key=arch.archid)
 
@@ -197,46 +181,6 @@ def _torch_runner(model: nn.Module, spec: TargetSpec,
             return model(x)
 
     return Runner("torch", run, x_np, n, {})
-
-
-def package_tag(spec: TargetSpec) -> str:
-    """What a compiled package depends on besides the architecture: the shape, the thread
-    count inductor compiled for, the compile settings and torch. (It is always compiled from
-    the NHWC inference form; inductor picks the layouts inside, so ``spec.channels_last``
-    does not enter.)"""
-    b, _, h, w = spec.input_shape
-    return stable_hash({"shape": [b, h, w], "threads": spec.threads, "config": PACKAGE_CONFIG,
-                        "form": PACKAGE_FORM, "torch": torch.__version__})
-
-
-def _package_runner(model: nn.Module, spec: TargetSpec, *, key: str | None) -> Runner:
-    """The torch backend's compiled form: ``model`` (the inference form) as an AOTInductor
-    package, cached in ``cache_dir()/aoti`` under the architecture and ``package_tag``."""
-    info: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="shufflesearch-aoti-") as tmp:
-        if key is None:
-            path = Path(tmp) / "model.aoti.pt2"
-        else:
-            d = cache_dir() / "aoti"
-            d.mkdir(parents=True, exist_ok=True)
-            path = d / f"{key}_{package_tag(spec)}.pt2"
-        info["compile_cached"] = path.is_file()
-        t0 = time.perf_counter()
-        if not info["compile_cached"]:
-            compile_package(model, spec.input_shape, path, spec.threads)
-        info["compile_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        fn = load_package(path)  # reads the file now: the temp folder may go
-        info["load_s"] = time.perf_counter() - t0
-        info["path"] = str(path) if key is not None else None
-    x_np = _fixed_input(spec.input_shape)
-    x = torch.from_numpy(x_np.copy())
-
-    def run() -> torch.Tensor:
-        with torch.inference_mode():
-            return fn(x)
-
-    return Runner("torch", run, x_np, spec.threads, info)
 
 
 # --- ONNX export, cached -----------------------------------------------------------------------

@@ -62,8 +62,7 @@ def compile_package(inference: nn.Module, input_shape: tuple[int, int, int, int]
     into its kernels). Written under a temporary name first, so a reader never sees half.
     Costs tens of seconds (bench/torch_form.py), which is why a search times the eager form
     and the package is built for export and side-by-side comparison."""
-    # torch._inductor is heavy to import: only when a package is asked for.
-    import torch._inductor
+    import torch._inductor  # lazy: heavy to import (seconds), needed only for a package
 
     path = Path(path)
     x = torch.zeros(input_shape)
@@ -82,7 +81,7 @@ def compile_package(inference: nn.Module, input_shape: tuple[int, int, int, int]
 def load_package(path: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
     """The compiled model of ``compile_package``'s file: call it on one input of the shape it
     was compiled for; returns the logits."""
-    import torch._inductor
+    import torch._inductor  # lazy: heavy to import (seconds), needed only for a package
 
     runner = torch._inductor.aoti_load_package(str(path))
 

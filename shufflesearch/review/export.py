@@ -325,7 +325,7 @@ def _export_aoti(model: torch.nn.Module, path: Path, res: int, batch: int, threa
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = model(x)
-    inf = to_inference(model)  # NHWC: the form the torch backend compiles (backends._package_runner)
+    inf = to_inference(model)  # NHWC: the form the torch backend compiles (measure/compiled.py)
     t0 = time.perf_counter()
     try:
         with B.quiet_exporters():
