@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from shufflesearch import PRESETS, build, load_torchvision_weights, to_inference
+import shufflesearch as ss
+from shufflesearch import PRESETS, Arch, Stage, Stem, build, load_torchvision_weights, to_inference
 from shufflesearch.model.compile import convert_torchvision_state_dict
 from shufflesearch.model.units import channel_shuffle
 
@@ -172,3 +174,31 @@ def test_merged_halves_path_is_used_and_exact():
         x = torch.randn(1, 3, 96, 96)
         with torch.no_grad():
             assert (to_inference(m, channels_last=cl)(x) - m(x)).abs().max().item() < 1e-5
+
+
+# --- the compiled form (AOTInductor) ---------------------------------------------------------------
+
+
+def test_compiled_runner_matches_training_form_and_is_cached(tmp_path, monkeypatch):
+    from shufflesearch.measure import backends as B
+    from shufflesearch.measure.compiled import compiled_runner, package_tag
+    from shufflesearch.measure.target import TargetSpec
+
+    monkeypatch.setenv("SHUFFLESEARCH_CACHE_DIR", str(tmp_path))
+    arch = Arch(stages=(Stage("v2", 24, 2),), stem=Stem(channels=8), head=32, num_classes=5)
+    spec = TargetSpec(resolution=32, batch=2, threads=1)
+    r = compiled_runner(arch, spec)
+    assert r.backend == "torch" and r.info["compile_cached"] is False
+    y = r.outputs()
+    with torch.no_grad():
+        ref = B.seeded_model(arch)(torch.from_numpy(r.x)).numpy()  # the training form, eval
+    assert y.shape == (2, 5)
+    assert np.abs(y - ref).max() <= 1e-3 * np.abs(ref).max() and np.abs(ref).max() > 0
+    files = list((tmp_path / "aoti").glob("*.pt2"))
+    assert [f.name for f in files] == [f"{arch.archid}_{package_tag(spec)}.pt2"]
+    again = compiled_runner(arch, spec)  # read from the cache, not compiled again
+    assert again.info["compile_cached"] is True
+    assert np.array_equal(again.outputs(), y)
+    assert package_tag(spec) != package_tag(TargetSpec(resolution=32, batch=2, threads=2))
+    with pytest.raises(ss.UserError, match="no compiled form"):
+        compiled_runner(arch, TargetSpec(resolution=32, backend="onnxruntime"))

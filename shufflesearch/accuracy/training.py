@@ -15,13 +15,16 @@ so a search on the same machine never times a candidate while this competes for 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import itertools
 import json
 import math
 import platform
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +175,101 @@ def evaluate(model: nn.Module, data: ProxyData, which: str = "val") -> float:
     return correct / max(total, 1)
 
 
+# --- depthwise weight gradients on small maps ----------------------------------------------------
+
+# oneDNN's weight gradient of a depthwise conv is pathological on the maps a 32 px proxy task
+# leaves in stages 3-4 (2x2 and 1x1): 2.5-8 ms per call for a few hundred thousand MACs, 20-50x
+# its forward pass, and about a third of a V2 1x training step (bench/train_step.py --profile).
+# Up to this many output x input positions per image the gradient is taken as below instead:
+SMALL_MAP = 16 * 16  # NCHW: one batched matmul; 4x4 -> 4x4 at stride 1 is 256
+SMALL_MAP_NHWC = 4 * 4  # NHWC: products summed over the batch; 2x2 -> 2x2 is 16 (beyond it,
+# oneDNN's own NHWC gradient is as fast, and the batched matmul on NHWC strides is slow)
+
+
+@functools.lru_cache(maxsize=64)
+def _tap_map(h: int, w: int, oh: int, ow: int, k: int, s: int, p: int) -> torch.Tensor:
+    """(oh·ow·h·w, k·k) 0/1 matrix: which kernel tap joins output (a, b) to input (i, j)."""
+    m = torch.zeros(oh * ow, h * w, k * k)
+    for a, b, di, dj in itertools.product(range(oh), range(ow), range(k), range(k)):
+        i, j = a * s + di - p, b * s + dj - p
+        if 0 <= i < h and 0 <= j < w:
+            m[a * ow + b, i * w + j, di * k + dj] = 1.0
+    return m.view(-1, k * k)
+
+
+class _SmallMapDepthwise(torch.autograd.Function):
+    """A depthwise conv whose forward and input gradient are torch's own, and whose weight
+    gradient is Σ_n go[n, c, a] · x[n, c, i] for every (output a, input i) pair of a channel
+    (NCHW: one batched matmul over channels; NHWC: elementwise products along the channels,
+    summed over the batch), summed onto the kernel taps by a fixed 0/1 map."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+                conv: nn.Conv2d) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.conv = conv
+        return F.conv2d(x, w, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    @staticmethod
+    def backward(ctx: Any, go: torch.Tensor):  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        c = ctx.conv
+        gi = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gi = torch.ops.aten.convolution_backward(
+                go, x, w, None, c.stride, c.padding, c.dilation, False, [0, 0], c.groups,
+                [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            (n, ch, h, wd), (oh, ow) = x.shape, go.shape[-2:]
+            tap = _tap_map(h, wd, oh, ow, c.kernel_size[0], c.stride[0], c.padding[0]).to(go)
+            if x.is_contiguous():  # NCHW
+                pairs = torch.bmm(go.reshape(n, ch, oh * ow).permute(1, 2, 0),  # (C, oh·ow, N)
+                                  x.reshape(n, ch, h * wd).transpose(0, 1))  # (C, N, h·w)
+            else:  # NHWC: channels innermost, so products over whole rows, summed over N
+                g = go.permute(0, 2, 3, 1).reshape(n, oh * ow, 1, ch)
+                pairs = (g * x.permute(0, 2, 3, 1).reshape(n, 1, h * wd, ch)).sum(0).permute(2, 0, 1)
+            gw = (pairs.reshape(ch, -1) @ tap).view_as(w)  # (C, 1, k, k)
+        if ctx.needs_input_grad[2]:
+            gb = go.sum((0, 2, 3))
+        return gi, gw, gb, None
+
+
+def _is_plain_depthwise(m: nn.Module) -> bool:
+    return (isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels
+            and m.padding_mode == "zeros" and m.kernel_size[0] == m.kernel_size[1]
+            and m.stride[0] == m.stride[1] and isinstance(m.padding, tuple)
+            and m.padding[0] == m.padding[1] and m.dilation == (1, 1))
+
+
+def _depthwise_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    oh = (x.shape[-2] + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+    ow = (x.shape[-1] + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
+    limit = SMALL_MAP if x.is_contiguous() else SMALL_MAP_NHWC
+    if (torch.is_grad_enabled() and conv.weight.requires_grad and x.device.type == "cpu"
+            and oh * ow * x.shape[-2] * x.shape[-1] <= limit):
+        return _SmallMapDepthwise.apply(x, conv.weight, conv.bias, conv)
+    return conv._conv_forward(x, conv.weight, conv.bias)
+
+
+@contextlib.contextmanager
+def small_map_depthwise(model: nn.Module) -> Iterator[None]:
+    """While inside, the model's depthwise convs take their weight gradient on small maps as
+    ``_SmallMapDepthwise`` does (same forward, same input gradient; the weight gradient equal
+    up to float summation order). The modules, their parameters and state_dict are untouched;
+    on exit the convs are plain ``nn.Conv2d`` again."""
+    convs = [m for m in model.modules() if _is_plain_depthwise(m) and "forward" not in vars(m)]
+    for m in convs:
+        m.forward = functools.partial(_depthwise_forward, m)
+    try:
+        yield
+    finally:
+        for m in convs:
+            vars(m).pop("forward", None)
+
+
+# --- the trainer ----------------------------------------------------------------------------------
+
+
 class Trainer:
     """One seeded SGD run of ``total_steps`` steps that can stop after any step and continue
     later, in this process or another, as if it had never stopped.
@@ -184,16 +282,32 @@ class Trainer:
 
     ``losses`` holds one training loss per optimiser step: the mean cross-entropy of that
     step's mini-batch, computed in the forward pass before the update (train-mode BN).
+
+    What a step does and does not do (a step is the proxy's whole cost, bench/train_step.py):
+    the training split is put on the device once, not copied per batch; without ``on_step``
+    the losses stay on the device until ``run`` returns (one synchronisation per call, not
+    one per step); the optimiser and schedule are built once; and on the CPU the depthwise
+    convs take their weight gradient on small maps by ``small_map_depthwise``.
+
+    ``channels_last`` (None: on the CPU) trains in NHWC memory format: with the depthwise
+    gradient above, oneDNN's NHWC convs and BN were faster at the proxy's sizes. The weights
+    are back in NCHW whenever ``run`` returns, so callers and checkpoints see what they gave.
     """
 
     def __init__(self, model: nn.Module, data: ProxyData, *, total_steps: int, lr: float = 0.05,
                  weight_decay: float = 5e-4, seed: int = 0,
-                 device: str | torch.device | None = "auto") -> None:
+                 device: str | torch.device | None = "auto",
+                 channels_last: bool | None = None) -> None:
         if not isinstance(total_steps, int) or total_steps < 1:
             raise UserError(f"steps: {total_steps!r} must be an integer >= 1")
         self.device = resolve_device(device)
+        self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
         self.model = model.to(self.device)
         self.data = data
+        # The training split on the device, once: batches are gathered there, not copied over.
+        train = data.train
+        self._data = dataclasses.replace(data, train=type(train)(train.x.to(self.device),
+                                                                 train.y.to(self.device)))
         self.total_steps = total_steps
         self.seed = seed
         self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
@@ -214,29 +328,41 @@ class Trainer:
         """Train up to step ``until`` (capped at ``total_steps``). ``on_step(step, loss)``."""
         until = min(until, self.total_steps)
         self.model.train()
-        dev = self.device
-        with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(self.rng)
-            while self.step < until:
-                order = self.data.batches("train", seed=self.seed * 1000 + self.epoch)
-                for b in itertools.islice(order, self.batch, None):
-                    self.batch += 1
-                    if len(b.y) < 2:  # BN cannot train on a single sample
-                        continue
-                    loss = F.cross_entropy(self.model(b.x.to(dev)), b.y.to(dev))
-                    self.opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.opt.step()
-                    self.sched.step()
-                    self.losses.append(loss.item())
-                    if on_step is not None:
-                        on_step(self.step, self.losses[-1])
-                    if self.step >= until:
-                        break
-                else:  # the epoch ran out: the next one has a new order
-                    self.epoch += 1
-                    self.batch = 0
-            self.rng = torch.get_rng_state()
+        step = self.step
+        pending: list[torch.Tensor] = []  # losses not yet read back (on_step is None)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        try:
+            with torch.random.fork_rng(devices=[]), small_map_depthwise(self.model):
+                torch.set_rng_state(self.rng)
+                while step < until:
+                    order = self._data.batches("train", seed=self.seed * 1000 + self.epoch)
+                    for b in itertools.islice(order, self.batch, None):
+                        self.batch += 1
+                        if len(b.y) < 2:  # BN cannot train on a single sample
+                            continue
+                        loss = F.cross_entropy(self.model(b.x), b.y)
+                        self.opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        self.opt.step()
+                        self.sched.step()
+                        step += 1
+                        if on_step is None:
+                            pending.append(loss.detach())
+                        else:
+                            self.losses.append(loss.item())
+                            on_step(step, self.losses[-1])
+                        if step >= until:
+                            break
+                    else:  # the epoch ran out: the next one has a new order
+                        self.epoch += 1
+                        self.batch = 0
+                self.rng = torch.get_rng_state()
+        finally:
+            if self.channels_last:
+                self.model.to(memory_format=torch.contiguous_format)
+            if pending:
+                self.losses.extend(torch.stack(pending).tolist())
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),

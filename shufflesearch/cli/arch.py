@@ -163,6 +163,9 @@ def _add_export_arch(p: argparse.ArgumentParser) -> None:
                       help="require model.onnx (default: written when onnx/onnxruntime are installed)")
     onnx.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip model.onnx")
     p.add_argument("--no-pt2", action="store_true", help="skip model.pt2 (torch.export)")
+    p.add_argument("--aoti", action="store_true",
+                   help="also write model.aoti.pt2, the inference form compiled by AOTInductor for "
+                        "batch 1 at --resolution, 1 thread (tens of seconds)")
     p.add_argument("--int8", action="store_true",
                    help="also write model.int8.onnx, calibrated on --data's training split")
     p.add_argument("--data", default="digits", help="--int8: proxy task, digits, folder:PATH or npz:PATH (default digits)")
@@ -187,7 +190,7 @@ def cmd_export_arch(args: argparse.Namespace) -> int:
         info = {"latency": lat.to_dict()}
     res = export_arch(arch, args.out, state_dict=args.weights, info=info, resolution=args.resolution,
                       onnx=args.onnx, torch_export=not args.no_pt2, log=None if quiet else log,
-                      int8=args.int8, proxy={"dataset": args.data})
+                      int8=args.int8, proxy={"dataset": args.data}, aoti=args.aoti)
     if args.json:
         print_json(res.to_dict())
         return 0

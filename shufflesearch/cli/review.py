@@ -116,6 +116,9 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     onnx.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip model.onnx")
     p.add_argument("--int8", action="store_true",
                    help="also write model.int8.onnx, calibrated on the run's proxy task")
+    p.add_argument("--aoti", action="store_true",
+                   help="also write model.aoti.pt2, the inference form compiled by AOTInductor for "
+                        "the run's target (batch, resolution, threads; tens of seconds)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -138,7 +141,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     res = export_arch(Arch.from_dict(rec.arch), args.out, info=info,
                       resolution=run.space.target.resolution, onnx=args.onnx,
                       channels_last=run.space.target.channels_last,
-                      log=None if quiet else log, int8=args.int8, proxy=run.space.data)
+                      log=None if quiet else log, int8=args.int8, proxy=run.space.data,
+                      aoti=args.aoti, batch=run.space.target.batch, threads=run.space.target.threads)
     if args.json:
         print_json({"trial": rec.trial, **res.to_dict()})
         return 0

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..common.threads import torch_threads
 from ..errors import UserError
 from .arch import Arch
 from .units import ShuffleNet, ShuffleNetInference
@@ -39,6 +43,53 @@ def to_inference(model: ShuffleNet, channels_last: bool = True) -> nn.Module:
     if channels_last:
         inf = inf.to(memory_format=torch.channels_last)
     return inf
+
+
+# --- the compiled deploy form ------------------------------------------------------------------
+
+# Inductor settings of the AOTInductor package. freezing: the weights become constants, so
+# oneDNN's convs get them pre-packed in their blocked layout once, at compile time, instead of
+# reordering them on every call (at batch 1 that reorder is a large share of a 1x1 conv).
+PACKAGE_CONFIG: dict[str, object] = {"freezing": True}
+PACKAGE_FORM = 1  # bump when what compile_package builds changes (part of cache keys)
+
+
+def compile_package(inference: nn.Module, input_shape: tuple[int, int, int, int], path: str | Path,
+                    threads: int = 1) -> Path:
+    """Compile the inference form ``inference`` (eval) into an AOTInductor package at ``path``
+    (a ``.pt2`` zip: the generated C++ and its shared library, the weights frozen inside) for
+    exactly ``input_shape`` and ``threads`` intra-op threads (inductor writes the thread count
+    into its kernels). Written under a temporary name first, so a reader never sees half.
+    Costs tens of seconds (bench/torch_form.py), which is why a search times the eager form
+    and the package is built for export and side-by-side comparison."""
+    import torch._inductor  # lazy: heavy to import (seconds), needed only for a package
+
+    path = Path(path)
+    x = torch.zeros(input_shape)
+    # The package names its inner folder after the file: compile under the final name, in a
+    # private folder beside it.
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        with torch_threads(threads), torch.no_grad():
+            prog = torch.export.export(inference.eval(), (x,))
+            torch._inductor.aoti_compile_and_package(prog, package_path=str(staged),
+                                                     inductor_configs=dict(PACKAGE_CONFIG))
+        os.replace(staged, path)
+    return path
+
+
+def load_package(path: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The compiled model of ``compile_package``'s file: call it on one input of the shape it
+    was compiled for; returns the logits."""
+    import torch._inductor  # lazy: heavy to import (seconds), needed only for a package
+
+    runner = torch._inductor.aoti_load_package(str(path))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        y = runner(x)
+        return y[0] if isinstance(y, (list, tuple)) else y
+
+    return run
 
 
 # --- torchvision weights ---------------------------------------------------------------------

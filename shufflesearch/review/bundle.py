@@ -16,6 +16,7 @@ from ..model.cost import costs, format_costs
 
 ARTEFACTS = ("arch.yaml", "model.py", "weights.pt", "model.pt2", "model.onnx", "report.md")
 INT8 = "model.int8.onnx"  # optional (int8=True): not part of the default bundle
+AOTI = "model.aoti.pt2"  # optional (aoti=True): the compiled inference form (tens of seconds)
 _MAX_FINDINGS = 15  # rows of guideline findings in report.md
 _BATCH = 2  # verification batch: 2 so that the dynamic batch dimension is exercised
 
@@ -31,6 +32,7 @@ class ExportResult:
     output_scale: float = 0.0  # max |reference output|: the yardstick for the diffs above
     int8: dict[str, Any] = field(default_factory=dict)  # agreement, accuracies, latencies (int8=True)
     channels_last: bool = True  # memory format of the exported inference form (the target's)
+    aoti: dict[str, Any] = field(default_factory=dict)  # shape, compile time, latencies (aoti=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,7 +45,28 @@ class ExportResult:
             "skipped": self.skipped,
             "channels_last": self.channels_last,
             **({"int8": self.int8} if self.int8 else {}),
+            **({"aoti": self.aoti} if self.aoti else {}),
         }
+
+
+def _aoti_lines(r: Mapping[str, Any]) -> list[str]:
+    return [
+        f"`{AOTI}`: the inference form compiled ahead of time by AOTInductor (`torch.export`, "
+        f"weights frozen into the package) for input ({r['batch']}, 3, {r['resolution']}, "
+        f"{r['resolution']}) and {r['threads']} thread(s); it runs only that shape. Load it with "
+        "`torch._inductor.aoti_load_package(\"model.aoti.pt2\")` on a machine like this one "
+        f"(the kernels are compiled for its CPU). Compiling took {r['compile_s']:.0f} s.",
+        "",
+        "| form | latency (ms) | speed-up over eager training form |",
+        "|---|---|---|",
+        f"| training form, eval (torchvision's eager ShuffleNetV2, module for module) | "
+        f"{r['reference_ms']:.3f} | x1.00 |",
+        f"| inference form, eager (what a search times) | {r['eager_ms']:.3f} | x{r['eager_speedup']:.2f} |",
+        f"| {AOTI} | {r['aoti_ms']:.3f} | x{r['aoti_speedup']:.2f} |",
+        "",
+        "Medians over interleaved rounds on this machine when exporting; speed-ups are the "
+        "medians of the per-round ratios (`python bench/torch_form.py` measures them with intervals).",
+    ]
 
 
 def _int8_lines(r: Mapping[str, Any], arch: Arch, res: int) -> list[str]:
@@ -157,6 +180,7 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
                      + ("NHWC (channels_last)" if result.channels_last else "NCHW") + " as the target timed",
         "model.onnx": "the inference form as ONNX, dynamic batch; input `input`, output `logits`",
         INT8: "model.onnx quantised to int8 (QDQ, per-channel weights), same input and output",
+        AOTI: "AOTInductor package of the inference form, one fixed input shape (see below)",
         "report.md": "this file",
     }
     lines = [
@@ -170,7 +194,7 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
         "| file | what | check |",
         "|---|---|---|",
     ]
-    for art in ARTEFACTS + ((INT8,) if INT8 in result.files else ()):
+    for art in ARTEFACTS + tuple(a for a in (INT8, AOTI) if a in result.files):
         if art in result.skipped:
             lines.append(f"| {art} | skipped | {result.skipped[art]} |")
             continue
@@ -181,6 +205,10 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
         elif art == INT8:
             check = (f"onnxruntime; max abs diff {result.max_abs_diff[art]:.3g}; top-1 agreement "
                      f"with model.onnx {100 * result.int8['top1_agreement']:.1f}% (see below)")
+        elif art == AOTI:
+            a = result.aoti
+            check = (f"loaded, run on a batch of {a['batch']} at {a['resolution']}x{a['resolution']}; "
+                     f"max abs diff {result.max_abs_diff[art]:.3g}")
         elif art in result.max_abs_diff:
             tool = "onnxruntime" if art == "model.onnx" else "saved, loaded, run"
             check = f"{tool}; max abs diff {result.max_abs_diff[art]:.3g}"
@@ -195,6 +223,8 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
     lines += ["", "## Guidelines (ShuffleNet V2, Sec. 2)", "", *_guideline_lines(arch, res)]
     if result.int8:
         lines += ["", "## int8 (ONNX Runtime)", "", *_int8_lines(result.int8, arch, res)]
+    if result.aoti:
+        lines += ["", "## Compiled form (AOTInductor)", "", *_aoti_lines(result.aoti)]
     lines += ["", "## Latency", ""]
     lines += _latency_summary(info)
     lat = info.get("latency")

@@ -7,6 +7,9 @@
     weights.pt   a state_dict for model.py (the given weights, else the fresh ones tested)
     model.pt2    torch.export program of the inference form (BN folded, shuffle fused)
     model.onnx   the inference form as ONNX, run through onnxruntime
+    model.aoti.pt2   (with ``aoti=True``) the inference form compiled by AOTInductor for one
+                 input shape: the torch backend's compiled form, built by the same code;
+                 its latency beside the eager forms goes into report.md
     model.int8.onnx  (with ``int8=True``) model.onnx statically quantised to int8 (QDQ,
                  per-channel weights) on the proxy task's training split; its top-1
                  agreement with model.onnx on the validation split, both latencies and both
@@ -29,6 +32,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
@@ -45,8 +49,14 @@ from ..errors import UserError
 from ..measure import backends as B
 from ..model.arch import Arch, load_arch, resolve_arch
 from ..model.codegen import model_source
-from ..model.compile import build, check_state_dict_fits, to_inference
-from .bundle import _BATCH, ARTEFACTS, INT8, ExportResult, render_report
+from ..model.compile import (
+    build,
+    check_state_dict_fits,
+    compile_package,
+    load_package,
+    to_inference,
+)
+from .bundle import _BATCH, AOTI, ARTEFACTS, INT8, ExportResult, render_report
 
 _CALIBRATION_IMAGES = 64  # from the proxy task's training split; MinMax ranges settle by then
 _AGREEMENT_IMAGES = 500  # validation images compared at most (digits has 360)
@@ -75,6 +85,9 @@ def export_arch(
     int8: bool = False,
     proxy: Any = None,
     channels_last: bool = True,
+    aoti: bool = False,
+    batch: int = 1,
+    threads: int = 1,
 ) -> ExportResult:
     """Write and verify the bundle of ``arch`` (an Arch, preset name or arch file) in ``out_dir``.
 
@@ -90,9 +103,16 @@ def export_arch(
     and compared with model.onnx on its validation split.
     ``channels_last``: the memory format of the exported inference form (model.pt2); pass the
     target's ``channels_last`` so that what ships is what was timed.
+    ``aoti``: also write model.aoti.pt2, the inference form compiled by AOTInductor for input
+    (``batch``, 3, ``resolution``, ``resolution``) and ``threads`` threads (pass the target's),
+    checked against the training form on a batch of that shape and timed beside the eager
+    forms. Compiling takes tens of seconds.
     """
     say = log or (lambda _msg: None)
     arch = resolve_arch(arch)
+    for name, v in (("batch", batch), ("threads", threads)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ExportError(f"{name}: {v!r} must be an integer >= 1")
     if not isinstance(resolution, int) or resolution < arch.total_stride:
         raise ExportError(
             f"resolution: {resolution!r} must be an integer >= the network's total stride {arch.total_stride}"
@@ -103,14 +123,14 @@ def export_arch(
     try:
         try:
             result = _export_into(arch, stage, out, state_dict, info or {}, resolution, onnx, torch_export, say,
-                                  int8, proxy, channels_last)
+                                  int8, proxy, channels_last, (batch, threads) if aoti else None)
         except BaseException:
             if created:  # a failed export leaves the disk as it found it
                 shutil.rmtree(stage, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     out.rmdir()
             raise
-        for old in ARTEFACTS + ("model.onnx.data", INT8):  # no stale files from an earlier export
+        for old in ARTEFACTS + ("model.onnx.data", INT8, AOTI):  # no stale files from an earlier export
             (out / old).unlink(missing_ok=True)
         for f in stage.iterdir():
             f.replace(out / f.name)
@@ -123,7 +143,7 @@ def export_arch(
 def _export_into(
     arch: Arch, d: Path, out: Path, state_dict: Any, info: dict[str, Any], res: int,
     onnx: bool | None, torch_export: bool, say: Callable[[str], None], int8: bool = False,
-    proxy: Any = None, channels_last: bool = True,
+    proxy: Any = None, channels_last: bool = True, aoti: tuple[int, int] | None = None,
 ) -> ExportResult:
     model = build(arch)
     trained = state_dict is not None
@@ -185,6 +205,12 @@ def _export_into(
         result.int8 = _export_int8(d / "model.onnx", d / INT8, x, ref, scale, arch, proxy)
         result.max_abs_diff[INT8] = result.int8.pop("max_abs_diff")
         result.files[INT8] = d / INT8
+
+    if aoti is not None:
+        say(f"{AOTI} (compiling: tens of seconds)")
+        result.aoti = _export_aoti(model, d / AOTI, res, *aoti)
+        result.max_abs_diff[AOTI] = result.aoti.pop("max_abs_diff")
+        result.files[AOTI] = d / AOTI
 
     say("report.md")
     (d / "report.md").write_text(render_report(arch, result, info, res, trained, __version__))
@@ -288,6 +314,46 @@ def _export_onnx(inf: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, scale
     except Exception as e:
         raise ExportError(f"model.onnx: export or onnxruntime check failed ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
     return _max_diff(torch.from_numpy(y), ref, "model.onnx", _FOLDED_TOL * scale)
+
+
+def _export_aoti(model: torch.nn.Module, path: Path, res: int, batch: int, threads: int
+                 ) -> dict[str, Any]:
+    """Compile the inference form of ``model`` (the training form, eval, with its weights) as
+    the torch backend's compiled runner does, check the package's outputs on a seeded batch
+    of its one shape against ``model``'s, and time it beside the two eager forms."""
+    shape = (batch, model.arch.in_channels, res, res)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x)
+    inf = to_inference(model)  # NHWC: the form the torch backend compiles (measure/compiled.py)
+    t0 = time.perf_counter()
+    try:
+        with B.quiet_exporters():
+            compile_package(inf, shape, path, threads)
+        fn = load_package(path)
+        with torch.inference_mode():
+            y = fn(x)
+    except Exception as e:
+        raise ExportError(f"{AOTI}: AOTInductor compile or check failed ({e.__class__.__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    compile_s = time.perf_counter() - t0
+    diff = _max_diff(y, ref, AOTI, _FOLDED_TOL * (ref.abs().max().item() + 1e-30))
+
+    def runner(f: Callable[[torch.Tensor], torch.Tensor]) -> B.Runner:
+        def run() -> torch.Tensor:
+            with torch.inference_mode():
+                return f(x)
+        return B.Runner("torch", run, x.numpy(), threads, {})
+
+    t_ref, t_e, t_a = B.time_interleaved([runner(model), runner(inf), runner(fn)], seconds=1.0)
+    return {
+        "max_abs_diff": diff, "batch": batch, "resolution": res, "threads": threads,
+        "compile_s": compile_s, "size_kb": path.stat().st_size / 1024,
+        "reference_ms": statistics.median(t_ref), "eager_ms": statistics.median(t_e),
+        "aoti_ms": statistics.median(t_a),
+        "eager_speedup": statistics.median(r / e for r, e in zip(t_ref, t_e)),
+        "aoti_speedup": statistics.median(r / a for r, a in zip(t_ref, t_a)),
+    }
 
 
 def _export_int8(fp32: Path, path: Path, x: torch.Tensor, ref: torch.Tensor, scale: float,
