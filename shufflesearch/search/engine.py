@@ -70,6 +70,12 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
     prefilter_table(space)  # a missing table is refused before any folder is made
     run = open_run(space, name, runs_root, storage)
     _setup_log(run)
+    if space.fidelity is not None and space.guidelines.mode == "penalize":
+        msg = ("guidelines.mode: penalize has no effect with a fidelity ladder (the accuracy figure "
+               "is the top rung's estimate, never penalised); use constrain to act on the penalty")
+        log.warning("%s", msg)
+        if not quiet:
+            print(f"warning: {msg}", flush=True)
     log.info("run %s: budget %d, workers %d, training threads %d, storage %s", run.name, budget,
              workers, train_threads(), run.storage_url)
     with Progress(run, budget, quiet=quiet) as progress:
