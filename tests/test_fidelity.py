@@ -371,3 +371,11 @@ def test_two_workers_on_one_folder_train_once(data, tmp_path):
         t.join()
     assert sorted(r["trained_seconds"] == 0.0 for r in out) == [False, True]  # one trained, one waited
     assert out[0]["val_acc"] == out[1]["val_acc"]
+
+
+def test_the_check_scores_images_the_ladder_never_scores(data, monkeypatch):
+    seen: list[str] = []
+    real = chk.evaluate
+    monkeypatch.setattr(chk, "evaluate", lambda m, d, which="val": seen.append(which) or real(m, d, which))
+    r = chk.check_training(TINY[0], data, 2, [100])
+    assert seen == ["check"] and r["split"] == "check" and len(r["train_loss_sum"]) == 1
