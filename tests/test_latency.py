@@ -361,8 +361,49 @@ def test_retime_times_a_set_in_one_window() -> None:
     assert len({lat.n for lat in lats}) == 1 and len({lat.reference["ms"] for lat in lats}) == 1
     assert all(lat.ref_runs_ms == lats[0].ref_runs_ms for lat in lats)  # one reference, one window
     assert lats[1].ratio > lats[0].ratio  # TINY2 is wider and deeper: more work per forward
-    assert T.is_tie(lats[0], lats[2])  # the same network twice is inside its own noise
     assert not T.is_tie(lats[0], lats[1])
+
+
+def test_retime_times_a_repeated_architecture_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    timed: list[int] = []
+    real = L._window
+
+    def spy(models, spec, **kw):  # type: ignore[no-untyped-def]
+        timed.append(len(models))
+        return real(models, spec, **kw)
+
+    monkeypatch.setattr(L, "_window", spy)
+    lats = L.retime([TINY, TINY2, TINY], T.TargetSpec(resolution=32), max_seconds=0.3)
+    assert timed == [2]  # one window, two distinct networks besides the reference
+    assert lats[0] is not lats[2] and lats[0].to_dict() == lats[2].to_dict() != lats[1].to_dict()
+
+
+def _window_figs(ref: list[float], *cands: list[float]) -> list[T.Latency]:
+    spec = T.TargetSpec(resolution=32)
+    return L.window_latencies([ref, *cands], spec, reference_ms=5.0)
+
+
+def test_ties_in_one_window_are_paired_rounds() -> None:
+    # Issue 21 item 3. One window: the reference's per-round time is noisy (+-6%, its own
+    # rhythm), the two candidates run steadily, b exactly 3% slower than a (+-0.3%). Each ratio
+    # to the reference inherits the reference's noise, so independent intervals overlap and
+    # would call a tie; the rounds' a_i / b_i show the 3% plainly.
+    n = 40
+    ref = [5.0 * (1 + 0.06 * ((7 * i) % 5 - 2) / 2) for i in range(n)]
+    a = [4.0 * (1 + 0.003 * ((3 * i) % 3 - 1)) for i in range(n)]
+    b = [4.12 * (1 + 0.003 * ((5 * i) % 3 - 1)) for i in range(n)]
+    fa, fb = _window_figs(ref, a, b)
+    assert T.ties(fa.ratio, fa.ratio_ci, fb.ratio, fb.ratio_ci)  # the old, unpaired rule: a tie
+    assert T.paired(fa, fb)
+    lo, hi = T.paired_ratio_ci(fb, fa)
+    assert lo > 1.02 and hi < 1.04  # 1.03, the slowdown put in
+    assert not T.is_tie(fa, fb)
+    # the same network in two slots of one window (per-round times differ by +-0.3%): a tie
+    fa2 = _window_figs(ref, a, [x * (1 + 0.003 * ((i % 2) * 2 - 1)) for i, x in enumerate(a)])
+    assert T.is_tie(*fa2)
+    # figures from different windows keep the independent rule
+    (fc,) = _window_figs([x * 1.01 for x in ref], b)
+    assert not T.paired(fa, fc)
 
 
 def test_ties_are_decided_by_the_intervals() -> None:
