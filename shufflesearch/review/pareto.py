@@ -53,7 +53,7 @@ class ParetoRow:
     drifted: bool = False  # the window ran beyond the drift bound off the reference's figure
     retimed: bool = False  # the figure comes from the run's side-by-side re-timing
     ties: list[int] = field(default_factory=list)  # shown trials whose latency is a tie with this one
-    dominated_by: list[int] | None = None  # baselines: the trials that dominate it beyond the noise
+    dominated_by: list[int] | None = None  # feasible baselines off the front: who dominates it beyond the noise
     # The fidelity ladder (None in a zero-cost run): the rung reached of top_rung, what the
     # proxy column is there (val_acc or sotl per step), why it stopped below the top.
     rung: int | None = None
@@ -94,7 +94,7 @@ def pareto_rows(records: list[TrialRecord], all_trials: bool = False) -> list[Pa
             reference_ms=(r.latency_ms / r.ratio if r.ratio and r.measured_ms is not None else r.reference_ms),
             measured_ms=r.measured_ms, drifted=r.drifted,
             retimed=bool(r.retimed), ties=ties.get(r.trial, []),
-            dominated_by=(None if not r.baseline or r.trial in on
+            dominated_by=(None if not r.baseline or r.trial in on or not r.feasible
                           else dominated_beyond_noise(r, front)),
             rung=r.rung, top_rung=r.top_rung, estimator=r.estimator,
             stopped=None if r.at_top else r.stopped,
@@ -212,8 +212,7 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
         lines.append("~ drifted: measured while the machine ran >10% off the reference's usual speed")
     for r in rows:
         if r.baseline and not r.on_front:
-            lines.append(f"{r.baseline}: " + (f"dominated beyond the noise by trial(s) {', '.join(map(str, r.dominated_by))} (d)"
-                                              if r.dominated_by else "not dominated beyond the noise (off the front only within it)"))
+            lines.append(f"{r.baseline}: " + _baseline_verdict(r))
     if reference:
         lines.append(format_reference(reference))
     if ladder:
@@ -222,6 +221,16 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
         lines.append("x infeasible: breaks the constraint(s) listed (by how much over the limit); "
                      "never on the front, picked, short-trained or exported")
     return "\n".join(lines)
+
+
+def _baseline_verdict(r: ParetoRow) -> str:
+    """Why a baseline is off the front: it breaks a constraint, or trials dominate it beyond the
+    noise, or it is off the front only within the noise."""
+    if not r.feasible:
+        return f"infeasible, it breaks {format_breaks(r.breaks)} (x): never on the front"
+    if r.dominated_by:
+        return f"dominated beyond the noise by trial(s) {', '.join(map(str, r.dominated_by))} (d)"
+    return "not dominated beyond the noise (off the front only within it)"
 
 
 def ladder_legend(rows: list[ParetoRow]) -> str:
