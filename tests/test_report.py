@@ -366,6 +366,33 @@ def test_the_front_ranks_by_the_ratio_on_one_reference():
     assert rows[0].ratio == 1.0 and rows[0].ratio_ci == [0.99, 1.01] and rows[0].reference_ms == pytest.approx(9.0)
 
 
+def test_the_latency_limit_is_judged_on_the_yardstick_shown():
+    from shufflesearch.review.pareto import format_pareto
+    from shufflesearch.search.front import latency_over
+
+    # Issue 21 item 1: a 2.0 ms limit converted at a 5.0 ms reference figure is ratio 0.4.
+    # t1 (ratio 0.39) was timed while the reference ran at 5.36 ms: stored 2.09 ms, over the
+    # limit in ms, though by ratio it is under it; the run's reference is 4.87 ms, so it shows
+    # at 1.90 ms. t2 (ratio 0.41) is over the limit by ratio wherever it is shown.
+    t1 = lrec(1, 0.5, 0.39, 0.001, ref_ms=5.36, latency_limit=0.4)
+    t2 = lrec(2, 0.9, 0.41, 0.001, ref_ms=4.38, latency_limit=0.4)
+    for r in (t1, t2):
+        r.constraints = {"latency_ms": latency_over(r, 2.0)}
+    assert t1.latency_ms == pytest.approx(2.0904) and t1.constraints["latency_ms"] == pytest.approx(-0.05)
+    assert t2.latency_ms == pytest.approx(1.7958) and t2.constraints["latency_ms"] == pytest.approx(0.05)
+    rows = {r.trial: r for r in pareto_rows([t1, t2], all_trials=True)}
+    assert rows[1].reference_ms == pytest.approx(4.87)
+    assert rows[1].latency_ms == pytest.approx(1.8993) and rows[1].feasible and rows[1].on_front
+    assert not rows[2].feasible and rows[2].breaks["latency_ms"] == pytest.approx(0.01 * 4.87)
+    assert "latency_ms +0.0487" in format_pareto(list(rows.values()))
+    assert pick_trial([t1, t2], trial=1).latency_ms == pytest.approx(1.8993)
+    # re-timed side by side at 6.0 ms, t1 now at ratio 0.41: over the limit as shown
+    window = {"reference": {"arch": "shufflenet_v2_x0_5", "archid": "ref0", "ms": 6.0, "window_ms": 6.0}}
+    t1.retimed = {**t1.latency, **window, "ratio": 0.41, "ratio_ci": [0.409, 0.411]}
+    row = next(r for r in pareto_rows([t1, t2], all_trials=True) if r.trial == 1)
+    assert not row.feasible and row.breaks["latency_ms"] == pytest.approx(0.06)
+
+
 def test_ties_are_marked_and_a_baseline_inside_the_noise_is_not_dominated():
     from shufflesearch.review.pareto import format_pareto
 

@@ -325,21 +325,23 @@ def pick_trial(records: list[TrialRecord], *, trial: int | None = None, use_knee
     """The record that `export` bundles; UserError says why there is none. Only a feasible
     completed trial is ever picked: the knee and --max-latency choose on the feasible front,
     and --trial N of an infeasible trial is refused with the constraints it breaks."""
-    done = completed(records)
+    done = on_one_reference(completed(records))
     if trial is not None:
+        shown = {c.trial: c for c in done}
         for r in records:
             if r.trial == trial:
+                r = shown.get(trial, r)  # feasibility on the yardstick shown
                 if r.state != "COMPLETE":
                     raise UserError(f"--trial {trial}: trial {r.state.lower()} "
                                     f"({r.fail_reason or 'no reason'}); pick a completed one")
                 if not r.feasible:
                     raise UserError(f"--trial {trial}: infeasible, it breaks {format_breaks(r.broken)} "
                                     f"(over the limit); pick a feasible one")
-                return next((c for c in on_one_reference(done) if c.trial == trial), r)
+                return r
         raise UserError(f"--trial {trial}: no such trial (the run has trials "
                         f"{min(r.trial for r in records)}..{max(r.trial for r in records)})"
                         if records else f"--trial {trial}: the run has no trials yet")
-    front = shown_front(on_one_reference(done))
+    front = shown_front(done)
     if not front:
         if done:
             raise UserError(f"no completed trial meets the space's constraints ({len(done)} completed, "

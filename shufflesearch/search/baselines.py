@@ -17,7 +17,7 @@ from ..measure.env import compute_lock
 from ..model.arch import Arch
 from .evaluator import Evaluator
 from .front import pareto_front, spread_indices
-from .objective import _constraint_system_attrs, constraint_items, objective_values
+from .objective import _constraint_system_attrs, constraint_items, latency_limit, objective_values
 from .records import TrialRecord, completed, trial_records
 from .runfolder import Run, claim, claims
 from .worker import Sweeper, _heartbeat, _mark_started, evaluate_once
@@ -56,7 +56,7 @@ def evaluate_baselines(run: Run, evaluate: Evaluator | None = None) -> None:
             if n not in done and not (f"baseline:{n}" in owned and _baseline_settled(st, owned[f"baseline:{n}"]))]
     if not todo:
         return
-    evaluate = evaluate or Evaluator(run.space, run.root)
+    evaluate = evaluate or Evaluator(run.space, run.root, limit=latency_limit(run))
     sweep = Sweeper(study)
     for name, arch in todo:
         sweep()

@@ -79,7 +79,8 @@ def finished_at(study: optuna.Study, k: int, estimator: str, me: int) -> list[tu
         if r is None:
             continue
         est = float(r["estimate"]) if k == 0 else pick_estimate(r, estimator)
-        p = (t.number, est, float(r["latency_ms"]))
+        # One yardstick: the ratio to the reference (rung entries of older runs: their ms).
+        p = (t.number, est, float(r.get("ratio", r["latency_ms"])))
         a = t.user_attrs.get("archid", str(t.number))
         if a not in by_arch or t.number == me:
             by_arch[a] = p
@@ -99,7 +100,8 @@ def climb(study: optuna.Study, trial_id: int, rec: TrialRecord, space: SearchSpa
     if not rec.feasible:
         rec.stopped = "infeasible: never trained"
         return rec
-    rungs: dict[str, Any] = {"0": {"estimate": float(rec.proxy), "latency_ms": float(rec.latency_ms)}}
+    lat = {"latency_ms": float(rec.latency_ms), **({"ratio": rec.ratio} if rec.ratio is not None else {})}
+    rungs: dict[str, Any] = {"0": {"estimate": float(rec.proxy), **lat}}
     st.set_trial_user_attr(trial_id, "rungs", rungs)
     st.set_trial_user_attr(trial_id, "rung", 0)
     arch = Arch.from_dict(rec.arch)
@@ -119,7 +121,7 @@ def climb(study: optuna.Study, trial_id: int, rec: TrialRecord, space: SearchSpa
             # fault point `rung`: a kill -9 right after a rung's checkpoint is on disk, before
             # the trial's storage says so (the retry must find it and train nothing again)
             r = train_to_rung(arch, data, fs, k + 1, ckpt, seed=space.seed, on_rung=lambda _h: fault_point("rung"))
-        rungs[str(k + 1)] = {**rung_attr(r), "latency_ms": float(rec.latency_ms),
+        rungs[str(k + 1)] = {**rung_attr(r), **lat,
                              "trained_seconds": float(r["trained_seconds"]),
                              "resumed_from": int(r["resumed_from"])}
         rec.rung = k + 1
@@ -211,6 +213,8 @@ def describe_check(rep: dict[str, Any] | None) -> str:
     """The stored check in a few lines (``format_check``), or why there is none."""
     if not rep:
         return "self-check: not run yet"
+    if rep.get("top") == 0:  # switched off in the space: stored so, not "not run yet"
+        return "self-check: off (check.top: 0 in the space; nothing was retrained)"
     if rep.get("skipped"):
         return f"self-check: skipped ({rep['skipped']})"
     return format_check(rep)

@@ -19,7 +19,13 @@ from ..model.arch import ArchError
 from .evaluator import Evaluator
 from .faults import fault_point, with_ask_faults
 from .ladder import climb
-from .objective import _PER_TRIAL_CONSTRAINTS, constraint_items, make_sampler, objective_values
+from .objective import (
+    _PER_TRIAL_CONSTRAINTS,
+    constraint_items,
+    latency_limit,
+    make_sampler,
+    objective_values,
+)
 from .records import TrialRecord
 from .runfolder import GRACE_S, HEARTBEAT_S, Run, _setup_log, claim, claims, open_run, trial_state
 from .space import SearchSpace, load_space
@@ -278,7 +284,7 @@ def work(run: Run, budget: int, stop_event: Any = None, worker: int = 0) -> int:
     """One worker: run trials until the study holds ``budget`` completed search trials."""
     study = optuna.load_study(study_name=run.name, storage=run.storage(),
                               sampler=with_ask_faults(make_sampler(run.space, worker)))
-    evaluate = Evaluator(run.space, run.root)
+    evaluate = Evaluator(run.space, run.root, limit=latency_limit(run))
     sweep = Sweeper(study)
     failures = 0
     while stop_event is None or not stop_event.is_set():
