@@ -437,6 +437,10 @@ def test_a_retimed_run_shows_the_front_of_the_side_by_side_figures():
     assert rows[3].on_front and not rows[2].on_front and rows[1].retimed
     assert rows[2].latency_ms == pytest.approx(20.4) and rows[2].measured_ms == pytest.approx(15.0)
     assert pick_trial(recs, max_latency=19.5).trial == 3
+    # Issue 21 item 4: `latency transfer` re-times the front that is shown, not the stored one.
+    from shufflesearch.review.transfer import transfer_points
+
+    assert [r.trial for r in transfer_points(recs)] == [r.trial for r in pareto_rows(recs) if r.on_front] == [1, 3]
 
 
 def test_pareto_retime_and_reference_in_every_view(run_dir, capsys):
