@@ -657,3 +657,57 @@ def test_guideline_bench_rows_are_ratios_to_the_first_row_in_one_window() -> Non
     base = res[0].ms
     for m in res:
         assert m.ms == pytest.approx(m.ratio * base) and m.rel_iqr >= 0
+
+
+# --- the shared cache across studies (issue 21 item 9) ------------------------------------------
+
+
+def test_two_studies_sharing_the_cache_time_an_architecture_once(tmp_path, monkeypatch) -> None:
+    import threading
+
+    from shufflesearch.measure.cache import LatencyCache
+
+    spec = T.TargetSpec(resolution=32)
+    timed: list[int] = []
+    real = L._measure_scheduled
+
+    def spy(*a, **kw):  # type: ignore[no-untyped-def]
+        timed.append(threading.get_ident())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(L, "_measure_scheduled", spy)
+    out: list[T.Latency] = []
+    go = threading.Barrier(2)
+
+    def study() -> None:  # each study opens the one cache file on its own
+        go.wait()
+        out.append(L.measure_arch(TINY, spec, cache=LatencyCache(tmp_path / "c.sqlite"), max_seconds=0.3,
+                                  retime_drifted=False))
+
+    ts = [threading.Thread(target=study) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    # (a fresh cache's schedule has fewer than 3 entries: no drift verdict, every figure cached)
+    assert len(timed) == 1 and len(out) == 2 and sorted(x.cached for x in out) == [False, True]
+    assert out[0].runs_ms == out[1].runs_ms  # the waiter got the timer's figure
+
+
+def test_a_late_write_never_replaces_a_newer_figure(tmp_path) -> None:
+    from shufflesearch.measure.cache import LatencyCache
+
+    spec = T.TargetSpec(resolution=32)
+    cache = LatencyCache(tmp_path / "c.sqlite")
+    fp = {"cpu": "x"}
+    old = T.Latency(1.0, 0.1, 10, [1.0], fp, spec.to_dict(), ratio=0.5)
+    new = T.Latency(2.0, 0.1, 10, [2.0], fp, spec.to_dict(), ratio=0.6)
+    cache.put("a", spec, new, measured_at=200.0)
+    cache.put("a", spec, old, measured_at=100.0)  # a worker suspended mid-measurement, writing late
+    assert cache.get("a", spec, fp).ratio == 0.6
+    cache.put("a", spec, old, measured_at=300.0)  # a measurement begun later does replace it
+    assert cache.get("a", spec, fp).ratio == 0.5
+    assert cache.claim("a", spec, fp, "p1") and not cache.claim("a", spec, fp, "p2")
+    assert cache.claim("a", spec, fp, "p2", stale_s=0.0)  # a stale claim is taken over
+    cache.release("a", spec, fp, "p2")
+    assert cache.claim("a", spec, fp, "p3")

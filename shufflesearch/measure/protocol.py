@@ -36,8 +36,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import statistics
+import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -410,17 +413,33 @@ def measure_arch(
     images are required by ``onnxruntime-int8`` (the cache key does not carry them: int8
     timing depends on the quantised graph's structure, not on the calibrated ranges)."""
     fp = fingerprint(spec.threads, spec.backend)
+    owner = f"{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
     if cache is not None and not remeasure:
-        hit = cache.get(arch.archid, spec, fp)
+        # Claim the entry, so that two studies sharing the cache never time one architecture
+        # at once: the second waits for the first's figure (or its claim to go stale).
+        while True:
+            hit = cache.get(arch.archid, spec, fp)
+            if hit is not None:
+                return hit
+            if cache.claim(arch.archid, spec, fp, owner):
+                break
+            time.sleep(0.1)
+        hit = cache.get(arch.archid, spec, fp)  # written between the last look and the claim
         if hit is not None:
+            cache.release(arch.archid, spec, fp, owner)
             return hit
-    schedule = schedule or ReferenceSchedule(spec, cache)
-    model = inference_model(arch, spec) if spec.backend == "torch" else arch
-    lat = _measure_scheduled(model, spec, schedule, max_seconds, bound, calibration)
-    if lat.drifted and retime_drifted:
+    try:
+        started = time.time()
+        schedule = schedule or ReferenceSchedule(spec, cache)
+        model = inference_model(arch, spec) if spec.backend == "torch" else arch
         lat = _measure_scheduled(model, spec, schedule, max_seconds, bound, calibration)
-    if cache is not None and not lat.drifted:
-        cache.put(arch.archid, spec, lat)
+        if lat.drifted and retime_drifted:
+            lat = _measure_scheduled(model, spec, schedule, max_seconds, bound, calibration)
+        if cache is not None and not lat.drifted:
+            cache.put(arch.archid, spec, lat, measured_at=started)
+    finally:
+        if cache is not None and not remeasure:
+            cache.release(arch.archid, spec, fp, owner)
     return lat
 
 
