@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..guidelines.checks import GuidelineSettings, check, format_report, load_calibration
 from ..measure.cache import LatencyCache
 from ..measure.predictor import LatencyTable, build_table, random_archs, table_path, validate
-from ..measure.protocol import measure_arch
+from ..measure.drift import measure_seeded
 from ..measure.target import BACKENDS, TargetSpec
 from ..model.arch import PRESETS, Arch, resolve_arch
 from ..model.cost import costs, format_costs
@@ -87,8 +87,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
         return _latency_predictor(args, spec)
     cal = (load_data(DataSpec(name=args.data)).batch("train", CALIBRATION_IMAGES).x
            if spec.backend == "onnxruntime-int8" else None)
-    lat = measure_arch(resolve_arch(args.arch), spec, cache=LatencyCache(), remeasure=args.remeasure,
-                       max_seconds=args.max_seconds, calibration=cal)
+    lat = measure_seeded(resolve_arch(args.arch), spec, cache=LatencyCache(), remeasure=args.remeasure,
+                         max_seconds=args.max_seconds, calibration=cal)
     if args.json:
         print_json(lat.to_dict())  # ratio, ratio_ci, estimator, reference, protocol included
         return 0

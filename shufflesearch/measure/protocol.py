@@ -64,7 +64,12 @@ MIN_RUNS = 10  # fewest timed rounds an estimate is taken from
 SETTLE = 0.05  # warm-up ends when two consecutive medians of 3 agree within 5%
 TARGET_REL_CI = 0.01  # stop when every ratio's interval half-width is within 1% of it
 DRIFT_BOUND = 0.10  # a window whose reference ran >10% off its scheduled figure is drifted
-REFERENCE_WINDOW = 25  # the reference figure is the median of its last 25 timings
+# The reference figure is the median of its last 200 timings on this spec and machine: its
+# usual speed, which a slow phase of a minute (the last 25 windows of a search, a few CLI
+# calls) no longer carries along (issue 21: a re-timing showed every figure x 7.1 ms where
+# the quiet figure is 5.2 ms). A schedule is first seeded with REFERENCE_SEED timings of its own.
+REFERENCE_WINDOW = 200
+REFERENCE_SEED = 5
 
 _CLOCKS = {"wall": time.perf_counter, "thread_cpu": time.thread_time}
 

@@ -60,12 +60,7 @@ def latency_limit(run: Run) -> dict[str, Any] | None:
         spec = run.space.target
         mon = DriftMonitor(spec, cache=LatencyCache(), max_seconds=run.space.target_options.max_seconds,
                            calibration=calibration_images(run.space))
-        fig = mon.reference_figure
-        if fig is None or fig["n"] < 3:  # too few timings on this machine: time the reference
-            for _ in range(3 - (fig or {"n": 0})["n"]):
-                mon.check()
-            fig = mon.reference_figure
-        assert fig is not None
+        fig = mon.seed()  # a machine with too few timings times the reference first
         study.set_user_attr(LIMIT_ATTR, {
             "ms": float(limit), "reference": REFERENCE_ARCH, "reference_ms": fig["ms"],
             "ratio": float(limit) / fig["ms"],
