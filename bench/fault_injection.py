@@ -12,8 +12,9 @@ exactly, with no trial left RUNNING. Prints faults injected, survived, trials lo
 architectures measured twice, retries and orphans failed.
 
 Then the end of the run (--end-steps times each): a kill -9 inside each end-of-run step
-(``retime``, ``short_train``, ``check``, claimed in the study's storage: runfolder.run_step) of a
-second run folder whose space short-trains the front and has a fidelity ladder with a check;
+(``retime`` as it is claimed; ``short_train`` and ``check`` 4 s in; each claimed in the study's
+storage: runfolder.run_step) of a second run folder whose space short-trains the front and has
+a fidelity ladder with a check;
 the re-run must take the dead claim over and complete the step, keeping every result stored
 before the kill (short-training results, the check's retrainings).
 """
@@ -119,19 +120,23 @@ LADDER = Path(__file__).parent.parent / "tests" / "spaces" / "ladder.yaml"
 
 
 def end_steps(repeats: int, tmp: Path, env: dict[str, str]) -> bool:
-    """Kill -9 inside each end-of-run step (hit 1: just claimed; hit 2: at its first heartbeat,
-    2 s in, for the steps that last that long), re-run, and check the step completed and kept what was stored before the kill."""
+    """Kill -9 inside each end-of-run step (hit 1: just claimed; hit 3: at its second heartbeat,
+    4 s in, for the steps that last that long), re-run, and check the step completed and kept what was stored before the kill."""
     from shufflesearch.search.runfolder import load_run, step_state
 
-    text = LADDER.read_text().replace("batch: 16}", "batch: 16, short_train_top_k: 2, short_train_steps: 300}")
-    text = text.replace("check: {top: 3, steps: 8,", "check: {top: 3, steps: 300,")  # lasts past a heartbeat
+    text = LADDER.read_text().replace("batch: 16}", "batch: 16, short_train_top_k: 2, short_train_steps: 600}")
+    text = text.replace("check: {top: 3, steps: 8,", "check: {top: 3, steps: 300,")  # lasts past 2 heartbeats
+    # a third baseline: baselines climb every rung, so the check has its 3 architectures
+    text = text.replace("baselines: [shufflenet_v2_x0_5,", "baselines: [shufflenet_v1_g3_x1_0, shufflenet_v2_x0_5,")
     space = tmp / "ends.yaml"
     space.write_text(text)
     injected = completed_steps = kept = checked = 0
     t0 = time.perf_counter()
     for r in range(repeats):
         for st in END_STEPS:
-            for hit in (1,) if st == "retime" else (1, 2):  # a tiny front's window ends within 2 s
+            # retime: just claimed (a tiny front's window ends within 2 s); the others at their
+            # 2nd heartbeat, 4 s in, with results of the step stored before the kill
+            for hit in (1,) if st == "retime" else (3,):
                 name = f"e{r}{st}{hit}"
                 cmd = [sys.executable, "-m", "shufflesearch.cli", "run", str(space), "--budget", "3",
                        "--runs", str(tmp / "ends"), "--name", name, "--quiet"]

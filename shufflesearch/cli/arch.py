@@ -13,8 +13,9 @@ from ..common.yamlio import parse_yaml
 from ..errors import UserError
 from ..guidelines.checks import GuidelineSettings, check, format_report, load_calibration
 from ..measure.cache import LatencyCache
-from ..measure.predictor import LatencyTable, build_table, random_archs, table_path, validate
 from ..measure.drift import measure_seeded
+from ..measure.predictor import LatencyTable, build_table, random_archs, table_path, validate
+from ..measure.protocol import measure_arch
 from ..measure.target import BACKENDS, TargetSpec
 from ..model.arch import PRESETS, Arch, resolve_arch
 from ..model.cost import costs, format_costs
