@@ -711,3 +711,32 @@ def test_a_late_write_never_replaces_a_newer_figure(tmp_path) -> None:
     assert cache.claim("a", spec, fp, "p2", stale_s=0.0)  # a stale claim is taken over
     cache.release("a", spec, fp, "p2")
     assert cache.claim("a", spec, fp, "p3")
+
+
+# --- the reference schedule follows the machine's usual speed (issue 21 item 2) ---------------
+
+
+def test_a_slow_minute_does_not_carry_the_reference_figure(tmp_path) -> None:
+    from shufflesearch.measure.cache import LatencyCache
+
+    sched = L.ReferenceSchedule(T.TargetSpec(resolution=32), LatencyCache(tmp_path / "c.sqlite"))
+    for _ in range(40):
+        sched.add(5.0)  # the machine's usual speed over a run
+    for _ in range(25):
+        sched.add(7.1)  # then a slow phase of 25 windows (the old figure's whole horizon)
+    assert sched.figure()["ms"] == 5.0 and sched.figure()["n"] == 65
+
+
+def test_a_latency_call_on_a_fresh_machine_seeds_the_schedule(tmp_path) -> None:
+    from shufflesearch.measure.cache import LatencyCache
+    from shufflesearch.measure.drift import measure_seeded
+
+    cache = LatencyCache(tmp_path / "c.sqlite")
+    spec = T.TargetSpec(resolution=32)
+    lat = measure_seeded(TINY, spec, cache=cache, max_seconds=0.2)
+    # five timings of the reference alone, then the window's own: not one window's figure
+    assert lat.reference["n"] == L.REFERENCE_SEED + 1
+    hist = cache.reference_history(spec, lat.fingerprint, 100)
+    assert len(hist) == 6 and lat.reference["ms"] == pytest.approx(statistics.median(hist))
+    assert measure_seeded(TINY, spec, cache=cache).cached  # a cached figure times nothing more
+    assert len(cache.reference_history(spec, lat.fingerprint, 100)) == 6
