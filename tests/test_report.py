@@ -384,7 +384,11 @@ def test_the_latency_limit_is_judged_on_the_yardstick_shown():
     assert rows[1].reference_ms == pytest.approx(4.87)
     assert rows[1].latency_ms == pytest.approx(1.8993) and rows[1].feasible and rows[1].on_front
     assert not rows[2].feasible and rows[2].breaks["latency_ms"] == pytest.approx(0.01 * 4.87)
-    assert "latency_ms +0.0487" in format_pareto(list(rows.values()))
+    text = format_pareto(list(rows.values()), reference={
+        "arch": "shufflenet_v2_x0_5", "archid": "ref0", "ms": 4.87, "retimed_at": None,
+        "limit": {"ms": 2.0, "reference_ms": 5.0, "ratio": 0.4}})
+    assert "latency_ms +0.0487" in text
+    assert "latency_ms limit 2 ms = ratio 0.4000 (converted at reference 5.000 ms), 1.948 ms on this reference" in text
     assert pick_trial([t1, t2], trial=1).latency_ms == pytest.approx(1.8993)
     # re-timed side by side at 6.0 ms, t1 now at ratio 0.41: over the limit as shown
     window = {"reference": {"arch": "shufflenet_v2_x0_5", "archid": "ref0", "ms": 6.0, "window_ms": 6.0}}

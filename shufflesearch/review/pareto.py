@@ -18,6 +18,7 @@ from ..search.front import (
     tie_groups,
 )
 from ..search.ladder import apply_estimator, describe_check
+from ..search.objective import LIMIT_ATTR
 from ..search.records import GUIDELINES, TrialRecord, completed, failed
 from ..search.retime import load_retime, records_with_retime
 from ..search.runfolder import Run, load_run
@@ -136,8 +137,12 @@ def format_reference(note: dict[str, Any]) -> str:
            + (f", speed factor {note['speed_factor']:.3f}" if note.get("speed_factor") else "") + ")"
            if note.get("retimed_at") else "the run's median reference figure (not re-timed: see --retime)")
     flag = "; DRIFTED: the window ran >10% off the reference's usual speed" if note.get("retimed_at") and note.get("drifted") else ""
+    lim = note.get("limit")
+    limit = (f"; latency_ms limit {lim['ms']:g} ms = ratio {lim['ratio']:.4f} (converted at reference "
+             f"{lim['reference_ms']:.3f} ms), {lim['ratio'] * note['ms']:.3f} ms on this reference"
+             if lim and lim.get("ratio") else "")
     return (f"latency ms = ratio x reference {note['arch']} ({note['archid']}) at {note['ms']:.3f} ms, "
-            f"{how}{flag}")
+            f"{how}{flag}{limit}")
 
 
 def _ratio_cell(r: ParetoRow) -> str:
@@ -416,4 +421,6 @@ def load_records(path: str | Path) -> tuple[Run, list[TrialRecord]]:
 def load_reference_note(path: str | Path) -> dict[str, Any]:
     """reference_note of a run folder (with its stored re-timing)."""
     run, study = load_run(path)
-    return reference_note(records_with_retime(study), load_retime(study))
+    note = reference_note(records_with_retime(study), load_retime(study))
+    note["limit"] = study.user_attrs.get(LIMIT_ATTR)  # the latency limit on the ratio yardstick
+    return note
