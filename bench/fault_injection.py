@@ -124,8 +124,8 @@ def end_steps(repeats: int, tmp: Path, env: dict[str, str]) -> bool:
     4 s in, for the steps that last that long), re-run, and check the step completed and kept what was stored before the kill."""
     from shufflesearch.search.runfolder import load_run, step_state
 
-    text = LADDER.read_text().replace("batch: 16}", "batch: 16, short_train_top_k: 2, short_train_steps: 600}")
-    text = text.replace("check: {top: 3, steps: 8,", "check: {top: 3, steps: 300,")  # lasts past 2 heartbeats
+    text = LADDER.read_text().replace("batch: 16}", "batch: 16, short_train_top_k: 2, short_train_steps: 60}")
+    text = text.replace("check: {top: 3, steps: 8,", "check: {top: 3, steps: 40,")  # lasts past 2 heartbeats
     # a third baseline: baselines climb every rung, so the check has its 3 architectures
     text = text.replace("baselines: [shufflenet_v2_x0_5,", "baselines: [shufflenet_v1_g3_x1_0, shufflenet_v2_x0_5,")
     space = tmp / "ends.yaml"

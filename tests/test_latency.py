@@ -734,9 +734,11 @@ def test_a_latency_call_on_a_fresh_machine_seeds_the_schedule(tmp_path) -> None:
     cache = LatencyCache(tmp_path / "c.sqlite")
     spec = T.TargetSpec(resolution=32)
     lat = measure_seeded(TINY, spec, cache=cache, max_seconds=0.2)
-    # five timings of the reference alone, then the window's own: not one window's figure
-    assert lat.reference["n"] == L.REFERENCE_SEED + 1
+    # five timings of the reference alone, then the window's own (two when the window ran
+    # beyond the drift bound and was re-timed): not one window's figure
     hist = cache.reference_history(spec, lat.fingerprint, 100)
-    assert len(hist) == 6 and lat.reference["ms"] == pytest.approx(statistics.median(hist))
-    assert measure_seeded(TINY, spec, cache=cache).cached  # a cached figure times nothing more
-    assert len(cache.reference_history(spec, lat.fingerprint, 100)) == 6
+    assert lat.reference["n"] == len(hist) and L.REFERENCE_SEED + 1 <= len(hist) <= L.REFERENCE_SEED + 2
+    assert lat.reference["ms"] == pytest.approx(statistics.median(hist))
+    if not lat.drifted:  # a cached figure times nothing more
+        assert measure_seeded(TINY, spec, cache=cache).cached
+        assert len(cache.reference_history(spec, lat.fingerprint, 100)) == len(hist)
