@@ -313,10 +313,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
         quantize_static,
     )
 
-    if len(calibration) == 0:
-        raise UserError("calibration: no images given")
-    # Whole batches of every image: fewer images than the batch (16 at target.batch 32) repeat
-    # to fill it, and a last part-batch wraps round; MinMax ranges see each image, no other.
+    # Whole batches of every image: fewer than the batch repeat, a last part-batch wraps round.
     n = -(-len(calibration) // batch) * batch
     calibration = calibration[np.arange(n) % len(calibration)]
     name = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name

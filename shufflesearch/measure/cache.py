@@ -6,8 +6,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sqlite3
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,6 +115,25 @@ class LatencyCache:
             db.execute("INSERT OR IGNORE INTO claims VALUES (?, ?, ?, ?, ?)", (*key, owner, now))
             row = db.execute("SELECT owner FROM claims WHERE archid=? AND spec_key=? AND fp_id=?", key).fetchone()
         return row is not None and row[0] == owner
+
+    @contextlib.contextmanager
+    def claimed(self, archid: str, spec: TargetSpec, fp: dict) -> Iterator[Latency | None]:
+        """Hold the entry's claim while this process times it (yields None), so that two
+        studies sharing the cache never time one architecture at once; yields the figure
+        instead when another process has (or meanwhile writes) it."""
+        owner = f"{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+        while True:
+            hit = self.get(archid, spec, fp)
+            if hit is not None:
+                yield hit
+                return
+            if self.claim(archid, spec, fp, owner):
+                break
+            time.sleep(0.1)
+        try:
+            yield self.get(archid, spec, fp)  # written before the claim: nothing to time
+        finally:
+            self.release(archid, spec, fp, owner)
 
     def release(self, archid: str, spec: TargetSpec, fp: dict, owner: str) -> None:
         with self._connect() as db:

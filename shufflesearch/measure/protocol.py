@@ -36,11 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import statistics
-import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,12 +61,8 @@ MIN_RUNS = 10  # fewest timed rounds an estimate is taken from
 SETTLE = 0.05  # warm-up ends when two consecutive medians of 3 agree within 5%
 TARGET_REL_CI = 0.01  # stop when every ratio's interval half-width is within 1% of it
 DRIFT_BOUND = 0.10  # a window whose reference ran >10% off its scheduled figure is drifted
-# The reference figure is the median of its last 200 timings on this spec and machine: its
-# usual speed, which a slow phase of a minute (the last 25 windows of a search, a few CLI
-# calls) no longer carries along (issue 21: a re-timing showed every figure x 7.1 ms where
-# the quiet figure is 5.2 ms). A schedule is first seeded with REFERENCE_SEED timings of its own.
-REFERENCE_WINDOW = 200
-REFERENCE_SEED = 5
+REFERENCE_WINDOW = 200  # the reference figure: the median of its last 200 timings (usual speed)
+REFERENCE_SEED = 5  # timings a fresh schedule is seeded with (drift.DriftMonitor.seed)
 
 _CLOCKS = {"wall": time.perf_counter, "thread_cpu": time.thread_time}
 
@@ -412,28 +405,14 @@ def measure_arch(
 ) -> Latency:
     """Latency of ``arch`` on ``spec`` relative to the reference; served from ``cache`` when the
     same (archid, spec, timing version, fingerprint) was measured before, unless ``remeasure``.
-
-    A window whose reference ran beyond ``bound`` off its scheduled figure is re-timed once;
-    a figure still drifted after that keeps ``drifted=True`` and is not cached. ``calibration``
-    images are required by ``onnxruntime-int8`` (the cache key does not carry them: int8
-    timing depends on the quantised graph's structure, not on the calibrated ranges)."""
+    A window whose reference ran beyond ``bound`` off its scheduled figure is re-timed once; a
+    figure still drifted keeps ``drifted=True`` and is not cached. ``onnxruntime-int8`` needs
+    ``calibration`` images (not in the cache key: int8 timing depends on the graph's structure)."""
     fp = fingerprint(spec.threads, spec.backend)
-    owner = f"{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
-    if cache is not None and not remeasure:
-        # Claim the entry, so that two studies sharing the cache never time one architecture
-        # at once: the second waits for the first's figure (or its claim to go stale).
-        while True:
-            hit = cache.get(arch.archid, spec, fp)
-            if hit is not None:
-                return hit
-            if cache.claim(arch.archid, spec, fp, owner):
-                break
-            time.sleep(0.1)
-        hit = cache.get(arch.archid, spec, fp)  # written between the last look and the claim
+    claim = cache.claimed(arch.archid, spec, fp) if cache is not None and not remeasure else contextlib.nullcontext()
+    with claim as hit:  # cached, or timed meanwhile by another study sharing the cache
         if hit is not None:
-            cache.release(arch.archid, spec, fp, owner)
             return hit
-    try:
         started = time.time()
         schedule = schedule or ReferenceSchedule(spec, cache)
         model = inference_model(arch, spec) if spec.backend == "torch" else arch
@@ -442,9 +421,6 @@ def measure_arch(
             lat = _measure_scheduled(model, spec, schedule, max_seconds, bound, calibration)
         if cache is not None and not lat.drifted:
             cache.put(arch.archid, spec, lat, measured_at=started)
-    finally:
-        if cache is not None and not remeasure:
-            cache.release(arch.archid, spec, fp, owner)
     return lat
 
 
