@@ -514,25 +514,22 @@ def test_a_worker_whose_trial_was_failed_as_stale_goes_on(tmp_path, monkeypatch,
     assert len(_search(study)) == 1
 
 
-def _table_for_tiny(per_unit_ms: float) -> None:
-    """A stand-in latency table for tiny.yaml's target: every unit takes ``per_unit_ms``."""
-    from shufflesearch.measure.env import fingerprint
-    from shufflesearch.measure.predictor import LatencyTable, table_path
-    from shufflesearch.search.space import load_space
-
-    spec = load_space(TINY).target  # the space's target (NHWC by default)
-    LatencyTable(spec.to_dict(), fingerprint(1, "torch"), joint=[per_unit_ms] + [0.0] * 7).save(table_path(spec))
-
-
 def test_a_baseline_the_prefilter_rejects_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     """V2 0.5x has about 19 units, the tiny space's architectures at most 7: at 10 ms a unit
-    the pre-filter (limit 100 ms + 20%) rejects the baseline and passes the search."""
+    the pre-filter (limit 100 ms + 20%) rejects the baseline and passes the search. The table's
+    reference figure is the one the run converts its limit with, so ratios compare as ms."""
+    from shufflesearch.measure.cache import LatencyCache
+    from shufflesearch.measure.drift import DriftMonitor
+    from shufflesearch.search.space import load_space
+    from tests.test_search import _table_for_tiny
+
     monkeypatch.setenv("SHUFFLESEARCH_CACHE_DIR", str(tmp_path / "cache"))
     text = TINY.read_text().replace("max_seconds: 0.1}", "max_seconds: 0.1, prefilter: 0.2}")
     text = text.replace("baselines: []", "constraints: {latency_ms: 100}\nbaselines: [shufflenet_v2_x0_5]")
     space = tmp_path / "pre.yaml"
     space.write_text(text)
-    _table_for_tiny(10.0)
+    fig = DriftMonitor(load_space(space).target, cache=LatencyCache()).seed()
+    _table_for_tiny(10.0, reference_ms=fig["ms"])
     search(space, 1, runs_root=tmp_path / "runs", quiet=True)
     search(space, 2, runs_root=tmp_path / "runs", quiet=True)  # a re-run neither retries nor crashes
     _, study = load_run(tmp_path / "runs" / "pre")
