@@ -1,6 +1,6 @@
 """Kill -9 one search again and again, then finish it, and count what was lost.
 
-    python bench/fault_injection.py [--repeats 2] [--external 2] [--space tests/spaces/tiny.yaml]
+    python bench/fault_injection.py [--repeats 2] [--external 2] [--end-steps 1] [--space tests/spaces/tiny.yaml]
 
 Each cycle starts `shufflesearch run` on the same run folder and kills it: at a named point
 (SHUFFLESEARCH_FAULT=point:1, for sample, latency, retry, ask, proxies and storage, each
@@ -10,6 +10,13 @@ ask() that pops the queued retry of the trial the previous cycle killed. After e
 completed trials are compared with those before it; a final clean run must reach the budget
 exactly, with no trial left RUNNING. Prints faults injected, survived, trials lost,
 architectures measured twice, retries and orphans failed.
+
+Then the end of the run (--end-steps times each): a kill -9 inside each end-of-run step
+(``retime`` as it is claimed; ``short_train`` and ``check`` 4 s in; each claimed in the study's
+storage: runfolder.run_step) of a second run folder whose space short-trains the front and has
+a fidelity ladder with a check;
+the re-run must take the dead claim over and complete the step, keeping every result stored
+before the kill (short-training results, the check's retrainings).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ def main() -> int:
     ap.add_argument("--external", type=int, default=2)
     ap.add_argument("--space", default=str(Path(__file__).parent.parent / "tests" / "spaces" / "tiny.yaml"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--end-steps", type=int, default=1, help="kills inside each end-of-run step (x2 points)")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     faults = [f"{p}:1" for _ in range(a.repeats) for p in POINTS] + ["external"] * a.external
@@ -103,7 +111,56 @@ def main() -> int:
           f"({swept} by a second run); "
           f"{time.perf_counter() - t0:.0f} s")
     ok = lost == 0 and len(done) == budget and rc == 0 and twice == 0 and running == 0
+    ok = end_steps(a.end_steps, tmp, env) and ok
     return 0 if ok else 1
+
+
+END_STEPS = ("retime", "short_train", "check")
+LADDER = Path(__file__).parent.parent / "tests" / "spaces" / "ladder.yaml"
+
+
+def end_steps(repeats: int, tmp: Path, env: dict[str, str]) -> bool:
+    """Kill -9 inside each end-of-run step (hit 1: just claimed; hit 3: at its second heartbeat,
+    4 s in, for the steps that last that long), re-run, and check the step completed and kept what was stored before the kill."""
+    from shufflesearch.search.runfolder import load_run, step_state
+
+    text = LADDER.read_text().replace("batch: 16}", "batch: 16, short_train_top_k: 2, short_train_steps: 60}")
+    text = text.replace("check: {top: 3, steps: 8,", "check: {top: 3, steps: 40,")  # lasts past 2 heartbeats
+    # a third baseline: baselines climb every rung, so the check has its 3 architectures
+    text = text.replace("baselines: [shufflenet_v2_x0_5,", "baselines: [shufflenet_v1_g3_x1_0, shufflenet_v2_x0_5,")
+    space = tmp / "ends.yaml"
+    space.write_text(text)
+    injected = completed_steps = kept = checked = 0
+    t0 = time.perf_counter()
+    for r in range(repeats):
+        for st in END_STEPS:
+            # retime: just claimed (a tiny front's window ends within 2 s); the others at their
+            # 2nd heartbeat, 4 s in, with results of the step stored before the kill
+            for hit in (1,) if st == "retime" else (3,):
+                name = f"e{r}{st}{hit}"
+                cmd = [sys.executable, "-m", "shufflesearch.cli", "run", str(space), "--budget", "3",
+                       "--runs", str(tmp / "ends"), "--name", name, "--quiet"]
+                rc = subprocess.run(cmd, env={**env, "SHUFFLESEARCH_FAULT": f"{st}:{hit}"},
+                                    stderr=subprocess.DEVNULL).returncode
+                injected += rc == -9
+                _, study = load_run(tmp / "ends" / name)
+                before = {k: study.user_attrs.get(k) or {} for k in ("short_train", "check_runs")}
+                rc2 = subprocess.run(cmd, env=env, stderr=subprocess.DEVNULL).returncode
+                _, study = load_run(tmp / "ends" / name)
+                done = all((step_state(study._storage, study._study_id, f"end:{s}:3") or {}).get("done")
+                           for s in END_STEPS)
+                after = {k: study.user_attrs.get(k) or {} for k in before}
+                keep = all(v.items() <= after[k].items() for k, v in before.items())
+                ok = rc2 == 0 and done and "retime" in study.user_attrs and "check" in study.user_attrs
+                completed_steps += ok
+                kept += keep
+                checked += 1
+                print(f"  {st}:{hit:<5} exit {rc:>3}  re-run exit {rc2}  steps done {done}  "
+                      f"kept {sum(len(v) for v in before.values())} stored result(s): {keep}", flush=True)
+    print(f"end-of-run faults injected (kill -9): {injected} of {checked}; re-runs that completed every "
+          f"step: {completed_steps}; kept everything stored before the kill: {kept}; "
+          f"{time.perf_counter() - t0:.0f} s")
+    return injected == checked and completed_steps == checked and kept == checked
 
 
 if __name__ == "__main__":

@@ -151,6 +151,35 @@ def test_int8_calibration_reads_the_images_it_is_given():
     assert scales[1] > 5 * scales[0]
 
 
+def _input_scale(path: str) -> float:
+    import onnx
+
+    g = onnx.load(path).graph
+    q = [n for n in g.node if n.op_type == "QuantizeLinear"][0]  # the network's input
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+    return float(np.max(init[q.input[1]]))
+
+
+def test_int8_calibrates_a_batch_larger_than_its_images():
+    # Issue 21 item 5: the search calibrates on 16 images (evaluator.CALIBRATION_IMAGES); at
+    # target.batch 32 they did not fill one batch and nothing could be measured.
+    from shufflesearch.search.evaluator import CALIBRATION_IMAGES
+
+    images = digits_like(CALIBRATION_IMAGES, 3)[:, :, :16, :16].copy()
+    images[5] *= 40  # one image with a far wider range: the input's scale must see it
+    a = B.make_runner(TINY, TargetSpec(resolution=32, batch=32, backend="onnxruntime-int8"), calibration=images)
+    assert a.info["calibration"]["images"] == CALIBRATION_IMAGES and a().__len__() == 1
+    b = B.make_runner(TINY, TargetSpec(resolution=32, batch=4, backend="onnxruntime-int8"), calibration=images)
+    assert _input_scale(a.info["path"]) == pytest.approx(_input_scale(b.info["path"]), rel=1e-6)
+    # batch 10: 16 images are one batch and a wrapped second; image 5 ranks in either way, and
+    # image 12 (the wrapped part, once dropped) now counts too
+    images[5] /= 40
+    images[12] *= 40
+    c = B.make_runner(TINY, TargetSpec(resolution=32, batch=10, backend="onnxruntime-int8"), calibration=images)
+    d = B.make_runner(TINY, TargetSpec(resolution=32, batch=4, backend="onnxruntime-int8"), calibration=images)
+    assert _input_scale(c.info["path"]) == pytest.approx(_input_scale(d.info["path"]), rel=1e-6)
+
+
 def test_int8_without_calibration_is_an_error():
     with pytest.raises(UserError, match="calibration"):
         B.make_runner(TINY, TargetSpec(resolution=32, backend="onnxruntime-int8"))

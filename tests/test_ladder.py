@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from shufflesearch.accuracy.fidelity import latest_checkpoint, rung_dir
+from shufflesearch.accuracy.fidelity import latest_checkpoint, pick_estimate, rung_dir
 from shufflesearch.cli import main
 from shufflesearch.search.engine import search
+from shufflesearch.search.promotion import promotion_quota, should_promote
 from shufflesearch.search.records import trial_records
 from shufflesearch.search.runfolder import load_run
 from shufflesearch.search.space import load_space
@@ -77,6 +78,37 @@ def check_ladder(root: Path, budget: int, workers: int = 1) -> list:
     return done
 
 
+def check_promotions(recs: list, eta: int) -> tuple[int, list[int]]:
+    """One worker: trials climb one after another in trial order, so every promotion decision
+    can be replayed from the stored rung entries. Trial t climbed from rung k (k >= 1) exactly
+    when it was in the best max(1, floor(n / eta)) of the n search architectures that had
+    finished rung k by then, ranked by non-dominated sorting and crowding on (estimate, latency
+    ratio), and fewer than that many earlier ones had started rung k+1 (baselines are outside
+    both). Returns the number of decisions replayed and the promotions per rung."""
+    done = [r for r in recs if r.state == "COMPLETE" and r.rungs and r.duplicate_of is None
+            and not r.baseline]
+    promoted, decisions = [0, 0, 0], 0
+    for t in sorted(done, key=lambda r: r.trial):
+        for k in (1, 2):
+            if str(k) not in t.rungs:
+                break
+            field: dict[str, tuple[int, float, float]] = {}
+            for r in done:
+                e = r.rungs.get(str(k))
+                if e is not None and r.trial <= t.trial and r.archid not in field:
+                    field[r.archid] = (r.trial, pick_estimate(e, "sotl"), e["latency"])
+            started = sum(1 for r in done if r.trial < t.trial and str(k + 1) in r.rungs)
+            n = len(field)
+            climbed = str(k + 1) in t.rungs
+            assert climbed == should_promote(t.trial, list(field.values()), eta, started=started), (t.trial, k, field)
+            assert started + climbed <= promotion_quota(n, eta, min_one=True)
+            if not climbed:
+                assert t.stopped.startswith(f"stopped at rung {k}: not in the best 1/{eta} of {n} at that rung")
+            promoted[k] += climbed
+            decisions += 1
+    return decisions, promoted
+
+
 def assert_check_ran(check: dict, done: list) -> None:
     """With several workers, which trials climb to the top rung depends on the interleaving and
     on measured latency: the check runs when a search trial reached the top (3+ architectures with
@@ -130,6 +162,8 @@ def check_review(root: Path, out: Path, capsys) -> None:
 def test_ladder_one_worker(tmp_path, capsys):
     run = search(LADDER, BUDGET, runs_root=tmp_path / "runs", quiet=True)
     check_ladder(run.root, BUDGET)
+    decisions, _ = check_promotions(_records(run.root)[1], load_space(LADDER).fidelity.eta)
+    assert decisions >= BUDGET  # every search trial decides once at rung 1, at least
     check_review(run.root, tmp_path, capsys)
     # Re-running the finished run trains nothing and re-checks nothing.
     before = run.load_study().user_attrs["check_runs"]

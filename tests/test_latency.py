@@ -361,8 +361,49 @@ def test_retime_times_a_set_in_one_window() -> None:
     assert len({lat.n for lat in lats}) == 1 and len({lat.reference["ms"] for lat in lats}) == 1
     assert all(lat.ref_runs_ms == lats[0].ref_runs_ms for lat in lats)  # one reference, one window
     assert lats[1].ratio > lats[0].ratio  # TINY2 is wider and deeper: more work per forward
-    assert T.is_tie(lats[0], lats[2])  # the same network twice is inside its own noise
     assert not T.is_tie(lats[0], lats[1])
+
+
+def test_retime_times_a_repeated_architecture_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    timed: list[int] = []
+    real = L._window
+
+    def spy(models, spec, **kw):  # type: ignore[no-untyped-def]
+        timed.append(len(models))
+        return real(models, spec, **kw)
+
+    monkeypatch.setattr(L, "_window", spy)
+    lats = L.retime([TINY, TINY2, TINY], T.TargetSpec(resolution=32), max_seconds=0.3)
+    assert timed == [2]  # one window, two distinct networks besides the reference
+    assert lats[0] is not lats[2] and lats[0].to_dict() == lats[2].to_dict() != lats[1].to_dict()
+
+
+def _window_figs(ref: list[float], *cands: list[float]) -> list[T.Latency]:
+    spec = T.TargetSpec(resolution=32)
+    return L.window_latencies([ref, *cands], spec, reference_ms=5.0)
+
+
+def test_ties_in_one_window_are_paired_rounds() -> None:
+    # Issue 21 item 3. One window: the reference's per-round time is noisy (+-6%, its own
+    # rhythm), the two candidates run steadily, b exactly 3% slower than a (+-0.3%). Each ratio
+    # to the reference inherits the reference's noise, so independent intervals overlap and
+    # would call a tie; the rounds' a_i / b_i show the 3% plainly.
+    n = 40
+    ref = [5.0 * (1 + 0.06 * ((7 * i) % 5 - 2) / 2) for i in range(n)]
+    a = [4.0 * (1 + 0.003 * ((3 * i) % 3 - 1)) for i in range(n)]
+    b = [4.12 * (1 + 0.003 * ((5 * i) % 3 - 1)) for i in range(n)]
+    fa, fb = _window_figs(ref, a, b)
+    assert T.ties(fa.ratio, fa.ratio_ci, fb.ratio, fb.ratio_ci)  # the old, unpaired rule: a tie
+    assert T.paired(fa, fb)
+    lo, hi = T.paired_ratio_ci(fb, fa)
+    assert lo > 1.02 and hi < 1.04  # 1.03, the slowdown put in
+    assert not T.is_tie(fa, fb)
+    # the same network in two slots of one window (per-round times differ by +-0.3%): a tie
+    fa2 = _window_figs(ref, a, [x * (1 + 0.003 * ((i % 2) * 2 - 1)) for i, x in enumerate(a)])
+    assert T.is_tie(*fa2)
+    # figures from different windows keep the independent rule
+    (fc,) = _window_figs([x * 1.01 for x in ref], b)
+    assert not T.paired(fa, fc)
 
 
 def test_ties_are_decided_by_the_intervals() -> None:
@@ -616,3 +657,88 @@ def test_guideline_bench_rows_are_ratios_to_the_first_row_in_one_window() -> Non
     base = res[0].ms
     for m in res:
         assert m.ms == pytest.approx(m.ratio * base) and m.rel_iqr >= 0
+
+
+# --- the shared cache across studies (issue 21 item 9) ------------------------------------------
+
+
+def test_two_studies_sharing_the_cache_time_an_architecture_once(tmp_path, monkeypatch) -> None:
+    import threading
+
+    from shufflesearch.measure.cache import LatencyCache
+
+    spec = T.TargetSpec(resolution=32)
+    timed: list[int] = []
+    real = L._measure_scheduled
+
+    def spy(*a, **kw):  # type: ignore[no-untyped-def]
+        timed.append(threading.get_ident())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(L, "_measure_scheduled", spy)
+    out: list[T.Latency] = []
+    go = threading.Barrier(2)
+
+    def study() -> None:  # each study opens the one cache file on its own
+        go.wait()
+        out.append(L.measure_arch(TINY, spec, cache=LatencyCache(tmp_path / "c.sqlite"), max_seconds=0.3,
+                                  retime_drifted=False))
+
+    ts = [threading.Thread(target=study) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    # (a fresh cache's schedule has fewer than 3 entries: no drift verdict, every figure cached)
+    assert len(timed) == 1 and len(out) == 2 and sorted(x.cached for x in out) == [False, True]
+    assert out[0].runs_ms == out[1].runs_ms  # the waiter got the timer's figure
+
+
+def test_a_late_write_never_replaces_a_newer_figure(tmp_path) -> None:
+    from shufflesearch.measure.cache import LatencyCache
+
+    spec = T.TargetSpec(resolution=32)
+    cache = LatencyCache(tmp_path / "c.sqlite")
+    fp = {"cpu": "x"}
+    old = T.Latency(1.0, 0.1, 10, [1.0], fp, spec.to_dict(), ratio=0.5)
+    new = T.Latency(2.0, 0.1, 10, [2.0], fp, spec.to_dict(), ratio=0.6)
+    cache.put("a", spec, new, measured_at=200.0)
+    cache.put("a", spec, old, measured_at=100.0)  # a worker suspended mid-measurement, writing late
+    assert cache.get("a", spec, fp).ratio == 0.6
+    cache.put("a", spec, old, measured_at=300.0)  # a measurement begun later does replace it
+    assert cache.get("a", spec, fp).ratio == 0.5
+    assert cache.claim("a", spec, fp, "p1") and not cache.claim("a", spec, fp, "p2")
+    assert cache.claim("a", spec, fp, "p2", stale_s=0.0)  # a stale claim is taken over
+    cache.release("a", spec, fp, "p2")
+    assert cache.claim("a", spec, fp, "p3")
+
+
+# --- the reference schedule follows the machine's usual speed (issue 21 item 2) ---------------
+
+
+def test_a_slow_minute_does_not_carry_the_reference_figure(tmp_path) -> None:
+    from shufflesearch.measure.cache import LatencyCache
+
+    sched = L.ReferenceSchedule(T.TargetSpec(resolution=32), LatencyCache(tmp_path / "c.sqlite"))
+    for _ in range(40):
+        sched.add(5.0)  # the machine's usual speed over a run
+    for _ in range(25):
+        sched.add(7.1)  # then a slow phase of 25 windows (the old figure's whole horizon)
+    assert sched.figure()["ms"] == 5.0 and sched.figure()["n"] == 65
+
+
+def test_a_latency_call_on_a_fresh_machine_seeds_the_schedule(tmp_path) -> None:
+    from shufflesearch.measure.cache import LatencyCache
+    from shufflesearch.measure.drift import measure_seeded
+
+    cache = LatencyCache(tmp_path / "c.sqlite")
+    spec = T.TargetSpec(resolution=32)
+    lat = measure_seeded(TINY, spec, cache=cache, max_seconds=0.2)
+    # five timings of the reference alone, then the window's own (two when the window ran
+    # beyond the drift bound and was re-timed): not one window's figure
+    hist = cache.reference_history(spec, lat.fingerprint, 100)
+    assert lat.reference["n"] == len(hist) and L.REFERENCE_SEED + 1 <= len(hist) <= L.REFERENCE_SEED + 2
+    assert lat.reference["ms"] == pytest.approx(statistics.median(hist))
+    if not lat.drifted:  # a cached figure times nothing more
+        assert measure_seeded(TINY, spec, cache=cache).cached
+        assert len(cache.reference_history(spec, lat.fingerprint, 100)) == len(hist)

@@ -514,25 +514,22 @@ def test_a_worker_whose_trial_was_failed_as_stale_goes_on(tmp_path, monkeypatch,
     assert len(_search(study)) == 1
 
 
-def _table_for_tiny(per_unit_ms: float) -> None:
-    """A stand-in latency table for tiny.yaml's target: every unit takes ``per_unit_ms``."""
-    from shufflesearch.measure.env import fingerprint
-    from shufflesearch.measure.predictor import LatencyTable, table_path
-    from shufflesearch.search.space import load_space
-
-    spec = load_space(TINY).target  # the space's target (NHWC by default)
-    LatencyTable(spec.to_dict(), fingerprint(1, "torch"), joint=[per_unit_ms] + [0.0] * 7).save(table_path(spec))
-
-
 def test_a_baseline_the_prefilter_rejects_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     """V2 0.5x has about 19 units, the tiny space's architectures at most 7: at 10 ms a unit
-    the pre-filter (limit 100 ms + 20%) rejects the baseline and passes the search."""
+    the pre-filter (limit 100 ms + 20%) rejects the baseline and passes the search. The table's
+    reference figure is the one the run converts its limit with, so ratios compare as ms."""
+    from shufflesearch.measure.cache import LatencyCache
+    from shufflesearch.measure.drift import DriftMonitor
+    from shufflesearch.search.space import load_space
+    from tests.test_search import _table_for_tiny
+
     monkeypatch.setenv("SHUFFLESEARCH_CACHE_DIR", str(tmp_path / "cache"))
     text = TINY.read_text().replace("max_seconds: 0.1}", "max_seconds: 0.1, prefilter: 0.2}")
     text = text.replace("baselines: []", "constraints: {latency_ms: 100}\nbaselines: [shufflenet_v2_x0_5]")
     space = tmp_path / "pre.yaml"
     space.write_text(text)
-    _table_for_tiny(10.0)
+    fig = DriftMonitor(load_space(space).target, cache=LatencyCache()).seed()
+    _table_for_tiny(10.0, reference_ms=fig["ms"])
     search(space, 1, runs_root=tmp_path / "runs", quiet=True)
     search(space, 2, runs_root=tmp_path / "runs", quiet=True)  # a re-run neither retries nor crashes
     _, study = load_run(tmp_path / "runs" / "pre")
@@ -572,3 +569,80 @@ def test_machines_starting_one_study_together_evaluate_the_baselines_once(tmp_pa
     assert len(done) == 1 and not study.get_trials(states=(TrialState.RUNNING,))
     evaluate_baselines(run, evaluate)  # a later start finds it done
     assert len(calls) == 1
+
+
+# --- end-of-run steps across processes and machines (issue 21 items 7, 8) --------------------
+
+
+def test_an_end_of_run_step_is_done_by_one_process_while_the_other_waits(tmp_path):
+    import threading
+    import time
+
+    from shufflesearch.search.runfolder import GRACE_S, run_step, step_state
+
+    _, run = _tiny_run(tmp_path)
+    study = run.load_study()
+    ran: list[str] = []
+    out: dict[str, tuple[bool, object]] = {}
+
+    def slow(who: str):
+        def fn() -> str:
+            ran.append(who)
+            time.sleep(GRACE_S + 3)  # longer than the grace period: only the heartbeat keeps it
+            return who
+        return fn
+
+    def go(who: str) -> None:
+        out[who] = run_step(run.storage(), study._study_id, "end:retime:3", slow(who))
+
+    a = threading.Thread(target=go, args=("a",))
+    a.start()
+    while step_state(run.storage(), study._study_id, "end:retime:3") is None:
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    go("b")  # a second machine: waits for the holder, does not take it over, does not redo it
+    a.join()
+    assert ran == ["a"] and out == {"a": (True, "a"), "b": (False, None)}
+    assert time.monotonic() - t0 > GRACE_S  # it waited for the step to finish
+    assert step_state(run.storage(), study._study_id, "end:retime:3")["done"]
+    assert run_step(run.storage(), study._study_id, "end:retime:3", slow("c")) == (False, None)
+    # a step that raises frees its claim at once: the next process does it
+    with pytest.raises(ZeroDivisionError):
+        run_step(run.storage(), study._study_id, "end:check:3", lambda: 1 / 0)
+    assert step_state(run.storage(), study._study_id, "end:check:3") is None
+
+
+@pytest.mark.parametrize("fault", ["retime:1", "short_train:2", "check:1"])
+def test_kill_9_during_an_end_of_run_step_then_rerun_completes_it(tmp_path, fault):
+    from shufflesearch.search.ladder import describe_check
+    from shufflesearch.search.runfolder import step_state
+
+    step = fault.split(":")[0]
+    text = TINY.read_text().replace("baselines: []", "baselines: [shufflenet_v2_x0_5]")
+    text = text.replace("batch: 16}", "batch: 16, short_train_top_k: 2, short_train_steps: 400}")
+    if step == "check":
+        text = (HERE / "spaces" / "ladder.yaml").read_text().replace("top: 3", "top: 0")
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    env = _env(tmp_path)
+    args = ["run", str(space), "--budget", "2", "--runs", str(tmp_path / "runs"), "--name", "s", "--quiet"]
+    r = _cli(args, {**env, "SHUFFLESEARCH_FAULT": fault})
+    assert r.returncode == -9, r.stderr
+    root = tmp_path / "runs" / "s"
+    _, study = load_run(root)
+    state = step_state(study._storage, study._study_id, f"end:{step}:2")
+    assert state is not None and not state["done"]  # claimed, then killed inside it
+    before = dict(study.user_attrs)
+    r = _cli(args, env)  # the re-run waits out the dead holder's grace period and does it
+    assert r.returncode == 0, r.stderr
+    _, study = load_run(root)
+    assert step_state(study._storage, study._study_id, f"end:{step}:2")["done"]
+    assert "taken over" in (root / "run.log").read_text()
+    if step == "retime":
+        assert "retime" not in before and study.user_attrs["retime"]["trials"]
+    if step == "short_train":  # killed 2 s in; what was stored before the kill is kept
+        assert (before.get("short_train") or {}).items() <= study.user_attrs["short_train"].items()
+        assert len(study.user_attrs["short_train"]) >= 2
+    if step == "check":  # check.top: 0 is stored as switched off, and said so
+        assert study.user_attrs["check"] == {"skipped": "check.top: 0 in the space", "top": 0}
+        assert describe_check(study.user_attrs["check"]).startswith("self-check: off (check.top: 0")

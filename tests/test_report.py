@@ -136,6 +136,11 @@ def test_infeasible_records_are_never_on_the_front_or_picked():
     rows = {r.trial: r for r in pareto_rows(recs)}
     assert set(rows) == {0, 1, 2, 4, 10}  # the front and both baselines, infeasible one included
     assert not rows[10].feasible and rows[10].breaks == {"params_m": 0.5} and not rows[10].on_front
+    # Issue 21 item 6: off the front because it breaks a constraint, not "within the noise".
+    assert rows[10].dominated_by is None and rows[0].dominated_by == [2]
+    text = format_pareto(list(rows.values()))
+    assert "shufflenet_v1_g3_x1_0: infeasible, it breaks params_m +0.5 (x): never on the front" in text
+    assert "shufflenet_v1_g3_x1_0: not dominated" not in text
     rows = {r.trial: r for r in pareto_rows(recs, all_trials=True)}
     assert rows[8].breaks == {"macs_m": 9.06} and not rows[8].on_front and not rows[8].knee
     assert rows[9].breaks == {"guidelines": 0.2}
@@ -361,6 +366,37 @@ def test_the_front_ranks_by_the_ratio_on_one_reference():
     assert rows[0].ratio == 1.0 and rows[0].ratio_ci == [0.99, 1.01] and rows[0].reference_ms == pytest.approx(9.0)
 
 
+def test_the_latency_limit_is_judged_on_the_yardstick_shown():
+    from shufflesearch.review.pareto import format_pareto
+    from shufflesearch.search.front import latency_over
+
+    # Issue 21 item 1: a 2.0 ms limit converted at a 5.0 ms reference figure is ratio 0.4.
+    # t1 (ratio 0.39) was timed while the reference ran at 5.36 ms: stored 2.09 ms, over the
+    # limit in ms, though by ratio it is under it; the run's reference is 4.87 ms, so it shows
+    # at 1.90 ms. t2 (ratio 0.41) is over the limit by ratio wherever it is shown.
+    t1 = lrec(1, 0.5, 0.39, 0.001, ref_ms=5.36, latency_limit=0.4)
+    t2 = lrec(2, 0.9, 0.41, 0.001, ref_ms=4.38, latency_limit=0.4)
+    for r in (t1, t2):
+        r.constraints = {"latency_ms": latency_over(r, 2.0)}
+    assert t1.latency_ms == pytest.approx(2.0904) and t1.constraints["latency_ms"] == pytest.approx(-0.05)
+    assert t2.latency_ms == pytest.approx(1.7958) and t2.constraints["latency_ms"] == pytest.approx(0.05)
+    rows = {r.trial: r for r in pareto_rows([t1, t2], all_trials=True)}
+    assert rows[1].reference_ms == pytest.approx(4.87)
+    assert rows[1].latency_ms == pytest.approx(1.8993) and rows[1].feasible and rows[1].on_front
+    assert not rows[2].feasible and rows[2].breaks["latency_ms"] == pytest.approx(0.01 * 4.87)
+    text = format_pareto(list(rows.values()), reference={
+        "arch": "shufflenet_v2_x0_5", "archid": "ref0", "ms": 4.87, "retimed_at": None,
+        "limit": {"ms": 2.0, "reference_ms": 5.0, "ratio": 0.4}})
+    assert "latency_ms +0.0487" in text
+    assert "latency_ms limit 2 ms = ratio 0.4000 (converted at reference 5.000 ms), 1.948 ms on this reference" in text
+    assert pick_trial([t1, t2], trial=1).latency_ms == pytest.approx(1.8993)
+    # re-timed side by side at 6.0 ms, t1 now at ratio 0.41: over the limit as shown
+    window = {"reference": {"arch": "shufflenet_v2_x0_5", "archid": "ref0", "ms": 6.0, "window_ms": 6.0}}
+    t1.retimed = {**t1.latency, **window, "ratio": 0.41, "ratio_ci": [0.409, 0.411]}
+    row = next(r for r in pareto_rows([t1, t2], all_trials=True) if r.trial == 1)
+    assert not row.feasible and row.breaks["latency_ms"] == pytest.approx(0.06)
+
+
 def test_ties_are_marked_and_a_baseline_inside_the_noise_is_not_dominated():
     from shufflesearch.review.pareto import format_pareto
 
@@ -405,6 +441,10 @@ def test_a_retimed_run_shows_the_front_of_the_side_by_side_figures():
     assert rows[3].on_front and not rows[2].on_front and rows[1].retimed
     assert rows[2].latency_ms == pytest.approx(20.4) and rows[2].measured_ms == pytest.approx(15.0)
     assert pick_trial(recs, max_latency=19.5).trial == 3
+    # Issue 21 item 4: `latency transfer` re-times the front that is shown, not the stored one.
+    from shufflesearch.review.transfer import transfer_points
+
+    assert [r.trial for r in transfer_points(recs)] == [r.trial for r in pareto_rows(recs) if r.on_front] == [1, 3]
 
 
 def test_pareto_retime_and_reference_in_every_view(run_dir, capsys):
@@ -419,7 +459,16 @@ def test_pareto_retime_and_reference_in_every_view(run_dir, capsys):
     after = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs["retime"]
     assert after["at"] >= before["at"] and after["reference"]["window_ms"] != before["reference"]["window_ms"]
     shown = [r for r in rows if r["on_front"] or r["baseline"]]
-    assert all(r["retimed"] for r in shown)
+    # The front shown is the front of the stored window's ratios, worked out here from the
+    # study's attribute (the proxy comes from the rows), and every baseline was in that window.
+    figs = after["trials"]
+    assert {r["trial"] for r in rows if r["baseline"]} <= {int(t) for t in figs}
+    pts = {r["trial"]: (r["proxy"], figs[str(r["trial"])]["ratio"]) for r in rows
+           if str(r["trial"]) in figs and r["feasible"]}
+    best = {t for t, (p, q) in pts.items()
+            if not any(p2 >= p and q2 <= q and (p2, q2) != (p, q) for p2, q2 in pts.values())}
+    assert {r["trial"] for r in rows if r["on_front"]} <= best
+    assert {r["archid"] for r in rows if r["trial"] in best} == {r["archid"] for r in rows if r["on_front"]}
     for r in shown:
         lo, hi = r["ratio_ci"]
         assert lo <= r["ratio"] <= hi

@@ -230,13 +230,38 @@ def test_each_run_logs_to_its_own_file(tmp_path):
     assert "run b" not in (a.root / "run.log").read_text()
 
 
-def _table_for_tiny(per_unit_ms: float) -> None:
+def _table_for_tiny(per_unit_ms: float, reference_ms: float = 0.01) -> None:
     """A latency table for the tiny space's target whose unit model says every unit takes
-    ``per_unit_ms`` (a stand-in for `shufflesearch latency build-table`)."""
+    ``per_unit_ms``, its ratios scaled by ``reference_ms`` (a stand-in for `shufflesearch
+    latency build-table`)."""
     from shufflesearch.measure.env import fingerprint
     from shufflesearch.measure.predictor import LatencyTable, table_path
     spec = load_space(TINY).target  # the space's target (NHWC by default)
-    LatencyTable(spec.to_dict(), fingerprint(1, "torch"), joint=[per_unit_ms] + [0.0] * 7).save(table_path(spec))
+    LatencyTable(spec.to_dict(), fingerprint(1, "torch"), joint=[per_unit_ms] + [0.0] * 7,
+                 reference_ms=reference_ms).save(table_path(spec))
+
+
+def test_prefilter_compares_the_predicted_ratio_with_the_limits_ratio(tmp_path, monkeypatch):
+    # Issue 21 item 1: the table predicts 10 ms, under the 50 ms limit in ms; but its reference
+    # ran at 1 ms when it was built, so the prediction is 10x the reference, and the run's limit
+    # is 5x the reference (50 ms at a 10 ms reference figure): a clear miss on the one yardstick.
+    from shufflesearch.measure.predictor import unit_entries
+    from shufflesearch.search.evaluator import Evaluator
+
+    monkeypatch.setenv("SHUFFLESEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    text = TINY.read_text().replace("max_seconds: 0.1}", "max_seconds: 0.1, prefilter: 0.2}")
+    text = text.replace("baselines: []", "constraints: {latency_ms: 50}\nbaselines: []")
+    (tmp_path / "pre.yaml").write_text(text)
+    space = load_space(tmp_path / "pre.yaml")
+    arch = space.sample(optuna.create_study().ask())
+    n_units = len(unit_entries(arch, space.target))
+    _table_for_tiny(10.0 / n_units, reference_ms=1.0)
+    ev = Evaluator(space, limit={"ms": 50.0, "reference_ms": 10.0, "ratio": 5.0})
+    assert ev.table.predict(arch) == pytest.approx(10.0) and ev.table.predict_ratio(arch) == pytest.approx(10.0)
+    with pytest.raises(optuna.TrialPruned, match=r"predicted ratio 10\.000 .* \(ratio 5\.000\)"):
+        ev(arch, {})
+    ev.limit = {"ms": 50.0, "reference_ms": 1.0, "ratio": 50.0}  # the limit at the table's reference
+    assert ev(arch, {}).latency_limit == 50.0  # measured, and judged against that ratio
 
 
 def test_prefilter_skips_predicted_misses_and_measures_the_rest(tmp_path, monkeypatch):
@@ -312,7 +337,11 @@ def test_constraints_reach_optuna_on_every_trial(tmp_path):
         r = TrialRecord.from_trial(t)
         assert list(r.constraints) == ["latency_ms", "params_m"]  # by name, sorted
         lat, par = r.constraints["latency_ms"], r.constraints["params_m"]
-        assert lat == pytest.approx(r.latency_ms - 0.01)
+        # one yardstick: the ratio against the limit's ratio, in ms at the stated reference
+        lim = study.user_attrs["latency_limit"]
+        assert lim["ms"] == 0.01 and lim["ratio"] == pytest.approx(0.01 / lim["reference_ms"])
+        assert r.latency_limit == pytest.approx(lim["ratio"])
+        assert lat == pytest.approx(r.ratio * lim["reference_ms"] - 0.01)
         assert par == pytest.approx(r.params / 1e6 - 5)
         if hasattr(optuna.trial.Trial, "set_constraint"):
             assert t.system_attrs["constraints:latency_ms"] == pytest.approx(lat)
@@ -463,9 +492,14 @@ def test_a_run_ends_with_its_front_and_baselines_retimed_side_by_side(tmp_path):
     assert {f["reference"]["ms"] for f in figs} == {rt["reference"]["ms"]}
     assert {f["reference"]["window_ms"] for f in figs} == {rt["reference"]["window_ms"]}
     assert all(f["ratio"] > 0 and f["ratio_ci"][0] <= f["ratio"] <= f["ratio_ci"][1] for f in figs)
-    # The front that is shown is drawn from the re-timed figures only.
+    # The front that is shown is the front of the window's own ratios (worked out here from the
+    # stored attribute, with the records' proxies), not of the search's stored figures.
+    pts = {r.trial: (r.proxy, rt["trials"][str(r.trial)]["ratio"]) for r in done
+           if str(r.trial) in rt["trials"] and r.feasible}
+    best = {t for t, (p, q) in pts.items()
+            if not any(p2 >= p and q2 <= q and (p2, q2) != (p, q) for p2, q2 in pts.values())}
     shown = shown_front(on_one_reference(done))
-    assert shown and all(r.retimed for r in shown)
+    assert shown and {r.archid for r in shown} == {r.archid for r in done if r.trial in best}
     for r in on_one_reference(done):
         if r.retimed:
             assert r.latency_ms == pytest.approx(r.retimed["median_ms"])

@@ -13,6 +13,7 @@ from ..common.yamlio import parse_yaml
 from ..errors import UserError
 from ..guidelines.checks import GuidelineSettings, check, format_report, load_calibration
 from ..measure.cache import LatencyCache
+from ..measure.drift import measure_seeded
 from ..measure.predictor import LatencyTable, build_table, random_archs, table_path, validate
 from ..measure.protocol import measure_arch
 from ..measure.target import BACKENDS, TargetSpec
@@ -87,8 +88,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
         return _latency_predictor(args, spec)
     cal = (load_data(DataSpec(name=args.data)).batch("train", CALIBRATION_IMAGES).x
            if spec.backend == "onnxruntime-int8" else None)
-    lat = measure_arch(resolve_arch(args.arch), spec, cache=LatencyCache(), remeasure=args.remeasure,
-                       max_seconds=args.max_seconds, calibration=cal)
+    lat = measure_seeded(resolve_arch(args.arch), spec, cache=LatencyCache(), remeasure=args.remeasure,
+                         max_seconds=args.max_seconds, calibration=cal)
     if args.json:
         print_json(lat.to_dict())  # ratio, ratio_ci, estimator, reference, protocol included
         return 0

@@ -313,9 +313,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
         quantize_static,
     )
 
-    n = (len(calibration) // batch) * batch
-    if n == 0:
-        raise UserError(f"calibration: {len(calibration)} image(s) cannot fill one batch of {batch}")
+    # Whole batches of every image: fewer than the batch repeat, a last part-batch wraps round.
+    n = -(-len(calibration) // batch) * batch
+    calibration = calibration[np.arange(n) % len(calibration)]
     name = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
     class Reader(CalibrationDataReader):

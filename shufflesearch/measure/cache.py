@@ -6,8 +6,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sqlite3
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +39,11 @@ def cache_key(spec: TargetSpec) -> str:
     return stable_hash([spec.key(), timing_version()])
 
 
+# A claim older than this belongs to a process that died or hangs: a window lasts seconds (its
+# cap, twice when a drifted window is re-timed), plus the wait for the timing lock.
+CLAIM_STALE_S = 120.0
+
+
 # --- the cache ----------------------------------------------------------------------------------
 
 
@@ -53,6 +61,8 @@ class LatencyCache:
                 " record TEXT NOT NULL, created REAL, PRIMARY KEY (archid, spec_key, fp_id))"
             )
             db.execute("CREATE TABLE IF NOT EXISTS reference_log (spec_key TEXT, fp_id TEXT, ms REAL, created REAL)")
+            db.execute("CREATE TABLE IF NOT EXISTS claims (archid TEXT, spec_key TEXT, fp_id TEXT, owner TEXT,"
+                       " created REAL, PRIMARY KEY (archid, spec_key, fp_id))")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -79,13 +89,56 @@ class LatencyCache:
         lat.cached = True
         return lat
 
-    def put(self, archid: str, spec: TargetSpec, lat: Latency) -> None:
+    def put(self, archid: str, spec: TargetSpec, lat: Latency, measured_at: float | None = None) -> None:
+        """Store a figure, stamped with when its measurement began (``measured_at``, default
+        now). A late write (a worker suspended mid-measurement) never replaces a figure whose
+        measurement began later."""
         rec = {**lat.to_dict(), "cached": False}
         with self._connect() as db:
             db.execute(
-                "INSERT OR REPLACE INTO latency VALUES (?, ?, ?, ?, ?)",
-                (archid, cache_key(spec), fingerprint_id(lat.fingerprint), json.dumps(rec), time.time()),
+                "INSERT INTO latency VALUES (?, ?, ?, ?, ?) ON CONFLICT (archid, spec_key, fp_id) DO UPDATE"
+                " SET record = excluded.record, created = excluded.created WHERE excluded.created >= latency.created",
+                (archid, cache_key(spec), fingerprint_id(lat.fingerprint), json.dumps(rec),
+                 time.time() if measured_at is None else measured_at),
             )
+
+    # --- claims: one process times an entry, the others wait for its figure ---------------------
+
+    def claim(self, archid: str, spec: TargetSpec, fp: dict, owner: str, stale_s: float = CLAIM_STALE_S) -> bool:
+        """Claim the entry for timing; False while another owner's claim younger than
+        ``stale_s`` holds it (an older one belongs to a dead or stuck process: taken over)."""
+        key = (archid, cache_key(spec), fingerprint_id(fp))
+        now = time.time()
+        with self._connect() as db:
+            db.execute("DELETE FROM claims WHERE archid=? AND spec_key=? AND fp_id=? AND created < ?",
+                       (*key, now - stale_s))
+            db.execute("INSERT OR IGNORE INTO claims VALUES (?, ?, ?, ?, ?)", (*key, owner, now))
+            row = db.execute("SELECT owner FROM claims WHERE archid=? AND spec_key=? AND fp_id=?", key).fetchone()
+        return row is not None and row[0] == owner
+
+    @contextlib.contextmanager
+    def claimed(self, archid: str, spec: TargetSpec, fp: dict) -> Iterator[Latency | None]:
+        """Hold the entry's claim while this process times it (yields None), so that two
+        studies sharing the cache never time one architecture at once; yields the figure
+        instead when another process has (or meanwhile writes) it."""
+        owner = f"{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+        while True:
+            hit = self.get(archid, spec, fp)
+            if hit is not None:
+                yield hit
+                return
+            if self.claim(archid, spec, fp, owner):
+                break
+            time.sleep(0.1)
+        try:
+            yield self.get(archid, spec, fp)  # written before the claim: nothing to time
+        finally:
+            self.release(archid, spec, fp, owner)
+
+    def release(self, archid: str, spec: TargetSpec, fp: dict, owner: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM claims WHERE archid=? AND spec_key=? AND fp_id=? AND owner=?",
+                       (archid, cache_key(spec), fingerprint_id(fp), owner))
 
     def __len__(self) -> int:
         with self._connect() as db:

@@ -19,6 +19,7 @@ from .cache import LatencyCache
 from .env import clock_for
 from .protocol import (
     DRIFT_BOUND,
+    REFERENCE_SEED,
     ReferenceSchedule,
     _timing_context,
     _window,
@@ -94,6 +95,13 @@ class DriftMonitor:
         self._since = 0
         return self._record(ms, before)
 
+    def seed(self, n: int = REFERENCE_SEED) -> dict[str, Any]:
+        """Time the reference alone until the schedule holds ``n`` timings (a fresh machine's
+        first call, so that its figure is not one window's), and return its figure."""
+        while (fig := self.schedule.figure()) is None or fig["n"] < n:
+            self.check()
+        return fig
+
     def measure_arch(self, arch: Any, *, cache: LatencyCache | None = None,
                      remeasure: bool = False) -> Latency:
         """``protocol.measure_arch`` on this schedule, with a dedicated reference check every
@@ -113,3 +121,15 @@ class DriftMonitor:
         self.history.append(DriftCheck(ref.get("window_ms", float("nan")), ref.get("window_ms", 1.0) / f,
                                        f, lat.drifted))
         return lat
+
+
+def measure_seeded(arch: Any, spec: TargetSpec, *, cache: LatencyCache, remeasure: bool = False,
+                   max_seconds: float = 1.0, calibration: Any = None) -> Latency:
+    """``protocol.measure_arch`` for one call (`shufflesearch latency`): a machine whose
+    schedule holds fewer than REFERENCE_SEED timings times the reference alone first, so that
+    the ms reported is ratio x the reference's usual figure, not this one window's."""
+    mon = DriftMonitor(spec, cache=cache, max_seconds=max_seconds, calibration=calibration)
+    if remeasure or cache.get(arch.archid, spec, mon.schedule.fp) is None:
+        mon.seed()
+    return measure_arch(arch, spec, cache=cache, remeasure=remeasure, max_seconds=max_seconds,
+                        schedule=mon.schedule, calibration=calibration)

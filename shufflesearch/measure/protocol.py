@@ -61,7 +61,8 @@ MIN_RUNS = 10  # fewest timed rounds an estimate is taken from
 SETTLE = 0.05  # warm-up ends when two consecutive medians of 3 agree within 5%
 TARGET_REL_CI = 0.01  # stop when every ratio's interval half-width is within 1% of it
 DRIFT_BOUND = 0.10  # a window whose reference ran >10% off its scheduled figure is drifted
-REFERENCE_WINDOW = 25  # the reference figure is the median of its last 25 timings
+REFERENCE_WINDOW = 200  # the reference figure: the median of its last 200 timings (usual speed)
+REFERENCE_SEED = 5  # timings a fresh schedule is seeded with (drift.DriftMonitor.seed)
 
 _CLOCKS = {"wall": time.perf_counter, "thread_cpu": time.thread_time}
 
@@ -404,23 +405,22 @@ def measure_arch(
 ) -> Latency:
     """Latency of ``arch`` on ``spec`` relative to the reference; served from ``cache`` when the
     same (archid, spec, timing version, fingerprint) was measured before, unless ``remeasure``.
-
-    A window whose reference ran beyond ``bound`` off its scheduled figure is re-timed once;
-    a figure still drifted after that keeps ``drifted=True`` and is not cached. ``calibration``
-    images are required by ``onnxruntime-int8`` (the cache key does not carry them: int8
-    timing depends on the quantised graph's structure, not on the calibrated ranges)."""
+    A window whose reference ran beyond ``bound`` off its scheduled figure is re-timed once; a
+    figure still drifted keeps ``drifted=True`` and is not cached. ``onnxruntime-int8`` needs
+    ``calibration`` images (not in the cache key: int8 timing depends on the graph's structure)."""
     fp = fingerprint(spec.threads, spec.backend)
-    if cache is not None and not remeasure:
-        hit = cache.get(arch.archid, spec, fp)
+    claim = cache.claimed(arch.archid, spec, fp) if cache is not None and not remeasure else contextlib.nullcontext()
+    with claim as hit:  # cached, or timed meanwhile by another study sharing the cache
         if hit is not None:
             return hit
-    schedule = schedule or ReferenceSchedule(spec, cache)
-    model = inference_model(arch, spec) if spec.backend == "torch" else arch
-    lat = _measure_scheduled(model, spec, schedule, max_seconds, bound, calibration)
-    if lat.drifted and retime_drifted:
+        started = time.time()
+        schedule = schedule or ReferenceSchedule(spec, cache)
+        model = inference_model(arch, spec) if spec.backend == "torch" else arch
         lat = _measure_scheduled(model, spec, schedule, max_seconds, bound, calibration)
-    if cache is not None and not lat.drifted:
-        cache.put(arch.archid, spec, lat)
+        if lat.drifted and retime_drifted:
+            lat = _measure_scheduled(model, spec, schedule, max_seconds, bound, calibration)
+        if cache is not None and not lat.drifted:
+            cache.put(arch.archid, spec, lat, measured_at=started)
     return lat
 
 

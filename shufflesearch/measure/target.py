@@ -8,6 +8,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from ..common.stats import bootstrap_ci
 from ..errors import UserError
 
 
@@ -112,12 +115,32 @@ def ties(a: float, a_ci: tuple[float, float] | list[float], b: float, b_ci: tupl
     return hi - lo <= (h_lo**2 + h_hi**2) ** 0.5
 
 
+def paired(a: Latency, b: Latency) -> bool:
+    """Whether two figures come from the same rounds of one window (a side-by-side re-timing):
+    then both ratios share the reference's per-round denominator and are correlated."""
+    return bool(a.ref_runs_ms and a.runs_ms and b.runs_ms and a.ref_runs_ms == b.ref_runs_ms
+                and len(a.runs_ms) == len(b.runs_ms) == len(a.ref_runs_ms))
+
+
+def paired_ratio_ci(a: Latency, b: Latency) -> tuple[float, float]:
+    """95% bootstrap interval of a / b from their per-round times in one window: the median of
+    a_i / b_i (the reference's time of round i cancels), resampling whole rounds."""
+    ci = bootstrap_ci(lambda x, y: float(np.median(x / y)), a.runs_ms, b.runs_ms, n_boot=500)
+    return (ci.lo, ci.hi)
+
+
 def is_tie(a: Latency, b: Latency) -> bool:
     """Whether two figures are a tie, i.e. their difference is inside the measured noise.
 
-    Ratios to the same reference compare directly (the case for a front re-timed side by side
-    or any two protocol-2 figures); otherwise the ms figures compare, with the ratio intervals
-    scaled to ms, or +-IQR/2 for protocol-1 figures that have no interval."""
+    Two figures from the same window are compared paired: a tie when the interval of a / b
+    over the rounds holds 1. Their ratios to the reference share each round's reference time,
+    so combining their intervals as independent errors would count the reference's noise
+    twice and over-call ties. Ratios to the same reference from different windows compare
+    directly; otherwise the ms figures compare, with the ratio intervals scaled to ms, or
+    +-IQR/2 for protocol-1 figures that have no interval."""
+    if paired(a, b):
+        lo, hi = paired_ratio_ci(a, b)
+        return lo <= 1.0 <= hi
     same_ref = (a.ratio is not None and b.ratio is not None and a.ratio_ci and b.ratio_ci
                 and (a.reference or {}).get("archid") == (b.reference or {}).get("archid"))
     if same_ref:

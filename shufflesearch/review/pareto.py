@@ -18,6 +18,7 @@ from ..search.front import (
     tie_groups,
 )
 from ..search.ladder import apply_estimator, chosen_estimator, describe_check, rung_estimate
+from ..search.objective import LIMIT_ATTR
 from ..search.records import GUIDELINES, TrialRecord, completed, failed, measured
 from ..search.retime import load_retime, records_with_retime
 from ..search.runfolder import Run, load_run
@@ -53,7 +54,7 @@ class ParetoRow:
     drifted: bool = False  # the window ran beyond the drift bound off the reference's figure
     retimed: bool = False  # the figure comes from the run's side-by-side re-timing
     ties: list[int] = field(default_factory=list)  # shown trials whose latency is a tie with this one
-    dominated_by: list[int] | None = None  # baselines: the trials that dominate it beyond the noise
+    dominated_by: list[int] | None = None  # feasible baselines off the front: who dominates it beyond the noise
     # The fidelity ladder (None in a zero-cost run): the rung reached of top_rung, what the
     # proxy column is there (val_acc or sotl per step), why it stopped below the top.
     rung: int | None = None
@@ -100,7 +101,7 @@ def pareto_rows(records: list[TrialRecord], all_trials: bool = False) -> list[Pa
             reference_ms=(r.latency_ms / r.ratio if r.ratio and r.measured_ms is not None else r.reference_ms),
             measured_ms=r.measured_ms, drifted=r.drifted,
             retimed=bool(r.retimed), ties=ties.get(r.trial, []),
-            dominated_by=(None if not r.baseline or r.trial in on or r.proxy is None
+            dominated_by=(None if not r.baseline or r.trial in on or not r.feasible or r.proxy is None
                           else dominated_beyond_noise(r, front)),
             rung=r.rung, top_rung=r.top_rung, estimator=r.estimator,
             stopped=None if r.at_top else r.stopped,
@@ -144,8 +145,12 @@ def format_reference(note: dict[str, Any]) -> str:
            + (f", speed factor {note['speed_factor']:.3f}" if note.get("speed_factor") else "") + ")"
            if note.get("retimed_at") else "the run's median reference figure (not re-timed: see --retime)")
     flag = "; DRIFTED: the window ran >10% off the reference's usual speed" if note.get("retimed_at") and note.get("drifted") else ""
+    lim = note.get("limit")
+    limit = (f"; latency_ms limit {lim['ms']:g} ms = ratio {lim['ratio']:.4f} (converted at reference "
+             f"{lim['reference_ms']:.3f} ms), {lim['ratio'] * note['ms']:.3f} ms on this reference"
+             if lim and lim.get("ratio") else "")
     return (f"latency ms = ratio x reference {note['arch']} ({note['archid']}) at {note['ms']:.3f} ms, "
-            f"{how}{flag}")
+            f"{how}{flag}{limit}")
 
 
 def _ratio_cell(r: ParetoRow) -> str:
@@ -225,12 +230,8 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
     if any(r.drifted for r in rows):
         lines.append("~ drifted: measured while the machine ran >10% off the reference's usual speed")
     for r in rows:
-        if r.baseline and not r.on_front and r.proxy is None:
-            lines.append(f"{r.baseline}: no accuracy figure on the front's scale "
-                         f"({r.stopped or 'not trained'}); compared on latency only")
-        elif r.baseline and not r.on_front:
-            lines.append(f"{r.baseline}: " + (f"dominated beyond the noise by trial(s) {', '.join(map(str, r.dominated_by))} (d)"
-                                              if r.dominated_by else "not dominated beyond the noise (off the front only within it)"))
+        if r.baseline and not r.on_front:
+            lines.append(f"{r.baseline}: " + _baseline_verdict(r))
     if reference:
         lines.append(format_reference(reference))
     if ladder:
@@ -239,6 +240,18 @@ def format_pareto(rows: list[ParetoRow], objectives: Sequence[str] = ("proxy", "
         lines.append("x infeasible: breaks the constraint(s) listed (by how much over the limit); "
                      "never on the front, picked, short-trained or exported")
     return "\n".join(lines)
+
+
+def _baseline_verdict(r: ParetoRow) -> str:
+    """Why a baseline is off the front: it breaks a constraint, or trials dominate it beyond the
+    noise, or it is off the front only within the noise."""
+    if not r.feasible:
+        return f"infeasible, it breaks {format_breaks(r.breaks)} (x): never on the front"
+    if r.proxy is None:
+        return f"no accuracy figure on the front's scale ({r.stopped or 'not trained'}): compared on latency only"
+    if r.dominated_by:
+        return f"dominated beyond the noise by trial(s) {', '.join(map(str, r.dominated_by))} (d)"
+    return "not dominated beyond the noise (off the front only within it)"
 
 
 def ladder_legend(rows: list[ParetoRow]) -> str:
@@ -337,10 +350,12 @@ def pick_trial(records: list[TrialRecord], *, trial: int | None = None, use_knee
     """The record that `export` bundles; UserError says why there is none. Only a feasible
     completed trial is ever picked: the knee and --max-latency choose on the feasible front,
     and --trial N of an infeasible trial is refused with the constraints it breaks."""
-    done = completed(records)
+    done = on_one_reference(completed(records))
     if trial is not None:
+        shown = {c.trial: c for c in done}
         for r in records:
             if r.trial == trial:
+                r = shown.get(trial, r)  # feasibility on the yardstick shown
                 if r.state != "COMPLETE":
                     raise UserError(f"--trial {trial}: trial {r.state.lower()} "
                                     f"({r.fail_reason or 'no reason'}); pick a completed one")
@@ -351,11 +366,11 @@ def pick_trial(records: list[TrialRecord], *, trial: int | None = None, use_knee
                 if not r.feasible:
                     raise UserError(f"--trial {trial}: infeasible, it breaks {format_breaks(r.broken)} "
                                     f"(over the limit); pick a feasible one")
-                return next((c for c in on_one_reference(done) if c.trial == trial), r)
+                return r
         raise UserError(f"--trial {trial}: no such trial (the run has trials "
                         f"{min(r.trial for r in records)}..{max(r.trial for r in records)})"
                         if records else f"--trial {trial}: the run has no trials yet")
-    front = shown_front(on_one_reference(done))
+    front = shown_front(done)
     if not front:
         if done:
             raise UserError(f"no completed trial meets the space's constraints ({len(done)} completed, "
@@ -430,4 +445,6 @@ def load_records(path: str | Path) -> tuple[Run, list[TrialRecord]]:
 def load_reference_note(path: str | Path) -> dict[str, Any]:
     """reference_note of a run folder (with its stored re-timing)."""
     run, study = load_run(path)
-    return reference_note(records_with_retime(study), load_retime(study))
+    note = reference_note(records_with_retime(study), load_retime(study))
+    note["limit"] = study.user_attrs.get(LIMIT_ATTR)  # the latency limit on the ratio yardstick
+    return note

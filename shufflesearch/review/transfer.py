@@ -26,7 +26,7 @@ from ..measure.protocol import retime
 from ..measure.target import BACKENDS
 from ..model.arch import Arch
 from ..search.evaluator import CALIBRATION_IMAGES  # int8: calibrated as in the search
-from ..search.front import pareto_front
+from ..search.front import on_one_reference, pareto_front, shown_front
 from ..search.records import TrialRecord
 from .pareto import load_records
 
@@ -42,8 +42,10 @@ def parse_backends(text: str) -> list[str]:
 
 
 def transfer_points(records: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """The run's front and its baselines, one per architecture, front first."""
-    front = pareto_front(records)
+    """The front that `pareto` shows (on one reference, re-timed points only when the run was
+    re-timed) and the run's baselines, one per architecture, front first."""
+    records = on_one_reference(list(records))
+    front = shown_front(records)
     seen = {r.archid for r in front}
     base = []
     for r in records:
@@ -61,7 +63,7 @@ def transfer(run_path: str | Path, backends: Sequence[str], *, seconds_per_point
     points = transfer_points(records)
     if len(points) < 2:
         raise UserError(f"{run_path}: needs at least two completed front points or baselines to compare runtimes")
-    front_ids = {r.archid for r in pareto_front(records)}
+    front_ids = {r.archid for r in shown_front(on_one_reference(records))}
     archs = [Arch.from_dict(r.arch or {}, where=f"trial {r.trial}") for r in points]
     target = run.space.target
     lat: dict[str, list[Any]] = {}

@@ -20,6 +20,7 @@ from .front import pareto_front, spread_indices
 from .objective import (
     _constraint_system_attrs,
     constraint_items,
+    latency_limit,
     objective_values,
     optuna_constraints,
 )
@@ -61,7 +62,7 @@ def evaluate_baselines(run: Run, evaluate: Evaluator | None = None) -> None:
             if n not in done and not (f"baseline:{n}" in owned and _baseline_settled(st, owned[f"baseline:{n}"]))]
     if not todo:
         return
-    evaluate = evaluate or Evaluator(run.space, run.root)
+    evaluate = evaluate or Evaluator(run.space, run.root, limit=latency_limit(run))
     sweep = Sweeper(study)
     for name, arch in todo:
         sweep()

@@ -21,7 +21,9 @@ import logging
 import multiprocessing as mp
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -34,12 +36,11 @@ from .evaluator import prefilter_table
 from .ladder import run_check
 from .progress import Progress
 from .retime import retime_run
-from .runfolder import Run, _setup_log, open_run
+from .runfolder import Run, _setup_log, open_run, run_step
 from .space import SearchSpace, load_space
 from .worker import _worker_main, work
 
 log = logging.getLogger("shufflesearch.search")
-
 
 
 def check_buildable(space: SearchSpace, path: str | Path, tries: int = 50) -> None:
@@ -103,11 +104,36 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
             if bad:
                 raise UserError(f"{len(bad)} worker(s) exited with an error; see {run.root / 'run.log'}")
         progress.poll()
+    say = None if quiet else (lambda m: print(f"run {run.name}: {m}", flush=True))
     # The self-check first: under `estimator: auto` it picks the estimator the front is drawn
     # with, and the re-timing, the short training and every review then follow that front.
-    run_check(run, quiet=quiet)  # the fidelity ladder's self-check (nothing in a zero-cost run)
+    end_step(run, budget, "check", lambda: _check(run, quiet), say)
     # The front that is shown and exported rests on figures taken side by side (retime.py).
-    retime_run(run, say=None if quiet else (lambda m: print(f"run {run.name}: {m}", flush=True)))
-    short_train_front(run, quiet=quiet)
+    end_step(run, budget, "retime", lambda: retime_run(run, say=say), say)
+    end_step(run, budget, "short_train", lambda: short_train_front(run, quiet=quiet), say)
     log.info("run %s finished", run.name)
     return run
+
+
+def end_step(run: Run, budget: int, name: str, fn: Callable[[], Any],
+             say: Callable[[str], None] | None = None) -> bool:
+    """One end-of-run step, done once for this budget by one of the processes that share the
+    study (a claim in its storage, runfolder.run_step): the others wait for it, and a re-run
+    after a kill -9 completes it. True when this process did it."""
+    study = run.load_study()
+    ran, _ = run_step(study._storage, study._study_id, f"end:{name}:{budget}", fn, name=name, say=say)
+    if not ran:
+        log.info("run %s: %s for budget %d was done by another process", run.name, name, budget)
+        if say:
+            say(f"{name.replace('_', ' ')}: done by another process")
+    return ran
+
+
+def _check(run: Run, quiet: bool) -> None:
+    """The fidelity ladder's self-check (nothing in a zero-cost run); with ``check.top: 0`` the
+    study says that it was switched off, so no review reads "not run yet" forever."""
+    fs = run.space.fidelity
+    if fs is not None and fs.check.top <= 0:
+        run.load_study().set_user_attr("check", {"skipped": "check.top: 0 in the space", "top": 0})
+        return
+    run_check(run, quiet=quiet)

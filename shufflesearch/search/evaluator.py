@@ -48,7 +48,12 @@ def prefilter_table(space: SearchSpace) -> LatencyTable | None:
         raise UserError(f"target.prefilter needs a latency table for this target on this machine: "
                         f"run `shufflesearch latency build-table --resolution {t.resolution} "
                         f"--batch {t.batch} --threads {t.threads}{' --channels-last' if t.channels_last else ''}` first")
-    return LatencyTable.load(path)
+    table = LatencyTable.load(path)
+    if not table.reference_ms:  # the pre-filter compares ratios to the reference
+        raise UserError(f"{path}: this latency table predates relative timing; rebuild it with "
+                        f"`shufflesearch latency build-table --resolution {t.resolution} --batch {t.batch} "
+                        f"--threads {t.threads}{' --channels-last' if t.channels_last else ''}`")
+    return table
 
 
 def calibration_images(space: SearchSpace, data: ProxyData | None = None) -> Any:
@@ -62,8 +67,12 @@ def calibration_images(space: SearchSpace, data: ProxyData | None = None) -> Any
 class Evaluator:
     """Scores one Arch on everything the space asks for; loaded once per worker."""
 
-    def __init__(self, space: SearchSpace, run_root: str | Path | None = None) -> None:
+    def __init__(self, space: SearchSpace, run_root: str | Path | None = None,
+                 limit: dict[str, Any] | None = None) -> None:
         self.space = space
+        # The latency_ms limit as a ratio to the reference (objective.latency_limit); without
+        # it (an Evaluator made outside a run) the limit is compared in ms, as measured.
+        self.limit = limit
         self.run_root = run_root  # where a ladder keeps its rung checkpoints (rungs/)
         self.spec = space.target
         self.cache = LatencyCache()
@@ -90,12 +99,15 @@ class Evaluator:
         if self.table is not None:
             # The cheap pre-filter: a clear miss of the latency constraint is not measured.
             # Front figures stay measured: anything that passes is timed as usual.
+            # One yardstick: the predicted ratio to the reference against the limit's ratio.
             limit = space.constraints["latency_ms"]
             margin = space.target_options.prefilter
-            pred = self.table.predict(arch)
-            if pred > limit * (1 + margin):
-                raise optuna.TrialPruned(f"predicted {pred:.2f} ms, over the latency_ms limit "
-                                         f"{limit:g} by more than {100 * margin:.0f}%; not measured")
+            pred = self.table.predict_ratio(arch)
+            lim = self.limit["ratio"] if self.limit else limit / self.table.reference_ms
+            if pred > lim * (1 + margin):
+                raise optuna.TrialPruned(f"predicted ratio {pred:.3f} to the reference, over the "
+                                         f"latency_ms limit {limit:g} (ratio {lim:.3f}) by more than "
+                                         f"{100 * margin:.0f}%; not measured")
         fault_point("latency", hold=timing_lock)
         lat = self.drift.measure_arch(arch, cache=self.cache)
         t2 = time.perf_counter()
@@ -122,6 +134,7 @@ class Evaluator:
             archid=arch.archid, arch=arch.to_dict(), params=c.params, macs=c.macs, mac=c.mac,
             peak_activation=c.peak_activation, latency=lat.to_dict(), latency_ms=lat.median_ms,
             proxies=scores, proxy_raw=score, proxy=proxy_value,
+            latency_limit=self.limit["ratio"] if self.limit else None,
             guidelines=GuidelineSummary(penalties=rep.penalties, total=rep.total,
                                         n_findings=len(rep.findings), overhead_ms=rep.overhead_ms),
         )

@@ -25,7 +25,9 @@ def fault_point(name: str, hold: Any = None) -> None:
     the retry of a dead one), ``sample``, ``latency`` (holding the timing lock, as a
     measurement does), ``proxies`` (holding the compute lock), ``storage`` (half of a trial's
     results written), ``rung`` (a ladder rung's checkpoint on disk, its result not stored
-    yet). A no-op unless the variable is set."""
+    yet), and the end-of-run steps ``retime``, ``short_train``, ``check`` (hit 1: the step just
+    claimed; hit N >= 2: at its (N-1)th heartbeat, i.e. (N-1) x 2 s into it). A no-op unless the
+    variable is set."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return

@@ -94,18 +94,35 @@ def attach_retime(records: Iterable[TrialRecord], retime: dict[str, Any] | None)
 def on_one_reference(records: Sequence[TrialRecord], reference_ms: float | None = None) -> list[TrialRecord]:
     """Copies of ``records`` whose ``latency_ms`` is ratio x one reference figure (``measured_ms``
     keeps the stored one); records without a ratio (protocol 1) keep theirs. The figure is
-    ``reference_ms``, else the re-timing's reference, else the run's median reference."""
+    ``reference_ms``, else the re-timing's reference, else the run's median reference. The
+    latency limit moves with them: feasibility is the shown ratio against the limit's ratio,
+    and how far a trial is over it reads in the shown ms."""
     if reference_ms is None:
         ref = next((r.retimed.get("reference") for r in records if r.retimed), None)
         reference_ms = float(ref["ms"]) if ref and ref.get("ms") else run_reference_ms(records)
     out = []
     for r in records:
-        c = dataclasses.replace(r, extra=dict(r.extra))
+        c = dataclasses.replace(r, extra=dict(r.extra), constraints=dict(r.constraints))
         if reference_ms and r.ratio is not None and r.latency_ms is not None:
             c.measured_ms = r.latency_ms
             c.latency_ms = r.ratio * reference_ms
+            if r.latency_limit and "latency_ms" in c.constraints:
+                # The limit on the same yardstick as the figure shown: the figure's ratio (the
+                # re-timing's, if any) against the limit's ratio, in the ms of this reference.
+                c.constraints["latency_ms"] = (r.ratio - r.latency_limit) * reference_ms
         out.append(c)
     return out
+
+
+def latency_over(rec: TrialRecord, limit_ms: float, reference_ms: float | None = None) -> float:
+    """How far the record's latency is over ``limit_ms``, in ms: on the ratio yardstick when the
+    limit was converted to a ratio (``rec.latency_limit``), in ms at ``reference_ms`` (default:
+    the reference figure the limit was converted with, so the amount reads against the limit as
+    given); otherwise, for records of older runs, the stored ms minus the limit."""
+    if rec.latency_limit and rec.ratio is not None:
+        ref = reference_ms if reference_ms is not None else limit_ms / rec.latency_limit
+        return (rec.ratio - rec.latency_limit) * ref
+    return float(rec.latency_ms - limit_ms)
 
 
 def shown_front(records: Iterable[TrialRecord]) -> list[TrialRecord]:

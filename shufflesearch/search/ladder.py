@@ -253,6 +253,8 @@ def describe_check(rep: dict[str, Any] | None) -> str:
     """The stored check in a few lines (``format_check``), or why there is none."""
     if not rep:
         return "self-check: not run yet"
+    if rep.get("top") == 0:  # switched off in the space: stored so, not "not run yet"
+        return "self-check: off (check.top: 0 in the space; nothing was retrained)"
     if rep.get("skipped"):
         return f"self-check: skipped ({rep['skipped']})"
     return format_check(rep)

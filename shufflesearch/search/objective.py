@@ -3,13 +3,23 @@ sampler that learns from them."""
 
 from __future__ import annotations
 
+import datetime
+import logging
 import math
 from typing import Any
 
 import optuna
 
+from ..measure.cache import LatencyCache
+from ..measure.drift import DriftMonitor
+from ..measure.target import REFERENCE_ARCH
+from .evaluator import calibration_images
+from .front import latency_over
 from .records import TrialRecord
+from .runfolder import Run, run_step
 from .space import SearchSpace
+
+log = logging.getLogger("shufflesearch.search")
 
 
 def objective_values(space: SearchSpace, rec: TrialRecord) -> list[float]:
@@ -34,13 +44,48 @@ def optuna_constraints(rec: TrialRecord) -> dict[str, float]:
 
 def constraint_items(space: SearchSpace, rec: TrialRecord) -> dict[str, float]:
     """The trial's constraint values by name. Optuna convention: a trial is feasible when
-    every value is <= 0 (value = measured - limit)."""
-    have = {"latency_ms": rec.latency_ms, "params_m": rec.params / 1e6, "macs_m": rec.macs / 1e6,
+    every value is <= 0 (value = measured - limit). Latency is judged by its ratio to the
+    reference against the limit's ratio (``latency_over``): one yardstick with the front."""
+    have = {"params_m": rec.params / 1e6, "macs_m": rec.macs / 1e6,
             "mac_m": rec.mac / 1e6, "guideline_penalty": rec.guidelines.total}
-    out = {k: float(have[k] - v) for k, v in sorted(space.constraints.items())}
+    out = {k: (latency_over(rec, v) if k == "latency_ms" else float(have[k] - v))
+           for k, v in sorted(space.constraints.items())}
     if space.guidelines.mode == "constrain":
         out["guidelines"] = float(rec.guidelines.total - space.guidelines.max_penalty)
     return out
+
+
+# --- the latency limit on the ratio yardstick -------------------------------------------------
+
+LIMIT_ATTR = "latency_limit"  # study user attr: {"ms", "reference", "reference_ms", "ratio", "at"}
+
+
+def latency_limit(run: Run) -> dict[str, Any] | None:
+    """The space's ``latency_ms`` limit converted once per run to a ratio to the reference:
+    limit / the reference schedule's figure when the run first needed it (the reference is
+    timed first on a machine with no schedule yet). Stored on the study, so every worker and
+    machine judges feasibility against the same ratio, and reviews can state the figure.
+    None when the space has no latency limit."""
+    limit = run.space.constraints.get("latency_ms")
+    if limit is None:
+        return None
+    study = run.load_study()
+
+    def convert() -> None:
+        spec = run.space.target
+        mon = DriftMonitor(spec, cache=LatencyCache(), max_seconds=run.space.target_options.max_seconds,
+                           calibration=calibration_images(run.space))
+        fig = mon.seed()  # a machine with too few timings times the reference first
+        study.set_user_attr(LIMIT_ATTR, {
+            "ms": float(limit), "reference": REFERENCE_ARCH, "reference_ms": fig["ms"],
+            "ratio": float(limit) / fig["ms"],
+            "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        log.info("run %s: latency_ms limit %g ms = ratio %.4f to %s at %.3f ms", run.name, limit,
+                 float(limit) / fig["ms"], REFERENCE_ARCH, fig["ms"])
+
+    if not study.user_attrs.get(LIMIT_ATTR):
+        run_step(study._storage, study._study_id, LIMIT_ATTR, convert, name="limit")
+    return run.load_study().user_attrs.get(LIMIT_ATTR)
 
 
 # Optuna 5 takes constraints per trial (Trial.set_constraint, read by every sampler) and

@@ -66,6 +66,9 @@ class TrialRecord:
     proxy: float | None = None  # the proxy objective (after the penalty in penalize mode)
     guidelines: GuidelineSummary = field(default_factory=GuidelineSummary)
     constraints: dict[str, float] = field(default_factory=dict)  # by name; > 0 is broken
+    # The space's latency_ms limit as a ratio to the reference (converted once per run:
+    # objective.latency_limit); latency feasibility is judged on the ratio against it.
+    latency_limit: float | None = None
     baseline: str | None = None  # the preset's name for a baseline trial
     duplicate_of: int | None = None  # the trial whose figures this repeat copies
     fail_reason: str | None = None  # FAIL/PRUNED: why

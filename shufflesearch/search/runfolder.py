@@ -7,8 +7,11 @@ import importlib.util
 import logging
 import os
 import re
+import socket
 import sqlite3
+import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from optuna.trial import TrialState
 
 from ..common.yamlio import Located, parse_yaml
 from ..errors import UserError
+from .faults import fault_point
 from .space import SearchSpace, parse_space
 
 # The heartbeat API is marked experimental, and using it outside Study.optimize warns; both
@@ -91,7 +95,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
                 heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=3),
                 **kwargs,
             )
-            _CLAIMS.metadata.create_all(st.engine, checkfirst=True)
+            _TABLES.create_all(st.engine, checkfirst=True)
             return st
         except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError) as e:
             # Workers (or a reader such as `pareto`) started together on an empty database race
@@ -129,8 +133,9 @@ class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
 # (its Optuna trial_id); when that trial ends FAIL or PRUNED (its worker died and it went stale,
 # or it raised) the claim is dead and the next claimant takes it over with a compare-and-set.
 
+_TABLES = sa.MetaData()
 _CLAIMS = sa.Table(
-    "shufflesearch_claims", sa.MetaData(),
+    "shufflesearch_claims", _TABLES,
     sa.Column("study_id", sa.Integer, primary_key=True),
     sa.Column("key", sa.String(255), primary_key=True),
     sa.Column("owner", sa.Integer, nullable=False),  # trial_id of the claiming trial
@@ -177,6 +182,105 @@ def claim(storage: Any, study_id: int, key: str, trial_id: int,
             log.info("claim %s: taken over from dead trial id %d", key, owner)
             return trial_id
     raise RuntimeError(f"claim {key}: no stable owner after 10 tries")
+
+
+# --- steps: work done once per study by one process, not by a trial ---------------------------
+# The end of a run (re-timing, short training, the self-check) and the latency limit's
+# conversion are done by one process of all those sharing the study; the others wait for it.
+# The holder bumps ``beat`` every HEARTBEAT_S; a claim whose beat has not moved for GRACE_S on
+# the waiter's own clock (no clocks are compared across machines) belongs to a dead process and
+# is taken over with a compare-and-set, as a dead trial's slot is. ``done`` marks it finished.
+
+_STEPS = sa.Table(
+    "shufflesearch_steps", _TABLES,
+    sa.Column("study_id", sa.Integer, primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("owner", sa.String(255), nullable=False),  # host:pid:random of the holder
+    sa.Column("beat", sa.Integer, nullable=False),  # bumped while the holder lives
+    sa.Column("done", sa.Boolean, nullable=False),
+)
+
+
+def _beat(eng: sa.engine.Engine, study_id: int, key: str, me: str, stop: threading.Event,
+          name: str) -> None:
+    c = _STEPS.c
+    while not stop.wait(HEARTBEAT_S):
+        fault_point(name)  # a kill -9 in the middle of the step (bench/fault_injection.py)
+        with eng.begin() as con:
+            n = con.execute(_STEPS.update().where(c.study_id == study_id, c.key == key, c.owner == me)
+                            .values(beat=c.beat + 1)).rowcount
+        if n == 0:
+            log.warning("step %s: taken over by another process (this one sent no heartbeat for "
+                        "over %d s); both finish it, the later result is kept", key, int(GRACE_S))
+            return
+
+
+def step_state(storage: Any, study_id: int, key: str) -> dict[str, Any] | None:
+    """{"owner", "beat", "done"} of a step's claim, or None when nobody has claimed it."""
+    c = _STEPS.c
+    with _engine(storage).connect() as con:
+        row = con.execute(sa.select(c.owner, c.beat, c.done).where(c.study_id == study_id, c.key == key)).first()
+    return None if row is None else {"owner": row[0], "beat": row[1], "done": bool(row[2])}
+
+
+def run_step(storage: Any, study_id: int, key: str, fn: Callable[[], Any], *, name: str | None = None,
+             say: Callable[[str], None] | None = None, poll_s: float = 0.5) -> tuple[bool, Any]:
+    """Run ``fn`` as step ``key`` of the study unless another process did or is doing it:
+    returns (True, fn()) when this process ran it, (False, None) when it was done elsewhere
+    (waited for when it was running). ``name`` is the fault point reached on claiming the step
+    and at every heartbeat while it runs."""
+    name = name or key
+    c = _STEPS.c
+    eng = _engine(storage)
+    me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    seen: tuple[str, int] | None = None
+    since = time.monotonic()
+    told = False
+    while True:
+        mine = False
+        row = step_state(storage, study_id, key)
+        if row is None:
+            try:
+                with eng.begin() as con:
+                    con.execute(_STEPS.insert().values(study_id=study_id, key=key, owner=me, beat=0, done=False))
+                mine = True
+            except sa.exc.IntegrityError:
+                continue  # another process claimed it first: read its claim
+        elif row["done"]:
+            return False, None
+        else:
+            now = (row["owner"], row["beat"])
+            if now != seen:
+                seen, since = now, time.monotonic()
+            elif time.monotonic() - since > GRACE_S:
+                with eng.begin() as con:  # compare-and-set: only if it is still the stale claim
+                    mine = con.execute(_STEPS.update().where(
+                        c.study_id == study_id, c.key == key, c.owner == row["owner"], c.beat == row["beat"],
+                        c.done.is_(False)).values(owner=me, beat=0)).rowcount == 1
+                if mine:
+                    log.info("step %s: taken over from %s (no heartbeat for %d s)", key, row["owner"], int(GRACE_S))
+            if not mine:
+                if say and not told:
+                    say(f"waiting for {key}: another process ({row['owner']}) is doing it")
+                    told = True
+                time.sleep(poll_s)
+                continue
+        fault_point(name)
+        stop = threading.Event()
+        th = threading.Thread(target=_beat, args=(eng, study_id, key, me, stop, name), daemon=True)
+        th.start()
+        try:
+            out = fn()
+        except BaseException:
+            with eng.begin() as con:  # failed here (not killed): free it for the next process now
+                con.execute(_STEPS.delete().where(c.study_id == study_id, c.key == key, c.owner == me))
+            raise
+        finally:
+            stop.set()
+            th.join()
+        with eng.begin() as con:
+            con.execute(_STEPS.update().where(c.study_id == study_id, c.key == key).values(done=True))
+        return True, out
 
 
 def trial_state(storage: Any, trial_id: int) -> TrialState | None:

@@ -22,6 +22,7 @@ from .ladder import climb
 from .objective import (
     _PER_TRIAL_CONSTRAINTS,
     constraint_items,
+    latency_limit,
     make_sampler,
     objective_values,
     optuna_constraints,
@@ -284,7 +285,7 @@ def work(run: Run, budget: int, stop_event: Any = None, worker: int = 0) -> int:
     """One worker: run trials until the study holds ``budget`` completed search trials."""
     study = optuna.load_study(study_name=run.name, storage=run.storage(),
                               sampler=with_ask_faults(make_sampler(run.space, worker)))
-    evaluate = Evaluator(run.space, run.root)
+    evaluate = Evaluator(run.space, run.root, limit=latency_limit(run))
     sweep = Sweeper(study)
     failures = 0
     while stop_event is None or not stop_event.is_set():
