@@ -72,9 +72,16 @@ def check_ladder(root: Path, budget: int, workers: int = 1) -> list:
             if k != "0" and v["trained_seconds"] > 0:
                 trained[(r.archid, k)] = trained.get((r.archid, k), 0) + 1
     assert all(n == 1 for n in trained.values()), trained
+    # Lean run folder: a trial stopped below the top keeps no checkpoint; at the end only the
+    # shown front and the check's picks keep theirs (their top rung's).
+    kept = {d.name.rsplit("-s", 1)[0] for d in (root / "rungs").glob("*-s*")}
+    check = study.user_attrs.get("check") or {}
     for r in done:
-        if r.rung and r.duplicate_of is None:
-            assert latest_checkpoint(rung_dir(root, r.archid, 0))[0] == r.rung
+        if r.rung and r.duplicate_of is None and r.rung < 3:
+            assert r.archid not in kept
+    for a in kept:
+        assert latest_checkpoint(rung_dir(root, a, 0))[0] == 3
+    assert set(check.get("archids") or []) <= kept
     return done
 
 

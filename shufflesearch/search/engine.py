@@ -33,9 +33,11 @@ from ..errors import UserError
 from ..model.arch import ArchError
 from .baselines import evaluate_baselines, short_train_front
 from .evaluator import prefilter_table
-from .ladder import run_check
+from .front import on_one_reference, shown_front
+from .ladder import apply_estimator, chosen_estimator, prune_checkpoints, run_check
 from .progress import Progress
-from .retime import retime_run
+from .records import completed
+from .retime import records_with_retime, retime_run
 from .runfolder import Run, _setup_log, open_run, run_step
 from .space import SearchSpace, load_space
 from .worker import _worker_main, work
@@ -111,6 +113,8 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
     # The front that is shown and exported rests on figures taken side by side (retime.py).
     end_step(run, budget, "retime", lambda: retime_run(run, say=say), say)
     end_step(run, budget, "short_train", lambda: short_train_front(run, quiet=quiet), say)
+    if run.space.fidelity is not None:
+        end_step(run, budget, "prune", lambda: _prune(run), say)
     log.info("run %s finished", run.name)
     return run
 
@@ -127,6 +131,17 @@ def end_step(run: Run, budget: int, name: str, fn: Callable[[], Any],
         if say:
             say(f"{name.replace('_', ' ')}: done by another process")
     return ran
+
+
+def _prune(run: Run) -> None:
+    """Lean run folder: keep the top-rung checkpoints of the shown front and the check's picks."""
+    study = run.load_study()
+    records = records_with_retime(study)
+    apply_estimator(records, chosen_estimator(study, run.space) or "sotl")
+    keep = {r.archid for r in shown_front(on_one_reference(completed(records)))}
+    keep |= set((study.user_attrs.get("check") or {}).get("archids") or [])
+    gone = prune_checkpoints(run, keep)
+    log.info("run %s: kept the checkpoints of %d architectures, deleted %d", run.name, len(keep), gone)
 
 
 def _check(run: Run, quiet: bool) -> None:

@@ -33,6 +33,7 @@ scale), and its lower rungs' figures stay in ``rungs``, shown only where labelle
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from typing import Any
 
@@ -64,6 +65,24 @@ from .space import SearchSpace
 log = logging.getLogger("shufflesearch.search")
 
 _LIVE = (TrialState.RUNNING, TrialState.COMPLETE)
+
+
+def drop_checkpoints(run_root: Any, archid: str, seed: int) -> None:
+    """Delete one architecture's rung checkpoints (a trial that stopped below the top)."""
+    shutil.rmtree(rung_dir(run_root, archid, seed), ignore_errors=True)
+
+
+def prune_checkpoints(run: Run, keep: set[str]) -> int:
+    """At the end of a run: delete the rung checkpoints of every architecture not in ``keep``
+    (the shown front and the check's picks keep their top-rung weights). Returns how many
+    folders went."""
+    root = run.root / "rungs"
+    gone = 0
+    for d in sorted(root.glob("*-s*")) if root.is_dir() else []:
+        if d.is_dir() and d.name.rsplit("-s", 1)[0] not in keep:
+            shutil.rmtree(d, ignore_errors=True)
+            gone += 1
+    return gone
 
 
 def estimate_value(attr: dict[str, Any], estimator: str) -> float:

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..model.arch import ArchError
 from .evaluator import Evaluator
 from .faults import fault_point, with_ask_faults
-from .ladder import climb
+from .ladder import climb, drop_checkpoints
 from .objective import (
     _PER_TRIAL_CONSTRAINTS,
     constraint_items,
@@ -278,7 +278,13 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, space: SearchSpace, eva
     timings["storage"] = time.perf_counter() - t_store
     trial.set_user_attr("timings", timings)
     trial.set_user_attr("worker_pid", os.getpid())
-    return study.tell(trial, values)
+    done = study.tell(trial, values)
+    run_root = getattr(evaluate, "run_root", None)
+    if run_root is not None and rec.duplicate_of is None and rec.stopped and rec.rung:
+        # Stopped below the top: decided once, so its checkpoints can never be used again. Only
+        # after the tell: a kill -9 before it retries the trial, which finds them on disk.
+        drop_checkpoints(run_root, rec.archid, space.seed)
+    return done
 
 
 def work(run: Run, budget: int, stop_event: Any = None, worker: int = 0) -> int:
