@@ -158,7 +158,7 @@ def climb(study: optuna.Study, trial_id: int, rec: TrialRecord, space: SearchSpa
         if k >= 2:  # counted at once, so that peers deciding meanwhile see the place taken
             st.set_trial_user_attr(trial_id, "promoted_to", k)
         with torch_threads(train_threads()):
-            # The run's cores divided by its workers (common.threads.train_threads).
+            # One thread unless SHUFFLESEARCH_TRAIN_THREADS says otherwise (common.threads).
             # fault point `rung`: a kill -9 right after a rung's checkpoint is on disk, before
             # the trial's storage says so (the retry must find it and train nothing again)
             r = train_to_rung(arch, data, fs, k, ckpt, seed=space.seed, on_rung=lambda _h: fault_point("rung"))
