@@ -521,7 +521,10 @@ def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert d["median_ms"] == pytest.approx(d["ratio"] * d["reference"]["ms"])
     assert d["spec"]["resolution"] == 32 and not d["cached"]
     assert main(["latency", str(f), "--resolution", "32", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["cached"]
+    # The second call reads the cache, unless the first figure was taken while the machine ran
+    # beyond the drift bound off the reference's schedule: such a figure is flagged, never
+    # cached, and measured again (protocol.measure_arch), which a loaded CI machine can cause.
+    assert json.loads(capsys.readouterr().out)["cached"] == (not d["drifted"])
 
 
 @pytest.mark.parametrize(
