@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -462,9 +463,13 @@ def test_infeasible_trials_never_reach_the_front_training_or_export(tmp_path, ca
         assert row["breaks"]["macs_m"] == pytest.approx(r.macs / 1e6 - 0.78)
     assert main(["pareto", str(run.root), "--all"]) == 0
     table = capsys.readouterr().out
-    lines = {int(ln.split()[1]): ln for ln in table.splitlines() if ln[:1] in " x*K" and ln.split()[1:2]
-             and ln.split()[1].isdigit()}
-    assert all(lines[r.trial].startswith("x") and "macs_m +" in lines[r.trial] for r in over)
+    # A row: the mark (front/knee/infeasible, B, then flags such as "~" drifted, "=" tie), the
+    # trial number, the 12-hex archid; the flags make the number's position vary.
+    rows_text = [(re.search(r"\s(\d+)\s+[0-9a-f]{12}\s", ln), ln) for ln in table.splitlines()
+                 if ln[:1] in " x*K"]
+    lines = {int(m.group(1)): ln for m, ln in rows_text if m}
+    assert all(r.trial in lines and lines[r.trial].startswith("x") and "macs_m +" in lines[r.trial]
+               for r in over), table
     assert "x infeasible" in table
     assert main(["export", str(run.root), "--trial", str(over[0].trial), "--out", str(tmp_path / "x")]) == 2
     assert "infeasible" in capsys.readouterr().err and not (tmp_path / "x").exists()
