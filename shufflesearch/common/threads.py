@@ -29,14 +29,6 @@ def torch_threads(n: int | None) -> Iterator[None]:
 TRAIN_THREADS_ENV = "SHUFFLESEARCH_TRAIN_THREADS"
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity), not the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
-
-
 def train_threads() -> int:
     """Threads for proxy-task training in a search and its check: 1, or the environment's
     ``SHUFFLESEARCH_TRAIN_THREADS`` (inherited by worker processes). One by default because
