@@ -428,7 +428,7 @@ def test_the_page_data_of_hand_made_records():
     assert "marks: infeasible: breaks macs_m +9.06" in rows[8]["h"]
     assert "Not exportable: infeasible (breaks macs_m +9.06)" in rows[8]["p"]
     assert "shufflesearch export &#x27;runs/my run&#x27; --trial 2 --out exported/trial-2" in rows[2]["p"]
-    assert rows[2]["h"].endswith("marks: knee, front")
+    assert rows[2]["h"].endswith("marks: knee, front") and rows[5]["h"].endswith("marks: repeats trial 2")
     assert "accuracy: 0.8000 (proxy score, zero-cost)" in rows[2]["h"]
     assert "worst guideline finding: G1 penalty 0.500" in rows[1]["h"]  # no architecture stored
     # Every trial is drawn once in the Pareto plot's classes, and each marker names its own row.
@@ -711,7 +711,8 @@ def test_hover_click_and_toggles_in_chromium(synthetic, browser):
                             f"[{ratio * 0.99:.3f}, {ratio * 1.01:.3f}]")
         assert lines[3].startswith(f"MACs {rec.macs / 1e6:.2f}M · MAC {rec.mac / 1e6:.2f}M")
         worst = max(check(arch, 224).findings, key=lambda f: f.penalty)
-        assert lines[4].startswith(f"worst guideline finding: {worst.guideline} at {worst.node} (penalty")
+        assert lines[4] == f"worst guideline finding: {worst.guideline} at {worst.node} (penalty {worst.penalty:.4f})"
+        assert worst.message.split(";")[0][:60] in lines[5]
         assert "knee" in lines[-1]
         # A trial below the top rung has no accuracy figure, only its rung's, labelled so.
         b = below[0]

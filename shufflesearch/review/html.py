@@ -65,6 +65,7 @@ def _marks(r: ParetoRow) -> str:
     return ", ".join(m for m, on in (("knee", r.knee), ("front", r.on_front),
                                      (f"baseline {r.baseline}", bool(r.baseline)),
                                      (f"infeasible: breaks {format_breaks(r.breaks)}", not r.feasible),
+                                     (f"repeats trial {r.duplicate_of}", r.duplicate_of is not None),
                                      *_noise_marks(r)) if on)
 
 
@@ -85,24 +86,29 @@ def _accuracy(r: ParetoRow) -> str:
     return "none (never trained)" if r.top_rung is not None else "none"
 
 
-def _worst(r: ParetoRow, det: TrialDetail | None, full: bool = False) -> str:
+def _worst(r: ParetoRow, det: TrialDetail | None) -> tuple[str, str]:
+    """The worst guideline finding: (which, where and its penalty; its message)."""
     w = det.worst if det else None
     if w is None:
         if det is not None and det.units:
-            return "none"
+            return "none", ""
         g = max(GUIDELINES, key=lambda g: r.penalties[g])  # no architecture stored: the penalties
-        return f"{g} penalty {r.penalties[g]:.3f}" if r.penalties[g] > 0 else "none"
-    msg = w.message if full else w.message.split(";")[0]
-    return f"{w.guideline} at {w.node} (penalty {w.penalty:.4f}): {msg}"
+        return (f"{g} penalty {r.penalties[g]:.3f}" if r.penalties[g] > 0 else "none"), ""
+    return f"{w.guideline} at {w.node} (penalty {w.penalty:.4f})", w.message
+
+
+def _clip(text: str, n: int = 90) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def hover_text(r: ParetoRow, det: TrialDetail | None) -> str:
     """What hovering over a trial shows (Plotly hover labels take <b> and <br>)."""
     head = f"<b>trial {r.trial}</b> · {_e(r.archid)}" + (f" · baseline {_e(r.baseline)}" if r.baseline else "")
+    which, why = _worst(r, det)
     lines = [head, f"accuracy: {_e(_accuracy(r))}",
              f"latency: {r.latency_ms:.3f} ms ± {r.iqr_ms:.3f} IQR · ratio {_ratio(r)}",
              f"MACs {_n(r.macs)} · MAC {_n(r.mac)} · params {_n(r.params)}",
-             f"worst guideline finding: {_e(_worst(r, det))}"]
+             f"worst guideline finding: {_e(which)}", *([f"  {_e(_clip(why.split(';')[0]))}"] if why else [])]
     marks = _marks(r)
     return "<br>".join(lines + ([f"marks: {_e(marks)}"] if marks else []))
 
@@ -138,7 +144,8 @@ def details_html(r: ParetoRow, det: TrialDetail | None, run: str) -> str:
            '<button type=button data-copy>copy</button></p>')
     units = (f"<h4>Units at the target resolution</h4>{_unit_table(det.units)}" if det and det.units
              else "<p class=note>No architecture stored with this trial.</p>")
-    worst = f"<p><b>Worst guideline finding:</b> {_e(_worst(r, det, full=True))}</p>"
+    which, why = _worst(r, det)
+    worst = f"<p><b>Worst guideline finding:</b> {_e(which)}{'. ' + _e(why) if why else ''}</p>"
     return cmd + worst + units
 
 

@@ -45,8 +45,14 @@
   async function draw() {
     for (const [id, fig] of Object.entries(data.figures)) {
       const el = document.getElementById('fig-' + id);
+      const before = el.data || [];
+      const traces = fig.data.map((trace, k) => {
+        const t = shown(trace);  // a series hidden from its legend entry stays hidden
+        if (before[k] && before[k].visible === 'legendonly' && t.visible !== false) t.visible = 'legendonly';
+        return t;
+      });
       // After the first drawing, keep Plotly's own layout: a zoom survives a toggle.
-      await Plotly.react(el, fig.data.map(shown), el.layout || JSON.parse(JSON.stringify(fig.layout)), config);
+      await Plotly.react(el, traces, el.layout || JSON.parse(JSON.stringify(fig.layout)), config);
     }
   }
 

@@ -15,7 +15,8 @@ from ..guidelines.checks import Finding, GuidelineSettings, check
 from ..measure.predictor import LatencyTable, table_path
 from ..measure.target import TargetSpec
 from ..model.arch import Arch
-from ..model.cost import costs
+from ..model.cost import graph_costs
+from ..model.graph import op_graph
 from ..search.ladder import estimate_value
 from ..search.records import TrialRecord, measured
 from .pareto import (
@@ -122,10 +123,10 @@ def trial_details(records: list[TrialRecord], resolution: int, unit_ms: UnitMs |
             out[r.trial] = TrialDetail([], None, n)
             continue
         if arch.archid not in by_arch:
-            c = costs(arch, resolution)
+            g = op_graph(arch, resolution)  # one graph for both: building it is most of the cost
             ms = (unit_ms(arch) if unit_ms else None) or {}
-            units = [UnitRow(k, u.params, u.macs, u.mac, ms.get(k)) for k, u in c.units.items()]
-            found = check(arch, resolution, settings).findings
+            units = [UnitRow(k, u.params, u.macs, u.mac, ms.get(k)) for k, u in graph_costs(g).units.items()]
+            found = check(g, resolution, settings).findings
             worst = max(found, key=lambda f: f.penalty) if found else None
             by_arch[arch.archid] = TrialDetail(units, worst, len(found))
         out[r.trial] = by_arch[arch.archid]
