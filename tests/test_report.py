@@ -8,9 +8,8 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -237,46 +236,126 @@ def _chromium() -> str | None:
     return exe
 
 
-def _browser(exe: str, *args: str) -> subprocess.CompletedProcess:
-    with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", *args],
-            capture_output=True, text=True, timeout=120,
-        )
+# --- the page in a real browser (Playwright driving the system chromium) -------------------------
+
+# Where a trial's point is drawn, in page pixels: its row in the page's own JSON, then the
+# axes' data-to-pixel maps. Null when no drawn trace of the figure holds the trial.
+_POINT_XY = """([fig, trial]) => {
+  const gd = document.getElementById(fig);
+  const rows = JSON.parse(document.getElementById('report-data').textContent).rows;
+  for (const t of gd.data) {
+    if (!Array.isArray(t.customdata) || t.visible === false) continue;
+    const k = t.customdata.findIndex((i) => i >= 0 && rows[i].t === trial);
+    if (k < 0) continue;
+    const L = gd._fullLayout, xa = L['xaxis' + (t.xaxis || 'x').slice(1)], ya = L['yaxis' + (t.yaxis || 'y').slice(1)];
+    const box = gd.querySelector('.main-svg').getBoundingClientRect();
+    return [box.left + xa._offset + xa.l2p(t.x[k]), box.top + ya._offset + ya.l2p(t.y[k])];
+  }
+  return null;
+}"""
 
 
-def test_report_renders_in_chromium(run_dir, tmp_path, capsys):
+class ReportPage:
+    """One report page open in headless Chromium, offline, with every request and script error
+    the page makes recorded."""
+
+    def __init__(self, browser, path: Path):
+        self.context = browser.new_context(offline=True, viewport={"width": 1280, "height": 900})
+        self.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        self.page = self.context.new_page()
+        self.requests: list[str] = []
+        self.errors: list[str] = []
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.url = path.as_uri()
+        self.page.goto(self.url)
+        self.page.wait_for_selector("body[data-plotted], body[data-plot-error]", timeout=60_000)
+        assert self.page.get_attribute("body", "data-plot-error") is None
+
+    def drawn(self, fig: str) -> int:
+        """Markers the browser laid out in one figure."""
+        return self.page.locator(f"#fig-{fig} .scatterlayer path.point").count()
+
+    def traces(self, fig: str) -> list[dict]:
+        return self.page.evaluate("(id) => document.getElementById(id).data.map((t) => "
+                                  "({name: t.name, rows: t.customdata || [], visible: t.visible}))", f"fig-{fig}")
+
+    def _xy(self, fig: str, trial: int) -> list[float]:
+        self.page.locator(f"#fig-{fig}").scroll_into_view_if_needed()
+        xy = self.page.evaluate(_POINT_XY, [f"fig-{fig}", trial])
+        assert xy is not None, f"trial {trial} is not drawn in {fig}"
+        return xy
+
+    def hover(self, fig: str, trial: int) -> list[str]:
+        """Move the mouse onto the trial's point; the lines of the hover label shown."""
+        self.page.mouse.move(*self._xy(fig, trial))
+        label = f"#fig-{fig} .hoverlayer .hovertext"
+        self.page.wait_for_selector(label, timeout=10_000)
+        return self.page.locator(f"{label} tspan.line").all_text_contents()
+
+    def click(self, fig: str, trial: int) -> str:
+        """Click the trial's point; the details panel's text."""
+        self.page.mouse.click(*self._xy(fig, trial))
+        self.page.wait_for_selector(f"#details:not([hidden])[data-trial='{trial}']", timeout=10_000)
+        return self.page.inner_text("#details")
+
+    def toggle(self, flag: str, on: bool) -> None:
+        box = self.page.locator(f"input[data-toggle='{flag}']")
+        box.check() if on else box.uncheck()
+        self.page.wait_for_function("!document.body.dataset.drawing")
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
     exe = _chromium()
+    # Imported here: only the browser tests need playwright (the test extra). It drives the
+    # system chromium; no browser download.
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def test_report_renders_in_chromium(run_dir, tmp_path, capsys, browser):
     out = tmp_path / "rep" / "report.html"
     assert main(["report", str(run_dir), "--out", str(out), "--quiet"]) == 0
-    page = out.read_text()
-    assert not re.search(r"""(src|href)=["']https?:""", page)  # nothing to fetch: works offline
-    for name in ("pareto", "macs_latency", "mac_latency", "guidelines", "hypervolume"):
-        assert (out.parent / f"report_{name}.png").stat().st_size > 1000
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert list(out.parent.iterdir()) == [out]  # one file: nothing beside it to carry along
+    rows = {r["trial"]: r for r in json.loads(_cli_json(capsys, "pareto", str(run_dir), "--all", "--json"))}
+    page = ReportPage(browser, out)
+    try:
+        assert page.requests == [page.url] and not page.errors  # offline: the page alone
+        assert page.page.get_attribute("body", "data-plotted") == "5"
+        named = {t["name"]: len(t["rows"]) for t in page.traces("pareto")}
+        assert named["non-dominated"] == sum(r["on_front"] and not r["baseline"] for r in rows.values())
+        assert named["baseline"] == 1 and named["knee"] == 1
+        assert sum(named.get(k, 0) for k in ("non-dominated", "dominated", "baseline")) == len(rows) == 4
+        assert page.drawn("macs") == page.drawn("mac") == 4 and page.drawn("hypervolume") == 4
+        assert page.drawn("pareto") >= 5  # the four trials and the knee's ring
+        k = next(r for r in rows.values() if r["knee"])
+        lines = page.hover("pareto", k["trial"])
+        assert lines[0] == f"trial {k['trial']} · {k['archid']}" + (f" · baseline {k['baseline']}" if k["baseline"] else "")
+        assert f"accuracy: {k['proxy']:.4f} (proxy score, zero-cost)" in lines
+        assert any(ln.startswith(f"latency: {k['latency_ms']:.3f} ms") and f"ratio {k['ratio']:.3f}" in ln for ln in lines)
+        text = page.click("pareto", k["trial"])
+        assert f"shufflesearch export {run_dir} --trial {k['trial']} --out exported/trial-{k['trial']}" in text
+        assert "stem" in text and "classifier" in text  # the unit table
+        # The command is one `export` takes as it stands, for a trial it will bundle.
+        from shufflesearch.cli import build_parser
+        from shufflesearch.review.pareto import load_records
 
-    dom = _browser(exe, "--dump-dom", out.as_uri()).stdout
-    assert 'data-rendered="5"' in dom, "the page's script did not run or found no SVGs"
-    drawn = {m[0]: int(m[1]) for m in re.findall(r'<g id="(pts-[a-z]+)" data-drawn="(\d+)"', dom)}
-    rows = json.loads(_cli_json(capsys, "pareto", str(run_dir), "--all", "--json"))
-    n_front = sum(r["on_front"] and not r["baseline"] for r in rows)
-    assert drawn["pts-front"] == n_front
-    assert drawn["pts-baseline"] == 1
-    assert drawn["pts-front"] + drawn["pts-dominated"] + drawn["pts-baseline"] == 4
-    assert drawn["pts-knee"] == 1
-    assert drawn["pts-macs"] == drawn["pts-mac"] == drawn["pts-hv"] == 4
-    assert "Spearman" in dom and "Kendall" in dom
-
-    shot = tmp_path / "shot.png"
-    _browser(exe, "--hide-scrollbars", "--window-size=1000,1400", f"--screenshot={shot}", out.as_uri())
-    from PIL import Image
-
-    img = Image.open(shot).convert("L")
-    colours = img.getcolors(maxcolors=1 << 16)
-    assert colours is not None and len(colours) > 20, "the screenshot is blank"
-    # Plots put ink on the page: well over 2% of the pixels are not white.
-    assert sum(n for n, v in colours if v < 200) > 0.02 * img.width * img.height
+        cmd = shlex.split(page.page.inner_text("#details code.cmd"))
+        args = build_parser().parse_args(cmd[1:])
+        assert (cmd[0], args.command, args.run, args.trial) == ("shufflesearch", "export", str(run_dir), k["trial"])
+        assert pick_trial(load_records(run_dir)[1], trial=args.trial).archid == k["archid"]
+        assert page.requests == [page.url] and not page.errors
+    finally:
+        page.close()
 
 
 def _cli_json(capsys, *argv: str) -> str:
@@ -320,7 +399,8 @@ def test_bad_input_is_one_line(run_dir, tmp_path, capsys, argv, msg):
 
 def test_unit_breakdown_of_picks():
     from shufflesearch.model.arch import PRESETS
-    from shufflesearch.review.html import FIGURES, render_html, report_data
+    from shufflesearch.review.html import render_html
+    from shufflesearch.review.report_data import report_data
 
     arch = PRESETS["shufflenet_v2_x0_5"].to_dict()
     recs = [rec(1, 0.2, 1.0, arch=arch), rec(2, 0.8, 2.0, arch=arch)]
@@ -332,8 +412,34 @@ def test_unit_breakdown_of_picks():
     assert sum(u.macs for u in units) / 1e6 == pytest.approx(40.48, abs=0.01)
     assert sum(u.params for u in units) == 1_366_792
     assert [u.predicted_ms for u in units if u.predicted_ms is not None] == [0.25]
-    page = render_html(d, {k: "<svg></svg>" for k in FIGURES})
+    page = render_html(d)
     assert "predicted ms" in page and "table x" in page
+
+
+def test_the_page_data_of_hand_made_records():
+    from shufflesearch.review.html import page_data
+    from shufflesearch.review.report_data import report_data
+
+    d = report_data(RECORDS + INFEASIBLE, title="t", meta={}, resolution=32, run="runs/my run")
+    data = page_data(d)
+    rows = {r["t"]: r for r in data["rows"]}
+    assert set(rows) == {0, 1, 2, 3, 4, 5, 8, 9, 10}  # every completed trial, none that failed
+    assert rows[10]["f"] == ["baseline", "infeasible"] and rows[0]["f"] == ["baseline"] and rows[2]["f"] == []
+    assert "marks: infeasible: breaks macs_m +9.06" in rows[8]["h"]
+    assert "Not exportable: infeasible (breaks macs_m +9.06)" in rows[8]["p"]
+    assert "shufflesearch export &#x27;runs/my run&#x27; --trial 2 --out exported/trial-2" in rows[2]["p"]
+    assert rows[2]["h"].endswith("marks: knee, front") and rows[5]["h"].endswith("marks: repeats trial 2")
+    assert "accuracy: 0.8000 (proxy score, zero-cost)" in rows[2]["h"]
+    assert "worst guideline finding: G1 penalty 0.500" in rows[1]["h"]  # no architecture stored
+    # Every trial is drawn once in the Pareto plot's classes, and each marker names its own row.
+    figs = data["figures"]
+    drawn = [(d.rows[i].trial, t["name"]) for t in figs["pareto"]["data"]
+             if t["name"] in ("non-dominated", "dominated", "infeasible", "baseline") for i in t["customdata"]]
+    assert sorted(drawn) == [(0, "baseline"), (1, "non-dominated"), (2, "non-dominated"), (3, "dominated"),
+                             (4, "non-dominated"), (5, "dominated"), (8, "infeasible"), (9, "infeasible"),
+                             (10, "baseline")]
+    (hv,) = figs["hypervolume"]["data"]
+    assert [d.rows[i].trial for i in hv["customdata"]] == hv["x"] == hypervolume_history(RECORDS + INFEASIBLE).trials
 
 
 # --- relative figures: one reference, ties, the drift flag ---------------------------------------
@@ -485,12 +591,13 @@ def test_pareto_retime_and_reference_in_every_view(run_dir, capsys):
 
 def test_report_and_export_show_the_ratio_reference_and_drift(run_dir, tmp_path, capsys, monkeypatch):
     from shufflesearch.review import export as ex
-    from shufflesearch.review.html import FIGURES, render_html, report_data
+    from shufflesearch.review.html import render_html
     from shufflesearch.review.pareto import load_records, load_reference_note
+    from shufflesearch.review.report_data import report_data
 
     _, recs = load_records(run_dir)
     d = report_data(recs, title="t", meta={"latency": "x"}, resolution=32, unit_ms=None, predictor_note="")
-    page = render_html(d, {k: "<svg></svg>" for k in FIGURES})
+    page = render_html(d)
     k = next(r for r in d.rows if r.knee)
     assert "ratio [95% CI]" in page and f"{k.ratio:.3f} [{k.ratio_ci[0]:.3f}, {k.ratio_ci[1]:.3f}]" in page
     note = load_reference_note(run_dir)
@@ -514,3 +621,130 @@ def test_report_and_export_show_the_ratio_reference_and_drift(run_dir, tmp_path,
     res = ex.export_arch("shufflenet_v2_x0_5", tmp_path / "nchw", resolution=32, onnx=False, channels_last=False)
     assert seen[-1] is False and res.channels_last is False
     assert "NCHW as the target timed" in (tmp_path / "nchw" / "report.md").read_text()
+
+
+# --- a synthetic budget-200 ladder run: page size, hover, click and toggles ---------------------
+
+BASELINES = ("shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5")
+
+
+def synthetic_records(n: int = 200, n_archs: int = 40) -> list[TrialRecord]:
+    """Records as a budget-n ladder run on search_spaces/v2.yaml stores them (three rungs,
+    val_acc at the top), without searching: the three V2 baselines first, then random
+    architectures of the space; every 17th trial breaks a MACs limit (and so never trains),
+    and the second baseline's latency is within the first's noise (a tie)."""
+    import random
+
+    from shufflesearch.model.arch import PRESETS
+    from shufflesearch.search.space import load_space
+
+    rng = random.Random(0)
+    archs = load_space(HERE.parent / "search_spaces" / "v2.yaml").sample_random(n_archs, seed=0)
+    recs = []
+    for t in range(n):
+        arch = PRESETS[BASELINES[t]] if t < 3 else archs[t % n_archs]
+        ratio = 2.5 if t == 0 else 2.51 if t == 1 else rng.uniform(0.3, 3.0)
+        lat = {"median_ms": ratio * 10, "iqr_ms": 0.1 * ratio, "ratio": ratio,
+               "ratio_ci": [ratio * 0.99, ratio * 1.01], "protocol": 2,
+               "reference": {"arch": "shufflenet_v2_x0_5", "archid": "ref0", "ms": 10.0}}
+        infeasible = t >= 3 and t % 17 == 0
+        rung = 0 if infeasible else 3 if t < 3 or t % 3 == 0 else rng.choice([1, 2])
+        rungs = {str(k): {"steps": 8 << k, "sotl": -rng.uniform(1, 2) * (8 << k)} for k in range(1, rung + 1)}
+        if rung == 3:
+            rungs["3"]["val_acc"] = rng.uniform(0.6, 0.9)
+        pen = {g: rng.choice([0.0, rng.uniform(0, 0.02)]) for g in ("G1", "G2", "G3", "G4")}
+        recs.append(TrialRecord(
+            trial=t, archid=arch.archid, arch=arch.to_dict(), params=rng.randint(10**5, 5 * 10**6),
+            macs=rng.randint(10**7, 6 * 10**8), mac=rng.randint(10**6, 5 * 10**7), latency=lat,
+            latency_ms=ratio * 10, proxy=rungs["3"]["val_acc"] if rung == 3 else None,
+            guidelines=GuidelineSummary(pen, sum(pen.values()) / 4, sum(v > 0 for v in pen.values())),
+            constraints={"macs_m": 12.5 if infeasible else -1.0}, baseline=BASELINES[t] if t < 3 else None,
+            rung=rung, top_rung=3, rungs=rungs or None, estimator="val_acc",
+            stopped=None if rung == 3 else "not promoted"))
+    return recs
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from shufflesearch.review.html import render_html
+    from shufflesearch.review.report_data import report_data
+
+    recs = synthetic_records()
+    d = report_data(recs, title="synthetic", meta={"run": "runs/v2"}, resolution=224, run="runs/v2")
+    path = tmp_path_factory.mktemp("synthetic") / "report.html"
+    path.write_text(render_html(d), encoding="utf-8")
+    return recs, path
+
+
+def test_a_budget_200_report_stays_under_5_mb(synthetic):
+    recs, path = synthetic
+    page = path.read_text(encoding="utf-8")
+    assert path.stat().st_size < 5_000_000
+    assert page.count('id="plotly-gz"') == 1  # plotly.js once, packed
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
+    data = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page).group(1))
+    assert [r["t"] for r in data["rows"]] == [r.trial for r in pareto_rows(recs, all_trials=True)]
+    assert set(data["figures"]) == {"pareto", "macs", "mac", "guidelines", "hypervolume", "ladder"}
+
+
+def test_hover_click_and_toggles_in_chromium(synthetic, browser):
+    from shufflesearch.guidelines.checks import check
+    from shufflesearch.model.arch import Arch
+    from shufflesearch.model.cost import costs
+
+    recs, path = synthetic
+    by_trial = {r.trial: r for r in recs}
+    knee = next(r for r in pareto_rows(recs) if r.knee)
+    rec = by_trial[knee.trial]
+    arch = Arch.from_dict(rec.arch)
+    below = [r for r in recs if r.feasible and r.rung < 3]
+    infeasible = [r for r in recs if not r.feasible]
+    page = ReportPage(browser, path)
+    try:
+        assert page.requests == [page.url] and not page.errors
+        assert page.page.get_attribute("body", "data-plotted") == "6"
+        lines = page.hover("pareto", knee.trial)
+        assert lines[0] == f"trial {knee.trial} · {rec.archid}"
+        assert lines[1] == f"accuracy: {rec.rungs['3']['val_acc']:.4f} (val_acc, rung 3 of 3)"
+        ratio = rec.latency["ratio"]
+        assert lines[2] == (f"latency: {ratio * 10:.3f} ms ± {0.1 * ratio:.3f} IQR · ratio {ratio:.3f} "
+                            f"[{ratio * 0.99:.3f}, {ratio * 1.01:.3f}]")
+        assert lines[3].startswith(f"MACs {rec.macs / 1e6:.2f}M · MAC {rec.mac / 1e6:.2f}M")
+        worst = max(check(arch, 224).findings, key=lambda f: f.penalty)
+        assert lines[4] == f"worst guideline finding: {worst.guideline} at {worst.node} (penalty {worst.penalty:.4f})"
+        assert worst.message.split(";")[0][:60] in lines[5]
+        assert "knee" in lines[-1]
+        # A trial below the top rung has no accuracy figure, only its rung's, labelled so.
+        b = below[0]
+        lines = page.hover("macs", b.trial)
+        sotl = b.rungs[str(b.rung)]["sotl"] / b.rungs[str(b.rung)]["steps"]
+        assert lines[1] == f"accuracy: none on the front's scale; rung {b.rung} of 3: {sotl:.4f} (sotl)"
+
+        text = page.click("pareto", knee.trial)
+        cmd = f"shufflesearch export runs/v2 --trial {knee.trial} --out exported/trial-{knee.trial}"
+        assert cmd in text
+        units = page.page.locator("#details table tr td:first-child").all_text_contents()
+        assert units == list(costs(arch, 224).units)
+        page.page.click("#details button[data-copy]")
+        page.page.wait_for_function("document.querySelector('#details button[data-copy]').textContent === 'copied'")
+        assert page.page.evaluate("navigator.clipboard.readText()") == cmd
+        assert "Not exportable: infeasible (breaks macs_m +12.5)" in page.click("macs", infeasible[0].trial)
+
+        # Each toggle hides exactly its trials, in every plot, and brings them back.
+        full = page.drawn("macs")
+        assert full == len(recs)
+        for flag, n in (("baseline", 3), ("below", len(below)), ("infeasible", len(infeasible))):
+            page.toggle(flag, False)
+            assert page.drawn("macs") == full - n, flag
+            page.toggle(flag, True)
+            assert page.drawn("macs") == full, flag
+        (tie,) = [t for t in page.traces("pareto") if t["name"] == "latency tie"]
+        shown = pareto_rows(recs, all_trials=True)  # the page's rows, in its order
+        assert sorted(shown[i].trial for i in tie["rows"] if i >= 0) == [0, 1]  # the two baselines
+        before = page.drawn("pareto")
+        page.toggle("tie", False)
+        assert [t["visible"] for t in page.traces("pareto") if t["name"] == "latency tie"] == [False]
+        assert page.drawn("pareto") == before - 2  # the two tied baselines' rings
+        assert page.requests == [page.url] and not page.errors
+    finally:
+        page.close()

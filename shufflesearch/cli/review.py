@@ -89,16 +89,16 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a run folder, e.g. runs/v2")
-    p.add_argument("--out", help="the HTML file (default RUN/report.html); PNGs go beside it")
+    p.add_argument("--out", help="the HTML file (default RUN/report.html)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run) / "report.html"
-    res = write_report(args.run, out, log=None if args.quiet else
-                       (lambda m: print(f"report: {m}", file=sys.stderr, flush=True)))
-    print(f"wrote {res.html} ({res.html.stat().st_size // 1024} KB, self-contained) and "
-          f"{', '.join(p.name for p in res.pngs)} beside it")
+    page = write_report(args.run, out, log=None if args.quiet else
+                        (lambda m: print(f"report: {m}", file=sys.stderr, flush=True)))
+    print(f"wrote {page} ({page.stat().st_size // 1024} KB, self-contained: open it in a browser, "
+          "works offline)")
     return 0
 
 

@@ -1,8 +1,8 @@
 """Reading a finished (or running) search: tables, report, export.
 
 Owns: Pareto tables and picking a trial (pareto), the HTML report (report_data: what it shows;
-html: drawing and writing it), the deployable bundle (export; bundle: its artefacts and
-report.md), and the runtime transfer of a front (transfer).
+figures: its interactive Plotly plots; html and report.js: the page), the deployable bundle
+(export; bundle: its artefacts and report.md), and the runtime transfer of a front (transfer).
 May import: common, model, measure, guidelines, accuracy, search and errors. Nothing but the
 CLI imports review.
 """
