@@ -33,7 +33,7 @@ from .pareto import (
     load_reference_note,
     run_check_text,
 )
-from .report_data import Pick, ReportData, UnitMs, report_data
+from .report_data import Pick, ReportData, UnitMs, ladder_rows, report_data
 from .transfer import load_transfer, transfer_html
 
 # matplotlib is imported inside the drawing functions, not here: it is heavy (about a second)
@@ -288,20 +288,15 @@ def render_html(d: ReportData, svgs: dict[str, str]) -> str:
 def ladder_section(records: list[TrialRecord], check_text: str | None) -> str:
     """The ladder in a ladder run: how many trials reached each rung, the estimates at each rung
     (median and range over the trials that reached it: estimate vs rung), and the self-check."""
-    recs = [r for r in measured(records) if r.rungs]
-    if not recs and check_text is None:
+    table, never = ladder_rows(records)
+    if not table and check_text is None:
         return ""
-    top = max((r.top_rung or 0) for r in recs) if recs else 0
     rows = []
-    for k in range(1, top + 1):
-        at = [r.rungs[str(k)] for r in recs if str(k) in r.rungs]
-        vals = [a["val_acc"] for a in at if "val_acc" in a]
-        cells = [str(at[0]["steps"]) if at else "-", _stat(vals) if vals else "-",
-                 _stat([a["sotl"] / max(1, a["steps"]) for a in at])]
-        stopped = sum(1 for r in recs if r.rung == k)
-        rows.append(f"<tr><td>{k}</td><td>{len(at)}</td><td>{stopped}</td>"
+    for x in table:
+        cells = [str(x.steps) if x.steps is not None else "-", _stat(x.val_acc) if x.val_acc else "-",
+                 _stat(x.sotl_per_step)]
+        rows.append(f"<tr><td>{x.rung}</td><td>{x.reached}</td><td>{x.stopped}</td>"
                     + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
-    never = sum(1 for r in measured(records) if r.top_rung is not None and not r.rungs)
     return ("<h2>Fidelity ladder</h2><p class=note>Trials reaching each rung (every feasible "
             f"trial trains rung 1; {never} infeasible trial(s) never trained) and the estimates "
             "there: median [min, max] over the trials that reached the rung (val_acc is scored at "
@@ -362,7 +357,7 @@ def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], Non
         raise UserError(f"--out {out}: is a directory; give a file name such as report.html")
     t = run.space.target
     unit_ms, note = _unit_ms_from_table(t)
-    fp = next((r.latency.get("fingerprint") for r in measured(records) if r.latency), None) or {}
+    fp = next((r.latency.fingerprint for r in measured(records) if r.latency), None) or {}
     meta = {
         "run": str(run.root), "space": str(run.space.path or "-"),
         "objectives": ", ".join(f"{n} ({d})" for n, d in run.space.objectives),

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 from ..model.arch import Arch
 from ..model.cost import costs
-from ..search.ladder import estimate_value
 from ..search.records import TrialRecord, measured
 from .pareto import (
     HypervolumeHistory,
@@ -83,7 +82,9 @@ def _picks(rows: list[ParetoRow], records: dict[int, TrialRecord], resolution: i
             chosen.append((label, r))
     picks = []
     for label, r in chosen:
-        arch = Arch.from_dict(records[r.trial].arch)
+        arch = records[r.trial].arch
+        if arch is None:  # stored in a form this version cannot read
+            continue
         c = costs(arch, resolution)
         ms = unit_ms(arch) if unit_ms else None
         units = [UnitRow(name, u.params, u.macs, u.mac, (ms or {}).get(name)) for name, u in c.units.items()]
@@ -102,11 +103,38 @@ def ladder_figure_data(records: list[TrialRecord]) -> tuple[list[tuple[int, bool
     reached = [sum(1 for r in done if (r.rung or 0) >= k) for k in range(top + 1)]
     curves = []
     for r in done:  # SoTL per step: the one estimator every rung records
-        pts = [(k, estimate_value(r.rungs[str(k)], "sotl"))
-               for k in range(1, (r.rung or 0) + 1) if r.rungs and str(k) in r.rungs]
+        pts = [(k, res.estimate("sotl")) for k in range(1, (r.rung or 0) + 1)
+               if (res := r.rung_result(k)) is not None and res.has("sotl")]
         if pts:
             curves.append((r.trial, bool(r.baseline), pts))
     return curves, reached
+
+
+@dataclass
+class RungRow:
+    """One rung of the report's ladder table, over the trials that reached it."""
+
+    rung: int
+    reached: int  # trials that trained it
+    stopped: int  # trials whose highest rung it is
+    steps: int | None  # its training steps (None: nobody reached it)
+    val_acc: list[float]  # where scored
+    sotl_per_step: list[float]  # RungResult.estimate("sotl")
+
+
+def ladder_rows(records: list[TrialRecord]) -> tuple[list[RungRow], int]:
+    """The report's ladder table: one row per rung, and how many measured ladder trials never
+    trained (infeasible). Empty in a zero-cost run."""
+    recs = [r for r in measured(records) if r.rungs]
+    top = max((r.top_rung or 0) for r in recs) if recs else 0
+    rows = []
+    for k in range(1, top + 1):
+        at = [res for r in recs if (res := r.rung_result(k)) is not None]
+        rows.append(RungRow(k, len(at), sum(1 for r in recs if r.rung == k), at[0].steps if at else None,
+                            [a.estimate("val_acc") for a in at if a.has("val_acc")],
+                            [a.estimate("sotl") for a in at if a.has("sotl")]))
+    never = sum(1 for r in measured(records) if r.top_rung is not None and not r.rungs)
+    return rows, never
 
 
 def report_data(records: list[TrialRecord], *, title: str, meta: dict[str, str],
