@@ -70,7 +70,7 @@ class TakenOver(optuna.exceptions.UpdateFinishedTrialError):
     """This worker's trial was finished by someone else: a peer failed it as stale."""
 
 
-def dead(study: optuna.Study, tid: int) -> bool:
+def _dead(study: optuna.Study, tid: int) -> bool:
     """Trial ``tid`` ended FAIL or PRUNED (or is gone): the claims it held pass on."""
     return trial_state(study, tid) in (*_DEAD, None)
 
@@ -141,7 +141,7 @@ def _in_flight(study: optuna.Study) -> bool:
 
 def _take_slot(study: optuna.Study, tid: int, budget: int) -> bool:
     _, free = _slots(study, budget)
-    return any(claim(study, key, tid, lambda o: dead(study, o)) == tid for key in free)
+    return any(claim(study, key, tid, lambda o: _dead(study, o)) == tid for key in free)
 
 
 def _copy_record(src: optuna.trial.FrozenTrial) -> TrialRecord:
@@ -161,7 +161,7 @@ def evaluate_once(study: optuna.Study, tid: int, arch: Any, evaluate: Evaluator,
     key = f"arch:{arch.archid}"
     waiting = False
     while True:
-        owner = claim(study, key, tid, lambda o: dead(study, o))
+        owner = claim(study, key, tid, lambda o: _dead(study, o))
         if owner == tid:
             rec = evaluate(arch, timings)
             space = getattr(evaluate, "space", None)  # (tests pass a bare function)
