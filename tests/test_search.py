@@ -507,4 +507,4 @@ def test_a_run_ends_with_its_front_and_baselines_retimed_side_by_side(tmp_path):
     assert shown and {r.archid for r in shown} == {r.archid for r in done if r.trial in best}
     for r in on_one_reference(done):
         if r.retimed:
-            assert r.latency_ms == pytest.approx(r.retimed["median_ms"])
+            assert r.latency_ms == pytest.approx(r.retimed.median_ms)
