@@ -122,7 +122,8 @@ LADDER = Path(__file__).parent.parent / "tests" / "spaces" / "ladder.yaml"
 def end_steps(repeats: int, tmp: Path, env: dict[str, str]) -> bool:
     """Kill -9 inside each end-of-run step (hit 1: just claimed; hit 3: at its second heartbeat,
     4 s in, for the steps that last that long), re-run, and check the step completed and kept what was stored before the kill."""
-    from shufflesearch.search.runfolder import load_run, step_state
+    from shufflesearch.search.runfolder import load_run
+    from shufflesearch.search.storage import step_state, study_attr
 
     text = LADDER.read_text().replace("batch: 16}", "batch: 16, short_train_top_k: 2, short_train_steps: 60}")
     text = text.replace("check: {top: 3, steps: 8,", "check: {top: 3, steps: 40,")  # lasts past 2 heartbeats
@@ -144,14 +145,14 @@ def end_steps(repeats: int, tmp: Path, env: dict[str, str]) -> bool:
                                     stderr=subprocess.DEVNULL).returncode
                 injected += rc == -9
                 _, study = load_run(tmp / "ends" / name)
-                before = {k: study.user_attrs.get(k) or {} for k in ("short_train", "check_runs")}
+                before = {k: study_attr(study, k, {}) for k in ("short_train", "check_runs")}
                 rc2 = subprocess.run(cmd, env=env, stderr=subprocess.DEVNULL).returncode
                 _, study = load_run(tmp / "ends" / name)
-                done = all((step_state(study._storage, study._study_id, f"end:{s}:3") or {}).get("done")
+                done = all((step_state(study, f"end:{s}:3") or {}).get("done")
                            for s in END_STEPS)
-                after = {k: study.user_attrs.get(k) or {} for k in before}
+                after = {k: study_attr(study, k, {}) for k in before}
                 keep = all(v.items() <= after[k].items() for k, v in before.items())
-                ok = rc2 == 0 and done and "retime" in study.user_attrs and "check" in study.user_attrs
+                ok = rc2 == 0 and done and bool(study_attr(study, "retime")) and bool(study_attr(study, "check"))
                 completed_steps += ok
                 kept += keep
                 checked += 1

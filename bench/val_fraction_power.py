@@ -17,9 +17,8 @@ import numpy as np
 from shufflesearch.accuracy.check import check_seeds, check_training, noise_ceiling
 from shufflesearch.accuracy.data import load_data
 from shufflesearch.common.threads import torch_threads
-from shufflesearch.model.arch import Arch
-from shufflesearch.search.records import trial_records
 from shufflesearch.search.runfolder import load_run
+from shufflesearch.search.storage import study_attr, study_records
 
 
 def main(argv: list[str]) -> None:
@@ -27,15 +26,15 @@ def main(argv: list[str]) -> None:
     n = int(argv[1]) if len(argv) > 1 else 8
     steps = int(argv[2]) if len(argv) > 2 else 108
     fractions = [float(x) for x in (argv[3] if len(argv) > 3 else "0.2,0.5").split(",")]
-    recs = {r.archid: r for r in trial_records(study.get_trials()) if r.state == "COMPLETE"}
+    recs = {r.archid: r for r in study_records(study) if r.state == "COMPLETE"}
     top = sorted((r for r in recs.values() if r.at_top and r.rungs and r.feasible), key=lambda r: r.trial)
-    ids = list(study.user_attrs.get("check_runs") or {})
+    ids = list(study_attr(study, "check_runs", {}))
     ids += [r.archid for r in top if r.archid not in ids][: max(0, n - len(ids))]
     for vf in fractions:
         data = load_data(dataclasses.replace(run.space.data, val_fraction=vf))
         t0 = time.perf_counter()
         with torch_threads(1):
-            acc = np.array([check_training(Arch.from_dict(recs[a].arch), data, steps, check_seeds(2),
+            acc = np.array([check_training(recs[a].arch, data, steps, check_seeds(2),
                                            device="cpu")["val_acc"] for a in ids])
         print(f"val_fraction {vf}: {len(data.val.y)} val images, {len(ids)} archs, noise ceiling "
               f"{noise_ceiling(acc.T):.3f}, acc {acc.min():.3f}-{acc.max():.3f}, "

@@ -333,8 +333,8 @@ def test_run_times_trials_on_the_space_backend(tmp_path, backend):
     done = [r for r in records if r.state == "COMPLETE"]
     assert len(done) == 2
     for r in done:
-        assert r.latency["fingerprint"]["backend"] == backend and r.latency["spec"]["backend"] == backend
-        assert r.latency["ratio"] > 0 and r.latency_ms == pytest.approx(r.latency["ratio"] * r.latency["reference"]["ms"])
+        assert r.latency.fingerprint["backend"] == backend and r.latency.spec["backend"] == backend
+        assert r.latency.ratio > 0 and r.latency_ms == pytest.approx(r.latency.ratio * r.latency.reference["ms"])
 
 
 def test_cli_latency_on_int8(tmp_path, capsys):

@@ -188,9 +188,6 @@ def test_settings_defaults_none_and_overrides():
     assert FidelitySettings.from_dict(t.to_dict()) == t
     assert fid.search_estimator(FidelitySettings(estimator="auto")) == "sotl"  # before the run's check
     assert fid.search_estimator(FidelitySettings(estimator="val_acc")) == "val_acc"
-    assert fid.pick_estimate({"val_acc": 0.5, "sotl": -9.0}, "sotl") == -9.0
-    with pytest.raises(UserError, match="auto is resolved by the run's check"):
-        fid.pick_estimate({"val_acc": 0.5}, "auto")
 
 
 @pytest.mark.parametrize("doc, needle", [

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from shufflesearch.accuracy.fidelity import latest_checkpoint, pick_estimate, rung_dir
+from shufflesearch.accuracy.fidelity import latest_checkpoint, rung_dir
 from shufflesearch.cli import main
 from shufflesearch.search.engine import search
 from shufflesearch.search.promotion import promotion_quota, should_promote
-from shufflesearch.search.records import trial_records
 from shufflesearch.search.runfolder import load_run
 from shufflesearch.search.space import load_space
+from shufflesearch.search.storage import read_record, read_records, study_attr
 
 HERE = Path(__file__).parent
 LADDER = HERE / "spaces" / "ladder.yaml"
@@ -31,7 +31,7 @@ BUDGET = 5
 
 def _records(root: Path):
     _, study = load_run(root)
-    return study, trial_records(study.get_trials())
+    return study, read_records(study.get_trials())
 
 
 def check_ladder(root: Path, budget: int, workers: int = 1) -> list:
@@ -61,21 +61,21 @@ def check_ladder(root: Path, budget: int, workers: int = 1) -> list:
         if r.baseline:
             assert r.rung == 3  # baselines climb every rung
         for k in range(1, r.rung + 1):
-            assert r.rungs[str(k)]["steps"] == space.fidelity.rungs[k - 1]
+            assert r.rungs[k].steps == space.fidelity.rungs[k - 1]
         if r.rung < 3:
             assert r.stopped and not r.at_top
-    trained: dict[tuple[str, str], int] = {}
+    trained: dict[tuple[str, int], int] = {}
     for r in recs:  # failed (killed) trials included: their training counts too
         if r.duplicate_of is not None or not r.rungs:
             continue
         for k, v in r.rungs.items():
-            if k != "0" and v["trained_seconds"] > 0:
+            if v.trained_seconds > 0:
                 trained[(r.archid, k)] = trained.get((r.archid, k), 0) + 1
     assert all(n == 1 for n in trained.values()), trained
     # Lean run folder: a trial stopped below the top keeps no checkpoint; at the end only the
     # shown front and the check's picks keep theirs (their top rung's).
     kept = {d.name.rsplit("-s", 1)[0] for d in (root / "rungs").glob("*-s*")}
-    check = study.user_attrs.get("check") or {}
+    check = study_attr(study, "check", {})
     for r in done:
         if r.rung and r.duplicate_of is None and r.rung < 3:
             assert r.archid not in kept
@@ -97,16 +97,16 @@ def check_promotions(recs: list, eta: int) -> tuple[int, list[int]]:
     promoted, decisions = [0, 0, 0], 0
     for t in sorted(done, key=lambda r: r.trial):
         for k in (1, 2):
-            if str(k) not in t.rungs:
+            if k not in t.rungs:
                 break
             field: dict[str, tuple[int, float, float]] = {}
             for r in done:
-                e = r.rungs.get(str(k))
+                e = r.rungs.get(k)
                 if e is not None and r.trial <= t.trial and r.archid not in field:
-                    field[r.archid] = (r.trial, pick_estimate(e, "sotl"), e["latency"])
-            started = sum(1 for r in done if r.trial < t.trial and str(k + 1) in r.rungs)
+                    field[r.archid] = (r.trial, e.estimate("sotl"), e.latency)
+            started = sum(1 for r in done if r.trial < t.trial and k + 1 in r.rungs)
             n = len(field)
-            climbed = str(k + 1) in t.rungs
+            climbed = k + 1 in t.rungs
             assert climbed == should_promote(t.trial, list(field.values()), eta, started=started), (t.trial, k, field)
             assert started + climbed <= promotion_quota(n, eta, min_one=True)
             if not climbed:
@@ -129,9 +129,9 @@ def assert_check_ran(check: dict, done: list) -> None:
 def check_review(root: Path, out: Path, capsys) -> None:
     """pareto, --all, report and export use the top rung and show the check."""
     study, recs = _records(root)
-    rep = study.user_attrs["check"]
+    rep = study_attr(study, "check")
     assert rep["n"] >= 3 and rep["chosen"] in ("val_acc", "sotl") and len(rep["tau_ci"]) == 2
-    assert len(study.user_attrs["check_runs"]) == rep["n"]
+    assert len(study_attr(study, "check_runs")) == rep["n"]
     capsys.readouterr()
     assert main(["pareto", str(root)]) == 0
     text = capsys.readouterr().out
@@ -173,9 +173,9 @@ def test_ladder_one_worker(tmp_path, capsys):
     assert decisions >= BUDGET  # every search trial decides once at rung 1, at least
     check_review(run.root, tmp_path, capsys)
     # Re-running the finished run trains nothing and re-checks nothing.
-    before = run.load_study().user_attrs["check_runs"]
+    before = study_attr(run.load_study(), "check_runs")
     search(LADDER, BUDGET, runs_root=tmp_path / "runs", quiet=True)
-    assert run.load_study().user_attrs["check_runs"] == before
+    assert study_attr(run.load_study(), "check_runs") == before
     check_ladder(run.root, BUDGET)
 
 
@@ -183,7 +183,7 @@ def test_ladder_two_workers(tmp_path):
     run = search(LADDER, BUDGET, runs_root=tmp_path / "runs", workers=2, quiet=True)
     done = check_ladder(run.root, BUDGET, workers=2)
     assert len({r.worker_pid for r in done if not r.baseline and r.worker_pid}) >= 1
-    assert_check_ran(run.load_study().user_attrs["check"], done)
+    assert_check_ran(study_attr(run.load_study(), "check"), done)
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -203,9 +203,9 @@ def test_kill_9_after_a_rung_checkpoint_resumes_and_trains_nothing_twice(tmp_pat
     assert "fault injection: SIGKILL at rung #8" in (root / "run.log").read_text()
     _, study = load_run(root)
     (killed,) = study.get_trials(states=(TrialState.RUNNING,))
-    archid = killed.user_attrs["archid"]
+    archid = read_record(killed).archid
     on_disk = latest_checkpoint(rung_dir(root, archid, 0))[0]
-    stored = killed.user_attrs.get("rung", 0)
+    stored = read_record(killed).rung or 0
     assert on_disk == stored + 1  # the checkpoint got to disk, its result did not
 
     r = subprocess.run(args, capture_output=True, text=True, timeout=600, env=_env(tmp_path))
@@ -214,12 +214,11 @@ def test_kill_9_after_a_rung_checkpoint_resumes_and_trains_nothing_twice(tmp_pat
     _, study = load_run(root)
     assert study.trials[killed.number].state == TrialState.FAIL
     (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
-    rungs = retry.user_attrs.get("rungs") or {}
-    rungs = retry.user_attrs["rungs"]
+    rungs = read_record(retry).rungs
     # The rung on disk was a promotion already won: the retry climbs to it without deciding
     # again, and takes it from the checkpoint without training it.
-    assert rungs[str(on_disk)]["trained_seconds"] == 0.0
-    assert rungs[str(on_disk)]["resumed_from"] == on_disk
+    assert rungs[on_disk].trained_seconds == 0.0
+    assert rungs[on_disk].resumed_from == on_disk
 
 
 def test_infeasible_trials_never_train(tmp_path):
@@ -234,7 +233,7 @@ def test_infeasible_trials_never_train(tmp_path):
         assert r.rung == 0 and not r.rungs and r.stopped == "infeasible: never trained"
         assert latest_checkpoint(rung_dir(run.root, r.archid, 0)) is None
     good = [r for r in recs if r.state == "COMPLETE" and r.feasible]
-    assert all(r.rungs and "1" in r.rungs for r in good)  # every feasible trial trains rung 1
+    assert all(r.rungs and 1 in r.rungs for r in good)  # every feasible trial trains rung 1
 
 
 def test_fidelity_none_is_the_zero_cost_search(tmp_path):
@@ -249,7 +248,7 @@ def test_fidelity_none_is_the_zero_cost_search(tmp_path):
     for r in recs:
         assert r.rung is None and r.rungs is None and r.at_top
     assert not (run.root / "rungs").exists()
-    assert "check" not in run.load_study().user_attrs
+    assert study_attr(run.load_study(), "check") is None
 
 
 def test_shipped_spaces_have_the_ladder_on():
@@ -312,16 +311,16 @@ def test_two_machines_share_one_postgresql_ladder(tmp_path):
         import optuna
 
         study = optuna.load_study(study_name="lpg", storage=storage)
-        recs = trial_records(study.get_trials())
+        recs = read_records(study.get_trials())
         assert sum(1 for r in recs if r.state == "COMPLETE" and not r.baseline) == BUDGET
-        trained: dict[tuple[str, str], int] = {}
+        trained: dict[tuple[str, int], int] = {}
         for r in recs:
             if r.duplicate_of is None and r.rungs:
                 for k, v in r.rungs.items():
-                    if k != "0" and v["trained_seconds"] > 0:
+                    if v.trained_seconds > 0:
                         trained[(r.archid, k)] = trained.get((r.archid, k), 0) + 1
         assert trained and all(n == 1 for n in trained.values()), trained
-        assert_check_ran(study.user_attrs["check"], [r for r in recs if r.state == "COMPLETE"])
+        assert_check_ran(study_attr(study, "check"), [r for r in recs if r.state == "COMPLETE"])
     finally:
         with admin.connect() as c:
             c.execute(sa.text(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
@@ -341,9 +340,11 @@ def _simulate(tmp_path: Path, monkeypatch, n: int, baselines: int = 0, improving
     import numpy as np
     import optuna
 
+    from shufflesearch.model.arch import Arch
     from shufflesearch.search import ladder
     from shufflesearch.search.objective import objective_values
     from shufflesearch.search.records import TrialRecord
+    from shufflesearch.search.storage import trial_id, write_fields
 
     space = load_space(LADDER)
     quality: dict[str, float] = {}
@@ -356,8 +357,9 @@ def _simulate(tmp_path: Path, monkeypatch, n: int, baselines: int = 0, improving
     monkeypatch.setattr(ladder, "train_to_rung", fake_train)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize", "minimize"])
-    arch = {"in_channels": 3, "stem": {"channels": 8, "stride": 1, "pool": False},
-            "stages": [{"family": "v2", "channels": 16, "depth": 1}], "head": 0, "num_classes": 10}
+    arch = Arch.from_dict({"in_channels": 3, "stem": {"channels": 8, "stride": 1, "pool": False},
+                           "stages": [{"family": "v2", "channels": 16, "depth": 1}], "head": 0,
+                           "num_classes": 10})
     for i in range(baselines + n):
         t = study.ask()
         base = i < baselines
@@ -366,16 +368,13 @@ def _simulate(tmp_path: Path, monkeypatch, n: int, baselines: int = 0, improving
         rng = np.random.default_rng([seed, j + 1000])
         # baselines are strong networks: in the field they would take the best places
         quality[aid] = 100.0 if base else (j if improving else 0.0) + rng.normal(0.0, 3.0)
-        t.set_user_attr("archid", aid)
-        if base:
-            t.set_user_attr("baseline", f"b{i}")
+        write_fields(study, trial_id(t), archid=aid, baseline=f"b{i}" if base else None)
         rec = TrialRecord(archid=aid, arch=arch, params=1000, macs=10_000, mac=2000,
-                          latency_ms=float(rng.uniform(1, 10)), latency={})
-        ladder.climb(study, t._trial_id, rec, space, None, tmp_path, baseline=base)
-        for k, v in rec.to_user_attrs().items():
-            t.set_user_attr(k, v)
+                          latency_ms=float(rng.uniform(1, 10)))
+        ladder.climb(study, trial_id(t), rec, space, None, tmp_path, baseline=base)
+        write_fields(study, trial_id(t), rec)
         study.tell(t, objective_values(space, rec))
-    recs = [r for r in trial_records(study.get_trials()) if not r.baseline]
+    recs = [r for r in read_records(study.get_trials()) if not r.baseline]
     reached = [sum(1 for r in recs if (r.rung or 0) >= k) for k in (1, 2, 3)]
     return reached, [r.trial - baselines for r in recs if (r.rung or 0) >= 2]
 
@@ -413,12 +412,12 @@ def test_estimator_switch_redraws_the_front():
     off the sotl front is shown (and the one only sotl favours is not)."""
     from shufflesearch.search.front import pareto_front
     from shufflesearch.search.ladder import apply_estimator
-    from shufflesearch.search.records import TrialRecord
+    from shufflesearch.search.records import RungResult, TrialRecord
 
     def rec(n, lat, sotl_per_step, val, rung=2):
-        res = {"steps": 10, "sotl": 10 * sotl_per_step, "val_acc": val}
-        return TrialRecord(trial=n, archid=f"a{n}", latency_ms=lat, latency={}, top_rung=2, rung=rung,
-                           rungs={str(rung): res}, estimator="sotl", proxy=sotl_per_step)
+        res = RungResult(rung=rung, steps=10, sotl=10 * sotl_per_step, val_acc=val)
+        return TrialRecord(trial=n, archid=f"a{n}", latency_ms=lat, top_rung=2, rung=rung,
+                           rungs={rung: res}, estimator="sotl", proxy=sotl_per_step)
 
     recs = [rec(1, 1.0, -1.0, 0.5), rec(2, 2.0, -0.5, 0.4), rec(3, 3.0, -2.0, 0.9),
             rec(4, 0.5, -0.1, 0.99, rung=1)]

@@ -192,3 +192,43 @@ def test_the_checker_sees_every_import() -> None:
     found = {(t, in_func) for t, _, in_func, _ in _imports("model.arch", src)}
     assert ("search.space", False) in found and ("review.pareto", True) in found
     assert sum(in_func for t, _, in_func, _ in _imports("model.arch", src) if t == "<any>") == 2
+
+
+# --- one door to the run's storage ------------------------------------------------------------
+# Optuna's private API (a study's storage and id, a trial's storage id, the cache's backend) and
+# every read or write of trial and study user attributes live in search/storage.py only.
+
+DOOR = "search.storage"
+PRIVATE = {"_storage", "_study_id", "_trial_id", "_backend", "_cached_frozen_trial", "_thread_local"}
+USER_ATTRS = {"user_attrs", "set_user_attr", "set_trial_user_attr", "set_study_user_attr",
+              "get_trial_user_attrs", "get_study_user_attrs"}
+
+
+def _storage_uses(mod: str, source: str | None = None) -> list[str]:
+    """``line: what`` for each use of Optuna's private API or of user attributes in ``mod``."""
+    tree = ast.parse(MODULES[mod].read_text() if source is None else source)
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in PRIVATE | USER_ATTRS:
+            out.append(f"{node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and any(
+                part.startswith("_") for part in (node.module or "").split(".")[1:]) \
+                and (node.module or "").startswith("optuna"):
+            out.append(f"{node.lineno}: from {node.module} import ...")
+    return out
+
+
+def test_only_the_storage_door_touches_optunas_private_api_and_user_attributes() -> None:
+    assert DOOR in MODULES, "search/storage.py is the storage door"
+    bad = [f"{m}:{use}" for m in MODULES if m != DOOR for use in _storage_uses(m)]
+    assert not bad, ("Optuna's private API or user attributes outside search/storage.py (go "
+                     "through its functions):\n" + "\n".join(bad))
+
+
+def test_the_door_checker_sees_every_use() -> None:
+    src = ("import optuna\nfrom optuna.storages._cached_storage import _CachedStorage\n"
+           "def f(study, t):\n    st = study._storage\n    n = t._trial_id\n"
+           "    study.set_user_attr('x', 1)\n    return t.user_attrs.get('archid'), getattr(st, '_x', st)\n")
+    found = {u.split(": ", 1)[1] for u in _storage_uses("model.arch", src)}
+    assert found == {"from optuna.storages._cached_storage import ...", "._storage", "._trial_id",
+                     ".set_user_attr", ".user_attrs"}, found

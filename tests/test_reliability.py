@@ -488,12 +488,12 @@ def test_a_worker_whose_trial_was_failed_as_stale_goes_on(tmp_path, monkeypatch,
     import logging
     import time
 
-    import shufflesearch.search.runfolder as runfolder_mod
+    import shufflesearch.search.storage as storage_mod
     import shufflesearch.search.worker as worker_mod
     from shufflesearch.search.worker import work
 
-    monkeypatch.setattr(runfolder_mod, "GRACE_S", 1.0)
-    monkeypatch.setattr(worker_mod, "HEARTBEAT_S", 3600.0)  # one beat at the start, then silence
+    monkeypatch.setattr(storage_mod, "GRACE_S", 1.0)
+    monkeypatch.setattr(storage_mod, "HEARTBEAT_S", 3600.0)  # one beat at the start, then silence
     _, run = _tiny_run(tmp_path)
     paused: list[int] = []
 
@@ -578,7 +578,7 @@ def test_an_end_of_run_step_is_done_by_one_process_while_the_other_waits(tmp_pat
     import threading
     import time
 
-    from shufflesearch.search.runfolder import GRACE_S, run_step, step_state
+    from shufflesearch.search.storage import GRACE_S, run_step, step_state
 
     _, run = _tiny_run(tmp_path)
     study = run.load_study()
@@ -593,29 +593,29 @@ def test_an_end_of_run_step_is_done_by_one_process_while_the_other_waits(tmp_pat
         return fn
 
     def go(who: str) -> None:
-        out[who] = run_step(run.storage(), study._study_id, "end:retime:3", slow(who))
+        out[who] = run_step(run.load_study(), "end:retime:3", slow(who))  # its own connection
 
     a = threading.Thread(target=go, args=("a",))
     a.start()
-    while step_state(run.storage(), study._study_id, "end:retime:3") is None:
+    while step_state(study, "end:retime:3") is None:
         time.sleep(0.05)
     t0 = time.monotonic()
     go("b")  # a second machine: waits for the holder, does not take it over, does not redo it
     a.join()
     assert ran == ["a"] and out == {"a": (True, "a"), "b": (False, None)}
     assert time.monotonic() - t0 > GRACE_S  # it waited for the step to finish
-    assert step_state(run.storage(), study._study_id, "end:retime:3")["done"]
-    assert run_step(run.storage(), study._study_id, "end:retime:3", slow("c")) == (False, None)
+    assert step_state(study, "end:retime:3")["done"]
+    assert run_step(study, "end:retime:3", slow("c")) == (False, None)
     # a step that raises frees its claim at once: the next process does it
     with pytest.raises(ZeroDivisionError):
-        run_step(run.storage(), study._study_id, "end:check:3", lambda: 1 / 0)
-    assert step_state(run.storage(), study._study_id, "end:check:3") is None
+        run_step(study, "end:check:3", lambda: 1 / 0)
+    assert step_state(study, "end:check:3") is None
 
 
 @pytest.mark.parametrize("fault", ["retime:1", "short_train:2", "check:1"])
 def test_kill_9_during_an_end_of_run_step_then_rerun_completes_it(tmp_path, fault):
     from shufflesearch.search.ladder import describe_check
-    from shufflesearch.search.runfolder import step_state
+    from shufflesearch.search.storage import step_state, study_attr
 
     step = fault.split(":")[0]
     text = TINY.read_text().replace("baselines: []", "baselines: [shufflenet_v2_x0_5]")
@@ -630,19 +630,19 @@ def test_kill_9_during_an_end_of_run_step_then_rerun_completes_it(tmp_path, faul
     assert r.returncode == -9, r.stderr
     root = tmp_path / "runs" / "s"
     _, study = load_run(root)
-    state = step_state(study._storage, study._study_id, f"end:{step}:2")
+    state = step_state(study, f"end:{step}:2")
     assert state is not None and not state["done"]  # claimed, then killed inside it
-    before = dict(study.user_attrs)
+    before = {k: study_attr(study, k) for k in ("retime", "short_train")}
     r = _cli(args, env)  # the re-run waits out the dead holder's grace period and does it
     assert r.returncode == 0, r.stderr
     _, study = load_run(root)
-    assert step_state(study._storage, study._study_id, f"end:{step}:2")["done"]
+    assert step_state(study, f"end:{step}:2")["done"]
     assert "taken over" in (root / "run.log").read_text()
     if step == "retime":
-        assert "retime" not in before and study.user_attrs["retime"]["trials"]
+        assert before["retime"] is None and study_attr(study, "retime")["trials"]
     if step == "short_train":  # killed 2 s in; what was stored before the kill is kept
-        assert (before.get("short_train") or {}).items() <= study.user_attrs["short_train"].items()
-        assert len(study.user_attrs["short_train"]) >= 2
+        assert (before["short_train"] or {}).items() <= study_attr(study, "short_train").items()
+        assert len(study_attr(study, "short_train")) >= 2
     if step == "check":  # check.top: 0 is stored as switched off, and said so
-        assert study.user_attrs["check"] == {"skipped": "check.top: 0 in the space", "top": 0}
-        assert describe_check(study.user_attrs["check"]).startswith("self-check: off (check.top: 0")
+        assert study_attr(study, "check") == {"skipped": "check.top: 0 in the space", "top": 0}
+        assert describe_check(study_attr(study, "check")).startswith("self-check: off (check.top: 0")

@@ -24,7 +24,7 @@ from shufflesearch.review.pareto import (
     rank_correlation,
 )
 from shufflesearch.search.front import knee, pareto_front, spread_indices
-from shufflesearch.search.records import GuidelineSummary, TrialRecord, trial_records
+from shufflesearch.search.records import GuidelineSummary, TrialRecord, latency_from_dict
 
 HERE = Path(__file__).parent
 
@@ -32,7 +32,7 @@ HERE = Path(__file__).parent
 def rec(trial: int, proxy: float, lat: float, **kw) -> TrialRecord:
     return TrialRecord(
         trial=trial, archid=f"a{trial}", proxy=proxy, latency_ms=lat,
-        latency={"median_ms": lat, "iqr_ms": 0.1}, mac=100 + trial, macs=1000 + trial,
+        latency=latency_from_dict({"median_ms": lat, "iqr_ms": 0.1}), mac=100 + trial, macs=1000 + trial,
         params=10 + trial, guidelines=GuidelineSummary({"G1": 0.5}, 0.1), **kw)
 
 
@@ -172,29 +172,6 @@ def test_short_training_picks_the_whole_feasible_front():
     assert [r.trial for r in short_train_picks(recs, 5)] == [0, 1, 2, 4]
     assert [r.trial for r in short_train_picks(recs, 2)] == [0, 1, 4]  # both ends
     assert [r.trial for r in short_train_picks(recs, 0)] == [0]
-
-
-def test_trial_record_round_trip_keeps_unknown_keys():
-    optuna = pytest.importorskip("optuna")
-    r = rec(3, 0.5, 3.0, constraints={"macs_m": 1.5}, worker_pid=7, timings={"build": 0.1})
-    r.latency["ratio"] = 1.25  # additions to the latency dict survive as they are
-    r.extra["fidelity"] = {"rung": 2, "estimate": 0.61}  # a key this version does not know
-    attrs = r.to_user_attrs()
-    assert "trial" not in attrs and "state" not in attrs and attrs["fidelity"]["rung"] == 2
-    t = optuna.trial.create_trial(params={}, distributions={}, values=[0.5, 3.0], user_attrs=attrs)
-    t.number = 3
-    back = TrialRecord.from_trial(t)
-    assert back == r
-    assert back.to_user_attrs() == attrs and not back.feasible and back.broken == {"macs_m": 1.5}
-    # a run written before constraints were stored by name: the names come from Optuna's attrs
-    old = optuna.trial.create_trial(params={}, distributions={}, values=[0.5, 3.0],
-                                    user_attrs={**attrs, "constraints": [-1.0, 0.25]},
-                                    system_attrs={"constraints:latency_ms": -1.0, "constraints:macs_m": 0.25})
-    assert TrialRecord.from_trial(old).broken == {"macs_m": 0.25}
-    fail = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL)
-    fail.number = 4
-    assert [(x.trial, x.state) for x in trial_records([fail, t])] == [(3, "COMPLETE"), (4, "FAIL")]
-    assert TrialRecord.from_trial(fail).fail_reason.startswith("no reason recorded")
 
 
 # --- one real run, shared by the CLI tests ----------------------------------------------------------
@@ -402,7 +379,7 @@ def test_unit_breakdown_of_picks():
     from shufflesearch.review.html import render_html
     from shufflesearch.review.report_data import report_data
 
-    arch = PRESETS["shufflenet_v2_x0_5"].to_dict()
+    arch = PRESETS["shufflenet_v2_x0_5"]
     recs = [rec(1, 0.2, 1.0, arch=arch), rec(2, 0.8, 2.0, arch=arch)]
     d = report_data(recs, title="t", meta={}, resolution=224,
                     unit_ms=lambda a: {"stem": 0.25}, predictor_note="table x")
@@ -451,7 +428,8 @@ def lrec(trial: int, proxy: float, ratio: float, half: float, ref_ms: float = 10
            "spec": {}, "ratio": ratio, "ratio_ci": [ratio - half, ratio + half], "estimator": "median_of_ratios",
            "reference": {"arch": "shufflenet_v2_x0_5", "archid": "ref0", "ms": ref_ms, "spread": 0.01,
                          "n": 5, "window_ms": ref_ms}, "protocol": 2, "drifted": kw.pop("drifted", False)}
-    return TrialRecord(trial=trial, archid=f"a{trial}", proxy=proxy, latency_ms=ratio * ref_ms, latency=lat,
+    return TrialRecord(trial=trial, archid=f"a{trial}", proxy=proxy, latency_ms=ratio * ref_ms,
+                       latency=latency_from_dict(lat),
                        mac=1, macs=1, params=1, **kw)
 
 
@@ -498,7 +476,7 @@ def test_the_latency_limit_is_judged_on_the_yardstick_shown():
     assert pick_trial([t1, t2], trial=1).latency_ms == pytest.approx(1.8993)
     # re-timed side by side at 6.0 ms, t1 now at ratio 0.41: over the limit as shown
     window = {"reference": {"arch": "shufflenet_v2_x0_5", "archid": "ref0", "ms": 6.0, "window_ms": 6.0}}
-    t1.retimed = {**t1.latency, **window, "ratio": 0.41, "ratio_ci": [0.409, 0.411]}
+    t1.retimed = dataclasses.replace(t1.latency, **window, ratio=0.41, ratio_ci=[0.409, 0.411])
     row = next(r for r in pareto_rows([t1, t2], all_trials=True) if r.trial == 1)
     assert not row.feasible and row.breaks["latency_ms"] == pytest.approx(0.06)
 
@@ -539,9 +517,9 @@ def test_a_retimed_run_shows_the_front_of_the_side_by_side_figures():
     # better proxy: t2 drops off the front that is shown.
     window = {"reference": {"arch": "shufflenet_v2_x0_5", "archid": "ref0", "ms": 12.0, "window_ms": 12.0}}
     retime = {"reference": window["reference"], "trials": {
-        "1": {**recs[0].latency, **window, "ratio": 1.0, "ratio_ci": [0.99, 1.01], "median_ms": 12.0},
-        "2": {**recs[1].latency, **window, "ratio": 1.7, "ratio_ci": [1.69, 1.71], "median_ms": 20.4},
-        "3": {**recs[2].latency, **window, "ratio": 1.6, "ratio_ci": [1.59, 1.61], "median_ms": 19.2}}}
+        "1": {**recs[0].latency.to_dict(), **window, "ratio": 1.0, "ratio_ci": [0.99, 1.01], "median_ms": 12.0},
+        "2": {**recs[1].latency.to_dict(), **window, "ratio": 1.7, "ratio_ci": [1.69, 1.71], "median_ms": 20.4},
+        "3": {**recs[2].latency.to_dict(), **window, "ratio": 1.6, "ratio_ci": [1.59, 1.61], "median_ms": 19.2}}}
     attach_retime(recs, retime)
     rows = {r.trial: r for r in pareto_rows(recs, all_trials=True)}
     assert rows[3].on_front and not rows[2].on_front and rows[1].retimed
@@ -554,15 +532,13 @@ def test_a_retimed_run_shows_the_front_of_the_side_by_side_figures():
 
 
 def test_pareto_retime_and_reference_in_every_view(run_dir, capsys):
-    import optuna
-
     from shufflesearch.search.runfolder import load_run
+    from shufflesearch.search.storage import study_attr
 
-    _, study = load_run(run_dir)
-    before = study.user_attrs["retime"]  # the run's own end-of-run re-timing
+    before = study_attr(load_run(run_dir)[1], "retime")  # the run's own end-of-run re-timing
     assert main(["pareto", str(run_dir), "--retime", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    after = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs["retime"]
+    after = study_attr(load_run(run_dir)[1], "retime")
     assert after["at"] >= before["at"] and after["reference"]["window_ms"] != before["reference"]["window_ms"]
     shown = [r for r in rows if r["on_front"] or r["baseline"]]
     # The front shown is the front of the stored window's ratios, worked out here from the

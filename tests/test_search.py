@@ -17,16 +17,16 @@ from optuna.trial import TrialState
 
 from shufflesearch import Arch, UserError
 from shufflesearch.search.engine import search
-from shufflesearch.search.records import TrialRecord
 from shufflesearch.search.runfolder import load_run
 from shufflesearch.search.space import load_space
+from shufflesearch.search.storage import read_record, search_trials, study_attr
 
 HERE = Path(__file__).parent
 TINY = HERE / "spaces" / "tiny.yaml"
 
 
 def _search_trials(study: optuna.Study, state=TrialState.COMPLETE):
-    return [t for t in study.get_trials(states=(state,)) if not t.user_attrs.get("baseline")]
+    return search_trials(study, (state,))
 
 
 def _cli(*args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
@@ -40,13 +40,13 @@ def test_tiny_search_stores_everything_and_resumes_to_exactly_the_budget(tmp_pat
     _, study = load_run(run.root)
     assert len(_search_trials(study)) == 3
     t = _search_trials(study)[0]
-    r = TrialRecord.from_trial(t)
+    r = read_record(t)
     for name in ("arch", "archid", "latency_ms", "proxy", "proxy_raw", "params", "macs", "mac",
                  "peak_activation", "worker_pid"):
         assert getattr(r, name) not in (None, ""), name
     assert r.latency and r.proxies and r.timings and r.extra == {}
-    assert Arch.from_dict(r.arch).archid == r.archid
-    assert r.latency["fingerprint"]
+    assert isinstance(r.arch, Arch) and r.arch.archid == r.archid
+    assert r.latency.fingerprint
     assert t.values == [r.proxy, r.latency_ms]
     assert r.feasible and r.constraints == {}  # the tiny space has no constraints
     assert (run.root / "config.yaml").exists() and (run.root / "run.log").exists()
@@ -56,14 +56,14 @@ def test_tiny_search_stores_everything_and_resumes_to_exactly_the_budget(tmp_pat
     _, study = load_run(run.root)
     done = _search_trials(study)
     assert len(done) == 5
-    recs = [TrialRecord.from_trial(t) for t in done]
+    recs = [read_record(t) for t in done]
     # an architecture is measured once: repeats are recognised by archid and copied
     measured = [r.archid for r in recs if r.duplicate_of is None]
     assert len(measured) == len(set(measured))
     for t, r in zip(done, recs):
         if r.duplicate_of is not None:
             src = study.trials[r.duplicate_of]
-            assert TrialRecord.from_trial(src).archid == r.archid and src.values == t.values
+            assert read_record(src).archid == r.archid and src.values == t.values
         # what the sampler recorded is what was built
         assert load_space(TINY).sample(optuna.trial.FixedTrial(t.params)).archid == r.archid
 
@@ -75,13 +75,13 @@ def test_baselines_are_evaluated_first_and_not_counted(tmp_path):
     run = search(space, 2, runs_root=tmp_path / "runs", quiet=True)
     _, study = load_run(run.root)
     trials = study.get_trials(states=(TrialState.COMPLETE,))
-    base = TrialRecord.from_trial(trials[0])
+    base = read_record(trials[0])
     assert base.baseline == "shufflenet_v2_x0_5"
-    assert base.arch["stages"][0]["channels"] == 48
+    assert base.arch.stages[0].channels == 48
     assert len(_search_trials(study)) == 2 and len(trials) == 3
     # a preset the space cannot produce (the tiny space has no 1024-wide head) is stored
     # without params: params that do not decode to it would mislead the sampler
-    assert not load_space(space).contains(Arch.from_dict(base.arch)) and trials[0].params == {}
+    assert not load_space(space).contains(base.arch) and trials[0].params == {}
 
 
 def test_two_workers_reach_exactly_the_budget(tmp_path):
@@ -90,9 +90,9 @@ def test_two_workers_reach_exactly_the_budget(tmp_path):
     done = _search_trials(study)
     assert len(done) == 6
     assert len({t.number for t in done}) == 6
-    pids = {t.user_attrs.get("worker_pid") for t in done}
-    assert len(pids) == 2  # both workers did work
-    measured = [t.user_attrs["archid"] for t in done if "duplicate_of" not in t.user_attrs]
+    recs = [read_record(t) for t in done]
+    assert len({r.worker_pid for r in recs}) == 2  # both workers did work
+    measured = [r.archid for r in recs if r.duplicate_of is None]
     assert len(measured) == len(set(measured))
 
 
@@ -276,13 +276,13 @@ def test_prefilter_skips_predicted_misses_and_measures_the_rest(tmp_path, monkey
         search(space, 2, runs_root=tmp_path / "a", quiet=True)
     _, study = load_run(tmp_path / "a" / "pre")
     pruned = study.get_trials(states=(TrialState.PRUNED,))
-    assert pruned and all("not measured" in t.user_attrs["fail_reason"] for t in pruned)
-    assert not any("latency" in t.user_attrs for t in pruned)
+    assert pruned and all("not measured" in read_record(t).fail_reason for t in pruned)
+    assert not any(read_record(t).latency for t in pruned)
     _table_for_tiny(0.001)  # now everything passes the filter and is measured as usual
     run = search(space, 2, runs_root=tmp_path / "b", quiet=True)
     _, study = load_run(run.root)
     done = _search_trials(study)
-    assert len(done) == 2 and all(t.user_attrs["latency"]["n"] > 0 for t in done)
+    assert len(done) == 2 and all(read_record(t).latency.n > 0 for t in done)
 
 
 def test_prefilter_without_a_table_is_a_clear_error(tmp_path, monkeypatch):
@@ -307,12 +307,12 @@ def test_multi_fidelity_short_trains_the_front_once(tmp_path):
     space.write_text(text)
     run = search(space, 3, runs_root=tmp_path, quiet=True)
     _, study = load_run(run.root)
-    trained = study.user_attrs["short_train"]
-    base = next(t.number for t in study.trials if t.user_attrs.get("baseline"))
+    trained = study_attr(study, "short_train")
+    base = next(t.number for t in study.trials if read_record(t).baseline)
     assert str(base) in trained and 2 <= len(trained) <= 3
     assert all(0.0 <= v["val_acc"] <= 1.0 and v["steps"] == 3 for v in trained.values())
     search(space, 3, runs_root=tmp_path, quiet=True)  # resuming does not train again
-    assert load_run(run.root)[1].user_attrs["short_train"] == trained
+    assert study_attr(load_run(run.root)[1], "short_train") == trained
     import contextlib
     import io
 
@@ -335,11 +335,11 @@ def test_constraints_reach_optuna_on_every_trial(tmp_path):
         run = search(space, 2, runs_root=tmp_path, quiet=True)
     _, study = load_run(run.root)
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
-        r = TrialRecord.from_trial(t)
+        r = read_record(t)
         assert list(r.constraints) == ["latency_ms", "params_m"]  # by name, sorted
         lat, par = r.constraints["latency_ms"], r.constraints["params_m"]
         # one yardstick: the ratio against the limit's ratio, in ms at the stated reference
-        lim = study.user_attrs["latency_limit"]
+        lim = study_attr(study, "latency_limit")
         assert lim["ms"] == 0.01 and lim["ratio"] == pytest.approx(0.01 / lim["reference_ms"])
         assert r.latency_limit == pytest.approx(lim["ratio"])
         assert lat == pytest.approx(r.ratio * lim["reference_ms"] - 0.01)
@@ -449,7 +449,7 @@ def test_infeasible_trials_never_reach_the_front_training_or_export(tmp_path, ca
     assert pick_trial(records, max_latency=1e9).feasible
     with pytest.raises(UserError, match="infeasible, it breaks macs_m"):
         pick_trial(records, trial=over[0].trial)
-    trained = {int(k) for k in load_run(run.root)[1].user_attrs["short_train"]}
+    trained = {int(k) for k in study_attr(load_run(run.root)[1], "short_train")}
     assert trained == {r.trial for r in front}  # k = 10 > front: all of it, nothing infeasible
     capsys.readouterr()
     assert main(["pareto", str(run.root), "--json"]) == 0
@@ -507,4 +507,4 @@ def test_a_run_ends_with_its_front_and_baselines_retimed_side_by_side(tmp_path):
     assert shown and {r.archid for r in shown} == {r.archid for r in done if r.trial in best}
     for r in on_one_reference(done):
         if r.retimed:
-            assert r.latency_ms == pytest.approx(r.retimed["median_ms"])
+            assert r.latency_ms == pytest.approx(r.retimed.median_ms)

@@ -308,10 +308,3 @@ def search_estimator(settings: FidelitySettings) -> str:
     ``AUTO_DURING_SEARCH``)."""
     return AUTO_DURING_SEARCH if settings.estimator == "auto" else settings.estimator
 
-
-def pick_estimate(result: Mapping[str, Any], estimator: str) -> float:
-    """The number the search ranks by at a rung (``val_acc`` or ``sotl``; higher is better)."""
-    if estimator not in ESTIMATORS:
-        raise UserError(f"fidelity.estimator: {estimator!r} must be val_acc or sotl here "
-                        "(auto is resolved by the run's check)")
-    return float(result[estimator])

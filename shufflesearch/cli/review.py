@@ -7,7 +7,6 @@ import csv
 import sys
 from pathlib import Path
 
-from ..model.arch import Arch
 from ..review.export import export_arch
 from ..review.html import write_report
 from ..review.pareto import (
@@ -138,7 +137,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     check = run_check_text(args.run)
     if check:  # report.md carries the run's self-check beside the rung the estimate comes from
         info["self_check"] = " / ".join(line.strip() for line in check.splitlines())
-    res = export_arch(Arch.from_dict(rec.arch), args.out, info=info,
+    res = export_arch(rec.arch, args.out, info=info,
                       resolution=run.space.target.resolution, onnx=args.onnx,
                       channels_last=run.space.target.channels_last,
                       log=None if quiet else log, int8=args.int8, proxy=run.space.data,

@@ -23,6 +23,7 @@ from ..measure.target import BACKENDS
 from ..search.engine import search
 from ..search.ladder import describe_check
 from ..search.space import load_space
+from ..search.storage import study_attr
 from .output import print_json
 
 # --- run / validate ---------------------------------------------------------------------------
@@ -42,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = search(args.space, args.budget, name=args.name, runs_root=args.runs,
                  storage=args.storage, workers=args.workers, quiet=args.quiet)
     if run.space.fidelity is not None:  # the run's self-check, printed even when --quiet
-        print(describe_check(run.load_study().user_attrs.get("check")))
+        print(describe_check(study_attr(run.load_study(), "check")))
     if not args.quiet:
         print(f"done: {run.root}  (review: shufflesearch pareto {run.root})")
     return 0

@@ -10,18 +10,13 @@ from typing import Any
 
 from ..common.stats import kendall_tau, spearman_rho
 from ..errors import UserError
-from ..search.front import (
-    dominated_beyond_noise,
-    knee,
-    on_one_reference,
-    shown_front,
-    tie_groups,
-)
+from ..search.front import dominated_beyond_noise, knee, on_one_reference, shown_front, tie_groups
 from ..search.ladder import apply_estimator, chosen_estimator, describe_check, rung_estimate
 from ..search.objective import LIMIT_ATTR
 from ..search.records import GUIDELINES, TrialRecord, completed, failed, measured
 from ..search.retime import load_retime, records_with_retime
 from ..search.runfolder import Run, load_run
+from ..search.storage import study_attr
 
 # --- the table ----------------------------------------------------------------------------------
 
@@ -114,10 +109,9 @@ def pareto_rows(records: list[TrialRecord], all_trials: bool = False) -> list[Pa
 def _iqr_ms(r: TrialRecord) -> float:
     """The figure's IQR in the units latency_ms is shown in (the same reference figure)."""
     f = r.figure
-    iqr, med = f.get("iqr_ms"), f.get("median_ms")
-    if iqr is None:
+    if f is None:
         return math.nan
-    return float(iqr) * (float(r.latency_ms) / float(med)) if med else float(iqr)
+    return float(f.iqr_ms) * (float(r.latency_ms) / float(f.median_ms)) if f.median_ms else float(f.iqr_ms)
 
 
 def reference_note(records: list[TrialRecord], retime: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -132,7 +126,7 @@ def reference_note(records: list[TrialRecord], retime: dict[str, Any] | None = N
                 "drifted": bool(retime.get("drifted"))}
     shifted = on_one_reference(done)
     ms = next((r.latency_ms / r.ratio for r in shifted if r.ratio), None)
-    ref = next((r.latency.get("reference") for r in done if r.latency.get("reference")), None) or {}
+    ref = next((r.latency.reference for r in done if r.latency and r.latency.reference), None) or {}
     return {"arch": ref.get("arch"), "archid": ref.get("archid"), "ms": ms, "spread": None,
             "retimed_at": None, "drifted": any(r.drifted for r in done)}
 
@@ -162,10 +156,7 @@ def _ratio_cell(r: ParetoRow) -> str:
 
 def _flags(r: ParetoRow) -> str:
     """~ drifted, = a latency tie with another shown row, d a baseline dominated beyond the noise."""
-    out = ("~" if r.drifted else "") + ("=" if r.ties else "")
-    if r.dominated_by:
-        out += "d"
-    return out
+    return ("~" if r.drifted else "") + ("=" if r.ties else "") + ("d" if r.dominated_by else "")
 
 
 def format_breaks(breaks: dict[str, float]) -> str:
@@ -350,6 +341,14 @@ def pick_trial(records: list[TrialRecord], *, trial: int | None = None, use_knee
     """The record that `export` bundles; UserError says why there is none. Only a feasible
     completed trial is ever picked: the knee and --max-latency choose on the feasible front,
     and --trial N of an infeasible trial is refused with the constraints it breaks."""
+    r = _pick(records, trial, use_knee, max_latency)
+    if r.arch is None and "arch" in r.extra:  # stored in a form records.py could not read
+        raise UserError(f"trial {r.trial}: this version cannot read its stored architecture")
+    return r
+
+
+def _pick(records: list[TrialRecord], trial: int | None, use_knee: bool,
+          max_latency: float | None) -> TrialRecord:
     done = on_one_reference(completed(records))
     if trial is not None:
         shown = {c.trial: c for c in done}
@@ -391,18 +390,18 @@ def pick_trial(records: list[TrialRecord], *, trial: int | None = None, use_knee
 
 def export_info(rec: TrialRecord, run_name: str) -> dict[str, Any]:
     """What the run stored about a trial, handed to export_arch for report.md (not recomputed)."""
-    lat = dict(rec.figure)
+    fig = rec.figure
     g = rec.guidelines
     info: dict[str, Any] = {
         "run": run_name,
         "trial": rec.trial,
-        "latency": lat,
-        "fingerprint": lat.get("fingerprint") or rec.latency.get("fingerprint"),
+        "latency": fig.to_dict() if fig else {},
+        "fingerprint": (fig.fingerprint if fig else None) or (rec.latency.fingerprint if rec.latency else None),
         "latency_ms": rec.latency_ms,
         "latency_measured_ms": rec.measured_ms,
         "latency_ratio": rec.ratio,
         "latency_ratio_ci": rec.ratio_ci,
-        "latency_reference": lat.get("reference"),
+        "latency_reference": fig.reference if fig else None,
         "latency_drifted": rec.drifted,
         "latency_retimed": "side by side at the end of the run" if rec.retimed else None,
         "proxy": rec.proxy,
@@ -424,7 +423,7 @@ def export_info(rec: TrialRecord, run_name: str) -> dict[str, Any]:
 def run_check_text(path: str | Path) -> str | None:
     """The run's stored self-check in a few lines (None in a zero-cost run)."""
     run, study = load_run(path)
-    return None if run.space.fidelity is None else describe_check(study.user_attrs.get("check"))
+    return None if run.space.fidelity is None else describe_check(study_attr(study, "check"))
 
 
 def load_records(path: str | Path) -> tuple[Run, list[TrialRecord]]:
@@ -435,7 +434,7 @@ def load_records(path: str | Path) -> tuple[Run, list[TrialRecord]]:
     chosen = chosen_estimator(study, run.space)
     if chosen:  # one scale: the top-rung figure in the estimator the check chose
         apply_estimator(records, chosen)
-    trained = study.user_attrs.get("short_train") or {}  # multi-fidelity results, if any
+    trained = study_attr(study, "short_train", {})  # multi-fidelity results, if any
     for r in records:
         if str(r.trial) in trained:
             r.short_train = trained[str(r.trial)]
@@ -446,5 +445,5 @@ def load_reference_note(path: str | Path) -> dict[str, Any]:
     """reference_note of a run folder (with its stored re-timing)."""
     run, study = load_run(path)
     note = reference_note(records_with_retime(study), load_retime(study))
-    note["limit"] = study.user_attrs.get(LIMIT_ATTR)  # the latency limit on the ratio yardstick
+    note["limit"] = study_attr(study, LIMIT_ATTR)  # the latency limit on the ratio yardstick
     return note

@@ -17,7 +17,6 @@ from ..measure.target import TargetSpec
 from ..model.arch import Arch
 from ..model.cost import graph_costs
 from ..model.graph import op_graph
-from ..search.ladder import estimate_value
 from ..search.records import TrialRecord, measured
 from .pareto import (
     HypervolumeHistory,
@@ -106,7 +105,7 @@ UnitMs = Callable[[Arch], dict[str, float] | None]  # arch -> predicted ms per u
 
 def _arch(rec: TrialRecord) -> Arch | None:
     """The record's architecture (None for a record without one)."""
-    return Arch.from_dict(rec.arch) if rec.arch else None
+    return rec.arch  # None: stored in a form this version cannot read
 
 
 def trial_details(records: list[TrialRecord], resolution: int, unit_ms: UnitMs | None = None,
@@ -162,8 +161,8 @@ def ladder_figure_data(records: list[TrialRecord]) -> tuple[list[tuple[int, bool
     reached = [sum(1 for r in done if (r.rung or 0) >= k) for k in range(top + 1)]
     curves = []
     for r in done:  # SoTL per step: the one estimator every rung records
-        pts = [(k, estimate_value(r.rungs[str(k)], "sotl"))
-               for k in range(1, (r.rung or 0) + 1) if r.rungs and str(k) in r.rungs]
+        pts = [(k, res.estimate("sotl")) for k in range(1, (r.rung or 0) + 1)
+               if (res := r.rung_result(k)) is not None and res.has("sotl")]
         if pts:
             curves.append((r.trial, bool(r.baseline), pts))
     return curves, reached
@@ -177,12 +176,12 @@ def ladder_rung_stats(records: list[TrialRecord]) -> tuple[list[RungStats], int]
     top = max((r.top_rung or 0) for r in recs) if recs else 0
     out = []
     for k in range(1, top + 1):
-        at = [r.rungs[str(k)] for r in recs if str(k) in r.rungs]
+        at = [res for r in recs if (res := r.rung_result(k)) is not None]
         out.append(RungStats(
             rung=k, reached=len(at), stopped=sum(1 for r in recs if r.rung == k),
-            steps=int(at[0]["steps"]) if at else None,
-            val_acc=[estimate_value(a, "val_acc") for a in at if "val_acc" in a],
-            sotl_per_step=[estimate_value(a, "sotl") for a in at]))
+            steps=at[0].steps if at else None,
+            val_acc=[a.estimate("val_acc") for a in at if a.has("val_acc")],
+            sotl_per_step=[a.estimate("sotl") for a in at if a.has("sotl")]))
     return out, never
 
 
@@ -237,7 +236,7 @@ def load_report_data(run_path: str | Path, say: Callable[[str], None] | None = N
         say(f"computing ({len(done)} trials)")
     t = run.space.target
     unit_ms, note = _unit_ms_from_table(t)
-    fp = next((r.latency.get("fingerprint") for r in done if r.latency), None) or {}
+    fp = next((r.latency.fingerprint for r in done if r.latency), None) or {}
     n_inf = sum(not r.feasible for r in done)
     meta = {
         "run": str(run.root), "space": str(run.space.path or "-"),

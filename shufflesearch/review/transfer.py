@@ -64,7 +64,10 @@ def transfer(run_path: str | Path, backends: Sequence[str], *, seconds_per_point
     if len(points) < 2:
         raise UserError(f"{run_path}: needs at least two completed front points or baselines to compare runtimes")
     front_ids = {r.archid for r in shown_front(on_one_reference(records))}
-    archs = [Arch.from_dict(r.arch or {}, where=f"trial {r.trial}") for r in points]
+    unread = [r.trial for r in points if r.arch is None]
+    if unread:
+        raise UserError(f"trial {unread[0]}: this version cannot read its stored architecture")
+    archs: list[Arch] = [r.arch for r in points]  # type: ignore[misc]
     target = run.space.target
     lat: dict[str, list[Any]] = {}
     for b in backends:

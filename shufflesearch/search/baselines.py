@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -17,32 +16,35 @@ from ..measure.env import compute_lock
 from ..model.arch import Arch
 from .evaluator import Evaluator
 from .front import pareto_front, spread_indices
-from .objective import (
-    _constraint_system_attrs,
-    constraint_items,
-    latency_limit,
-    objective_values,
-    optuna_constraints,
+from .objective import constraint_items, latency_limit, objective_values, optuna_constraints
+from .records import TrialRecord, completed
+from .runfolder import Run
+from .storage import (
+    claim,
+    claims,
+    create_trial,
+    end_trial,
+    heartbeat,
+    is_final,
+    mark_started,
+    set_study_attr,
+    store_constraints,
+    stored_trial,
+    study_attr,
+    study_records,
+    write_fields,
 )
-from .records import TrialRecord, completed, trial_records
-from .runfolder import Run, claim, claims
-from .worker import Sweeper, _heartbeat, _mark_started, evaluate_once
+from .worker import Sweeper, evaluate_once
 
 log = logging.getLogger("shufflesearch.search")
 
 
-_FINAL = "shufflesearch:final"  # system attr: this baseline trial ended by its own evaluation
-
-
-def _baseline_settled(storage: Any, trial_id: int) -> bool:
+def _baseline_settled(study: optuna.Study, tid: int) -> bool:
     """A baseline claim stays with its trial once that trial completed, was rejected by the
     pre-filter or raised (the same error would come back); it passes on only when its worker
     died or was interrupted."""
-    try:
-        t = getattr(storage, "_backend", storage).get_trial(trial_id)
-    except KeyError:
-        return False
-    return t.state != TrialState.FAIL or bool(t.system_attrs.get(_FINAL))
+    t = stored_trial(study, tid)
+    return t is not None and (t.state != TrialState.FAIL or is_final(t))
 
 
 def evaluate_baselines(run: Run, evaluate: Evaluator | None = None) -> None:
@@ -50,16 +52,15 @@ def evaluate_baselines(run: Run, evaluate: Evaluator | None = None) -> None:
     trials; they are stored as trials marked ``baseline`` and do not count towards the budget.
 
     Several machines starting one study together share the work: each baseline is claimed in
-    the study's storage by the trial that evaluates it (see runfolder.claim), so it is evaluated
+    the study's storage by the trial that evaluates it (see storage.claim), so it is evaluated
     once; the others skip it. A baseline the latency pre-filter rejects is a PRUNED trial with
     its reason, one that raises a FAIL with its reason; neither is evaluated again on re-runs.
     A baseline whose worker died (its trial went stale) is taken over by the next run."""
     study = run.load_study()
-    st = study._storage
-    done = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    owned = claims(st, study._study_id, "baseline:")
+    done = {r.baseline for r in study_records(study) if r.state == "COMPLETE"}
+    owned = claims(study, "baseline:")
     todo = [(n, a) for n, a in run.space.baseline_archs().items()
-            if n not in done and not (f"baseline:{n}" in owned and _baseline_settled(st, owned[f"baseline:{n}"]))]
+            if n not in done and not (f"baseline:{n}" in owned and _baseline_settled(study, owned[f"baseline:{n}"]))]
     if not todo:
         return
     evaluate = evaluate or Evaluator(run.space, run.root, limit=latency_limit(run))
@@ -68,20 +69,14 @@ def evaluate_baselines(run: Run, evaluate: Evaluator | None = None) -> None:
         sweep()
         # Stored with the params the space would sample it from, so the sampler learns from it.
         params, dists = run.space.encode(arch) if run.space.contains(arch) else ({}, {})
-        tid = st.create_new_trial(study._study_id, template_trial=optuna.trial.create_trial(
-            state=TrialState.RUNNING, params=params, distributions=dists,
-            user_attrs={"baseline": name, "archid": arch.archid}))
-        number = getattr(st, "_backend", st).get_trial(tid).number
-        with _heartbeat(st, tid):
-            _mark_started(study, tid)
-            owner = claim(st, study._study_id, f"baseline:{name}", tid,
-                          lambda o: not _baseline_settled(st, o))
+        tid, number = create_trial(study, params, dists, baseline=name, archid=arch.archid)
+        with heartbeat(study, tid):
+            mark_started(study, tid)
+            owner = claim(study, f"baseline:{name}", tid, lambda o: not _baseline_settled(study, o))
             if owner != tid:
                 log.info("baseline %s: trial %d evaluates it; skipped here", name, owner)
-                st.set_trial_user_attr(tid, "fail_reason", f"not evaluated: baseline {name} is "
-                                       f"evaluated by another trial (trial id {owner})")
-                st.set_trial_system_attr(tid, _FINAL, True)
-                st.set_trial_state_values(tid, TrialState.PRUNED)
+                end_trial(study, tid, TrialState.PRUNED, final=True, reason=(
+                    f"not evaluated: baseline {name} is evaluated by another trial (trial id {owner})"))
                 continue
             try:
                 _evaluate_baseline(run, study, tid, number, name, arch, evaluate, sweep)
@@ -92,7 +87,6 @@ def evaluate_baselines(run: Run, evaluate: Evaluator | None = None) -> None:
 
 def _evaluate_baseline(run: Run, study: optuna.Study, tid: int, number: int, name: str,
                        arch: Arch, evaluate: Evaluator, sweep: Sweeper) -> None:
-    st = study._storage
     log.info("baseline %s (%s), trial %d", name, arch.archid, number)
     timings: dict[str, float] = {}
     try:
@@ -101,29 +95,21 @@ def _evaluate_baseline(run: Run, study: optuna.Study, tid: int, number: int, nam
         raise
     except optuna.TrialPruned as e:
         log.warning("baseline %s rejected: %s", name, e)
-        st.set_trial_user_attr(tid, "fail_reason", f"pruned: {e}")
-        st.set_trial_system_attr(tid, _FINAL, True)
-        st.set_trial_state_values(tid, TrialState.PRUNED)
+        end_trial(study, tid, TrialState.PRUNED, reason=f"pruned: {e}", final=True)
         return
     except KeyboardInterrupt:
-        st.set_trial_user_attr(tid, "fail_reason", "interrupted by the user")
-        st.set_trial_state_values(tid, TrialState.FAIL)
+        end_trial(study, tid, TrialState.FAIL, reason="interrupted by the user")
         raise
     except Exception as e:
         reason = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         log.warning("baseline %s failed: %s", name, reason)
-        st.set_trial_user_attr(tid, "fail_reason", reason)
-        st.set_trial_system_attr(tid, _FINAL, True)
-        st.set_trial_state_values(tid, TrialState.FAIL)
+        end_trial(study, tid, TrialState.FAIL, reason=reason, final=True)
         return
     rec.constraints = constraint_items(run.space, rec)
     rec.baseline, rec.timings = name, timings
-    for k, v in rec.to_user_attrs().items():
-        st.set_trial_user_attr(tid, k, v)
-    for k, v in _constraint_system_attrs(optuna_constraints(rec)).items():
-        st.set_trial_system_attr(tid, k, v)
-    st.set_trial_system_attr(tid, _FINAL, True)
-    st.set_trial_state_values(tid, TrialState.COMPLETE, objective_values(run.space, rec))
+    write_fields(study, tid, rec)
+    store_constraints(study, tid, optuna_constraints(rec))
+    end_trial(study, tid, TrialState.COMPLETE, objective_values(run.space, rec), final=True)
 
 
 def short_train_picks(records: list[TrialRecord], k: int) -> list[TrialRecord]:
@@ -142,19 +128,19 @@ def short_train_front(run: Run, quiet: bool = True) -> dict[str, dict[str, float
     interrupted pass resumes."""
     k, steps = run.space.proxy.short_train_top_k, run.space.proxy.short_train_steps
     study = run.load_study()
-    done = dict(study.user_attrs.get("short_train") or {})
+    done = dict(study_attr(study, "short_train", {}))
     if k <= 0:
         return done
     data = None
-    for r in short_train_picks(trial_records(study.get_trials(deepcopy=False)), k):
-        if str(r.trial) in done:
+    for r in short_train_picks(study_records(study), k):
+        if str(r.trial) in done or r.arch is None:  # (None: stored in a form this version cannot read)
             continue
         data = data or load_data(run.space.data)
         if not quiet:
             print(f"short-training trial {r.trial} ({steps} steps)", file=sys.stderr, flush=True)
         with compute_lock(), torch_threads(1):
-            res = short_train(Arch.from_dict(r.arch), data, steps=steps, seed=run.space.seed)
+            res = short_train(r.arch, data, steps=steps, seed=run.space.seed)
         done[str(r.trial)] = {k2: float(v) for k2, v in res.items()}
-        study.set_user_attr("short_train", done)
+        set_study_attr(study, "short_train", done)
         log.info("short-trained trial %d: val_acc %.4f", r.trial, res["val_acc"])
     return done

@@ -38,8 +38,9 @@ from .ladder import apply_estimator, chosen_estimator, prune_checkpoints, run_ch
 from .progress import Progress
 from .records import completed
 from .retime import records_with_retime, retime_run
-from .runfolder import Run, _setup_log, open_run, run_step
+from .runfolder import Run, _setup_log, open_run
 from .space import SearchSpace, load_space
+from .storage import run_step, set_study_attr, study_attr
 from .worker import _worker_main, work
 
 log = logging.getLogger("shufflesearch.search")
@@ -122,10 +123,10 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
 def end_step(run: Run, budget: int, name: str, fn: Callable[[], Any],
              say: Callable[[str], None] | None = None) -> bool:
     """One end-of-run step, done once for this budget by one of the processes that share the
-    study (a claim in its storage, runfolder.run_step): the others wait for it, and a re-run
+    study (a claim in its storage, storage.run_step): the others wait for it, and a re-run
     after a kill -9 completes it. True when this process did it."""
     study = run.load_study()
-    ran, _ = run_step(study._storage, study._study_id, f"end:{name}:{budget}", fn, name=name, say=say)
+    ran, _ = run_step(study, f"end:{name}:{budget}", fn, name=name, say=say)
     if not ran:
         log.info("run %s: %s for budget %d was done by another process", run.name, name, budget)
         if say:
@@ -139,7 +140,7 @@ def _prune(run: Run) -> None:
     records = records_with_retime(study)
     apply_estimator(records, chosen_estimator(study, run.space) or "sotl")
     keep = {r.archid for r in shown_front(on_one_reference(completed(records)))}
-    keep |= set((study.user_attrs.get("check") or {}).get("archids") or [])
+    keep |= set(study_attr(study, "check", {}).get("archids") or [])
     gone = prune_checkpoints(run, keep)
     log.info("run %s: kept the checkpoints of %d architectures, deleted %d", run.name, len(keep), gone)
 
@@ -149,6 +150,6 @@ def _check(run: Run, quiet: bool) -> None:
     study says that it was switched off, so no review reads "not run yet" forever."""
     fs = run.space.fidelity
     if fs is not None and fs.check.top <= 0:
-        run.load_study().set_user_attr("check", {"skipped": "check.top: 0 in the space", "top": 0})
+        set_study_attr(run.load_study(), "check", {"skipped": "check.top: 0 in the space", "top": 0})
         return
     run_check(run, quiet=quiet)

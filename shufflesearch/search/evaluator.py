@@ -131,8 +131,8 @@ class Evaluator:
         t3 = time.perf_counter()
         timings.update(build=t1 - t0, latency=t2 - t1, proxies=t3 - t2)
         return TrialRecord(
-            archid=arch.archid, arch=arch.to_dict(), params=c.params, macs=c.macs, mac=c.mac,
-            peak_activation=c.peak_activation, latency=lat.to_dict(), latency_ms=lat.median_ms,
+            archid=arch.archid, arch=arch, params=c.params, macs=c.macs, mac=c.mac,
+            peak_activation=c.peak_activation, latency=lat, latency_ms=lat.median_ms,
             proxies=scores, proxy_raw=score, proxy=proxy_value,
             latency_limit=self.limit["ratio"] if self.limit else None,
             guidelines=GuidelineSummary(penalties=rep.penalties, total=rep.total,

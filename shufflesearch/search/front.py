@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..measure.target import Latency, is_tie
-from .records import TrialRecord
+from .records import TrialRecord, latency_from_dict
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -88,7 +88,7 @@ def attach_retime(records: Iterable[TrialRecord], retime: dict[str, Any] | None)
     """Set ``retimed`` on the records a study's ``retime`` attribute re-timed (by trial number)."""
     figs = (retime or {}).get("trials") or {}
     for r in records:
-        r.retimed = figs.get(str(r.trial))
+        r.retimed = latency_from_dict(figs.get(str(r.trial)))
 
 
 def on_one_reference(records: Sequence[TrialRecord], reference_ms: float | None = None) -> list[TrialRecord]:
@@ -98,7 +98,7 @@ def on_one_reference(records: Sequence[TrialRecord], reference_ms: float | None 
     latency limit moves with them: feasibility is the shown ratio against the limit's ratio,
     and how far a trial is over it reads in the shown ms."""
     if reference_ms is None:
-        ref = next((r.retimed.get("reference") for r in records if r.retimed), None)
+        ref = next((r.retimed.reference for r in records if r.retimed), None)
         reference_ms = float(ref["ms"]) if ref and ref.get("ms") else run_reference_ms(records)
     out = []
     for r in records:
@@ -135,15 +135,10 @@ def shown_front(records: Iterable[TrialRecord]) -> list[TrialRecord]:
 
 
 def latency_of(r: TrialRecord) -> Latency:
-    """The record's figure as a Latency, with ``median_ms`` as the record shows it."""
-    d = dict(r.figure)
-    d.setdefault("iqr_ms", 0.0)
-    d.setdefault("n", 0)
-    d.setdefault("runs_ms", [])
-    d.setdefault("fingerprint", {})
-    d.setdefault("spec", {})
-    d["median_ms"] = float(r.latency_ms if r.latency_ms is not None else d.get("median_ms", math.nan))
-    return Latency.from_dict(d)
+    """The record's figure, with ``median_ms`` as the record shows it."""
+    fig = r.figure or latency_from_dict({"median_ms": math.nan})
+    assert fig is not None
+    return dataclasses.replace(fig, median_ms=float(r.latency_ms if r.latency_ms is not None else fig.median_ms))
 
 
 def tie_groups(records: Sequence[TrialRecord]) -> dict[int, list[int]]:

@@ -23,7 +23,7 @@ won, so nothing is trained twice.
 
 One scale (DESIGN.md, "one figure, one meaning"): a ladder trial's accuracy figure
 (``TrialRecord.proxy``, the first objective Optuna is told) is its estimate at the TOP rung
-(``estimate_value``: SoTL per step, the mean negated training loss, or val_acc), in one unit
+(``RungResult.estimate``: SoTL per step, the mean negated training loss, or val_acc), in one unit
 for every trial that has one. A trial that stopped below the top has no such figure:
 ``proxy`` is None, Optuna is told -inf with the constraint ``ladder`` = rungs short of the
 top (> 0: infeasible, so every sampler ranks it by how far it got, never by a value on another
@@ -46,21 +46,28 @@ from ..accuracy.fidelity import (
     ESTIMATORS,
     FidelitySettings,
     latest_checkpoint,
-    pick_estimate,
     rung_attr,
     rung_dir,
     search_estimator,
     train_to_rung,
 )
 from ..common.threads import torch_threads, train_threads
-from ..model.arch import Arch
 from .faults import fault_point
 from .front import pareto_front, spread_indices
 from .objective import constraint_items
 from .promotion import should_promote
-from .records import TrialRecord, completed, trial_records
+from .records import RungResult, TrialRecord, completed
 from .runfolder import Run
 from .space import SearchSpace
+from .storage import (
+    read_record,
+    search_trials,
+    set_study_attr,
+    stored_trial,
+    study_attr,
+    study_records,
+    write_fields,
+)
 
 log = logging.getLogger("shufflesearch.search")
 
@@ -85,22 +92,15 @@ def prune_checkpoints(run: Run, keep: set[str]) -> int:
     return gone
 
 
-def estimate_value(attr: dict[str, Any], estimator: str) -> float:
-    """The figure a top-rung result stands for on the front and for Optuna: val_acc, or SoTL
-    divided by the rung's steps (the mean negated training loss, in nats)."""
-    if estimator == "sotl":
-        return float(attr["sotl"]) / max(1, int(attr["steps"]))
-    return float(attr["val_acc"])
-
-
 def latency_key(rec: TrialRecord) -> float:
     """What promotion ranks latency by: the ratio to the reference network (one yardstick for
     every window), or the stored ms for a figure without a ratio."""
     return float(rec.ratio) if rec.ratio is not None else float(rec.latency_ms)
 
 
-def _search_trials(study: optuna.Study) -> list[Any]:
-    return [t for t in study.get_trials(deepcopy=False, states=_LIVE) if not t.user_attrs.get("baseline")]
+def _live_records(study: optuna.Study) -> list[TrialRecord]:
+    """The records of the RUNNING and COMPLETE search trials (a FAIL'd one's worker died)."""
+    return [read_record(t) for t in search_trials(study, _LIVE)]
 
 
 def finished_at(study: optuna.Study, k: int, estimator: str, me: int) -> list[tuple[int, float, float]]:
@@ -108,13 +108,13 @@ def finished_at(study: optuna.Study, k: int, estimator: str, me: int) -> list[tu
     one per architecture (trial ``me``'s own entry wins for its architecture). Baselines are
     left out: they climb anyway."""
     by_arch: dict[str, tuple[int, float, float]] = {}
-    for t in _search_trials(study):
-        r = (t.user_attrs.get("rungs") or {}).get(str(k))
-        if r is None or r.get("sotl") is None:
+    for t in _live_records(study):
+        r = t.rung_result(k)
+        if r is None or r.sotl is None:
             continue
-        p = (t.number, pick_estimate(r, estimator), float(r.get("latency", r.get("latency_ms"))))
-        a = t.user_attrs.get("archid", str(t.number))
-        if a not in by_arch or t.number == me:
+        p = (t.trial, r.estimate(estimator), r.rank_latency)
+        a = t.archid or str(t.trial)
+        if a not in by_arch or t.trial == me:
             by_arch[a] = p
     return list(by_arch.values())
 
@@ -122,17 +122,19 @@ def finished_at(study: optuna.Study, k: int, estimator: str, me: int) -> list[tu
 def started_at(study: optuna.Study, k: int, me_archid: str) -> int:
     """How many architectures other than ``me_archid`` live search trials have started rung
     ``k`` with (``promoted_to`` >= k)."""
-    return len({t.user_attrs.get("archid", str(t.number)) for t in _search_trials(study)
-                if int(t.user_attrs.get("promoted_to", 0)) >= k} - {me_archid})
+    return len({t.archid or str(t.trial) for t in _live_records(study)
+                if (t.promoted_to or 0) >= k} - {me_archid})
 
 
-def climb(study: optuna.Study, trial_id: int, rec: TrialRecord, space: SearchSpace,
+def climb(study: optuna.Study, tid: int, rec: TrialRecord, space: SearchSpace,
           data: ProxyData, run_root: Any, baseline: bool = False) -> TrialRecord:
-    """Take the trial as far up the ladder as promotion allows; fills the record's ladder
-    fields (rung, top_rung, rungs, estimator, stopped, proxy). See the module docstring."""
+    """Take trial ``tid`` (storage id) as far up the ladder as promotion allows; fills the
+    record's ladder fields (rung, top_rung, rungs, estimator, stopped, proxy). See the module
+    docstring."""
     fs: FidelitySettings = space.fidelity  # type: ignore[assignment]
-    st = study._storage
-    number = getattr(st, "_backend", st).get_trial(trial_id).number
+    me = stored_trial(study, tid)
+    assert me is not None, f"trial id {tid} is not in the study"
+    number = me.number
     est = search_estimator(fs)
     top = len(fs.rungs)
     rec.top_rung, rec.estimator, rec.rung, rec.proxy = top, est, 0, None
@@ -140,8 +142,9 @@ def climb(study: optuna.Study, trial_id: int, rec: TrialRecord, space: SearchSpa
     if not rec.feasible:
         rec.stopped = "infeasible: never trained"
         return rec
-    rungs: dict[str, Any] = {}
-    arch = Arch.from_dict(rec.arch)
+    rungs: dict[int, RungResult] = {}
+    arch = rec.arch
+    assert arch is not None, "the evaluator's record holds its Arch"
     ckpt = rung_dir(run_root, rec.archid, space.seed)
     lat = latency_key(rec)
     # Rungs already on disk (a retry after kill -9) were promotions already won: honoured, not
@@ -156,24 +159,24 @@ def climb(study: optuna.Study, trial_id: int, rec: TrialRecord, space: SearchSpa
                                f"at that rung, or their {started} place(s) at rung {k} already taken")
                 break
         if k >= 2:  # counted at once, so that peers deciding meanwhile see the place taken
-            st.set_trial_user_attr(trial_id, "promoted_to", k)
+            rec.promoted_to = k
+            write_fields(study, tid, promoted_to=k)
         with torch_threads(train_threads()):
             # One thread unless SHUFFLESEARCH_TRAIN_THREADS says otherwise (common.threads).
             # fault point `rung`: a kill -9 right after a rung's checkpoint is on disk, before
             # the trial's storage says so (the retry must find it and train nothing again)
             r = train_to_rung(arch, data, fs, k, ckpt, seed=space.seed, on_rung=lambda _h: fault_point("rung"))
-        rungs[str(k)] = {**rung_attr(r), "latency": lat, "latency_ms": float(rec.latency_ms),
-                         "trained_seconds": float(r["trained_seconds"]),
-                         "resumed_from": int(r["resumed_from"])}
+        rungs[k] = RungResult.from_dict({
+            **rung_attr(r), "latency": lat, "latency_ms": float(rec.latency_ms),
+            "trained_seconds": float(r["trained_seconds"]), "resumed_from": int(r["resumed_from"])})
         rec.rung = k
-        st.set_trial_user_attr(trial_id, "rungs", rungs)
-        st.set_trial_user_attr(trial_id, "rung", k)
+        write_fields(study, tid, rungs=rungs, rung=k)
         log.info("trial %d: rung %d (%d steps) sotl/step %.4f%s, %.1f s", number, k, r["steps"],
                  r["sotl"] / max(1, r["steps"]),
                  f" val_acc {r['val_acc']:.4f}" if "val_acc" in r else "", r["trained_seconds"])
     rec.rungs = rungs
     if rec.rung == top:
-        rec.proxy = estimate_value(rungs[str(top)], est)
+        rec.proxy = rungs[top].estimate(est)
     return rec
 
 
@@ -183,7 +186,7 @@ def climb(study: optuna.Study, trial_id: int, rec: TrialRecord, space: SearchSpa
 def check_picks(records: list[TrialRecord], top: int) -> list[TrialRecord]:
     """What the check retrains: ``top`` points spread over the top-rung front (filled up with
     the best other top-rung trials when the front is shorter), plus the feasible baselines."""
-    done = [r for r in completed(records) if r.feasible and r.at_top and r.rungs]
+    done = [r for r in completed(records) if r.feasible and r.at_top and r.rungs and r.arch]
     front = [r for r in pareto_front(done) if not r.baseline]
     picks = [front[i] for i in spread_indices(len(front), top)]
     seen = {r.archid for r in picks}
@@ -210,30 +213,30 @@ def run_check(run: Run, data: ProxyData | None = None, quiet: bool = True) -> di
     if fs is None or fs.check.top <= 0:
         return None
     study = run.load_study()
-    picks = check_picks(trial_records(study.get_trials(deepcopy=False)), fs.check.top)
+    picks = check_picks(study_records(study), fs.check.top)
     if len(picks) < 3:
         rep: dict[str, Any] = {"skipped": f"too few to tell: only {len(picks)} architecture(s) "
                                f"reached the top rung feasibly; a ranking needs 3 (a verdict {MIN_CHECK})"}
-        study.set_user_attr("check", rep)
+        set_study_attr(study, "check", rep)
         return rep
     data = data or load_data(run.space.data)
-    runs = dict(study.user_attrs.get("check_runs") or {})
-    top = str(len(fs.rungs))
+    runs = dict(study_attr(study, "check_runs", {}))
+    top = len(fs.rungs)
 
     def store(archid: str, res: dict[str, Any]) -> None:
         runs[archid] = res
-        study.set_user_attr("check_runs", runs)
+        set_study_attr(study, "check_runs", runs)
         if not quiet:
             print(f"checked {archid}: accuracy {res['val_acc']}", file=sys.stderr, flush=True)
 
-    estimates = {e: [estimate_value(r.rungs[top], e) for r in picks] for e in ESTIMATORS}
+    estimates = {e: [r.rungs[top].estimate(e) for r in picks] for e in ESTIMATORS}  # type: ignore[index]
     with torch_threads(train_threads()):
-        rep = check_estimator([Arch.from_dict(r.arch) for r in picks], estimates, data,
+        rep = check_estimator([r.arch for r in picks], estimates, data,
                               fs.check.steps, fs.check.seeds, estimator=fs.estimator,
                               device=fs.device, done=runs, on_trained=store)
     rep["trials"] = [r.trial for r in picks]
     rep["baselines"] = [r.baseline for r in picks if r.baseline]
-    study.set_user_attr("check", rep)
+    set_study_attr(study, "check", rep)
     log.info("%s", format_check(rep))
     return rep
 
@@ -243,7 +246,7 @@ def chosen_estimator(study: optuna.Study, space: SearchSpace) -> str | None:
     one, else the one promotions ranked by (None in a zero-cost run)."""
     if space.fidelity is None:
         return None
-    return (study.user_attrs.get("check") or {}).get("chosen") or search_estimator(space.fidelity)
+    return study_attr(study, "check", {}).get("chosen") or search_estimator(space.fidelity)
 
 
 def apply_estimator(records: list[TrialRecord], estimator: str) -> None:
@@ -253,19 +256,19 @@ def apply_estimator(records: list[TrialRecord], estimator: str) -> None:
     for r in records:
         if r.top_rung is None:
             continue
-        res = (r.rungs or {}).get(str(r.top_rung))
+        res = r.rung_result(r.top_rung)
         r.estimator = estimator
-        r.proxy = estimate_value(res, estimator) if r.rung == r.top_rung and res and estimator in res else None
+        r.proxy = res.estimate(estimator) if r.at_top and res is not None and res.has(estimator) else None
 
 
 def rung_estimate(r: TrialRecord) -> tuple[int, str, float] | None:
     """(rung, estimator, figure) of a ladder trial below the top: its highest rung's figure,
     for display where it is labelled as that rung's (never in the accuracy column)."""
-    if r.top_rung is None or r.rung is None or r.rung < 1 or r.rung == r.top_rung or not r.rungs:
+    res = r.rung_result()
+    if r.top_rung is None or r.at_top or res is None:
         return None
-    res = r.rungs.get(str(r.rung)) or {}
-    est = r.estimator if (r.estimator or "") in res else "sotl"
-    return (r.rung, est, estimate_value(res, est)) if est in res else None
+    est = r.estimator if r.estimator in ESTIMATORS and res.has(r.estimator) else "sotl"
+    return (r.rung, est, res.estimate(est)) if res.has(est) else None
 
 
 def describe_check(rep: dict[str, Any] | None) -> str:

@@ -16,8 +16,9 @@ from ..measure.target import REFERENCE_ARCH
 from .evaluator import calibration_images
 from .front import latency_over
 from .records import TrialRecord
-from .runfolder import Run, run_step
+from .runfolder import Run
 from .space import SearchSpace
+from .storage import PER_TRIAL_CONSTRAINTS, read_record, run_step, set_study_attr, study_attr
 
 log = logging.getLogger("shufflesearch.search")
 
@@ -76,28 +77,16 @@ def latency_limit(run: Run) -> dict[str, Any] | None:
         mon = DriftMonitor(spec, cache=LatencyCache(), max_seconds=run.space.target_options.max_seconds,
                            calibration=calibration_images(run.space))
         fig = mon.seed()  # a machine with too few timings times the reference first
-        study.set_user_attr(LIMIT_ATTR, {
+        set_study_attr(study, LIMIT_ATTR, {
             "ms": float(limit), "reference": REFERENCE_ARCH, "reference_ms": fig["ms"],
             "ratio": float(limit) / fig["ms"],
             "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
         log.info("run %s: latency_ms limit %g ms = ratio %.4f to %s at %.3f ms", run.name, limit,
                  float(limit) / fig["ms"], REFERENCE_ARCH, fig["ms"])
 
-    if not study.user_attrs.get(LIMIT_ATTR):
-        run_step(study._storage, study._study_id, LIMIT_ATTR, convert, name="limit")
-    return run.load_study().user_attrs.get(LIMIT_ATTR)
-
-
-# Optuna 5 takes constraints per trial (Trial.set_constraint, read by every sampler) and
-# deprecates the samplers' constraints_func; Optuna 4 has only the latter.
-_PER_TRIAL_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
-
-
-def _constraint_system_attrs(items: dict[str, float]) -> dict[str, Any]:
-    """How a constraint set is stored on a trial made with create_trial (the baselines)."""
-    if _PER_TRIAL_CONSTRAINTS:
-        return {f"constraints:{k}": float(v) for k, v in items.items()}
-    return {"constraints": list(items.values())}
+    if not study_attr(study, LIMIT_ATTR):
+        run_step(study, LIMIT_ATTR, convert, name="limit")
+    return study_attr(run.load_study(), LIMIT_ATTR)
 
 
 def make_sampler(space: SearchSpace, worker: int = 0) -> optuna.samplers.BaseSampler:
@@ -105,7 +94,7 @@ def make_sampler(space: SearchSpace, worker: int = 0) -> optuna.samplers.BaseSam
     same architectures in lockstep."""
     s = space.sampler
     constrained = space.constraints or space.guidelines.mode == "constrain" or space.fidelity is not None
-    cf = _constraints_func if constrained and not _PER_TRIAL_CONSTRAINTS else None
+    cf = _constraints_func if constrained and not PER_TRIAL_CONSTRAINTS else None
     seed = space.seed + 7919 * worker
     if s.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -118,4 +107,4 @@ def make_sampler(space: SearchSpace, worker: int = 0) -> optuna.samplers.BaseSam
 
 
 def _constraints_func(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return list(optuna_constraints(TrialRecord.from_trial(trial)).values())
+    return list(optuna_constraints(read_record(trial)).values())

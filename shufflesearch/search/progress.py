@@ -12,12 +12,12 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from .front import pareto_front
-from .records import TrialRecord
+from .storage import is_baseline, read_record
 
 
 def front_summary(trials: list[Any], objectives: list[str]) -> tuple[int, str]:
     """Size of the (proxy, latency) front over completed feasible trials, and its two ends."""
-    front = pareto_front(TrialRecord.from_trial(t) for t in trials if t.state == TrialState.COMPLETE)
+    front = pareto_front(read_record(t) for t in trials if t.state == TrialState.COMPLETE)
     if not front:
         return 0, ""
     fastest = min(front, key=lambda r: r.latency_ms)
@@ -61,7 +61,7 @@ class Progress:
             trials = self._study.get_trials(deepcopy=False)
         except Exception:  # a reader must never take the search down
             return
-        search = [t for t in trials if not t.user_attrs.get("baseline")]
+        search = [t for t in trials if not is_baseline(t)]
         done = sum(t.state == TrialState.COMPLETE for t in search)
         failed = sum(t.state in (TrialState.FAIL, TrialState.PRUNED) for t in search)
         n_front, best = front_summary(trials, [])

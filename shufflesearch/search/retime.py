@@ -24,12 +24,12 @@ from typing import Any
 
 from ..measure.cache import LatencyCache
 from ..measure.protocol import DRIFT_BOUND, ReferenceSchedule, retime
-from ..model.arch import Arch
 from .evaluator import calibration_images
 from .front import attach_retime, on_one_reference, pareto_front
 from .ladder import apply_estimator, chosen_estimator
-from .records import TrialRecord, completed, measured, trial_records
+from .records import TrialRecord, completed, measured
 from .runfolder import Run
+from .storage import set_study_attr, study_attr, study_records
 
 log = logging.getLogger("shufflesearch.search")
 
@@ -64,7 +64,7 @@ def retime_run(run: Run, *, max_seconds: float | None = None,
     the window; default: the space's per-measurement cap for each model and the reference, at
     most RETIME_MAX_SECONDS."""
     study = run.load_study()
-    records = trial_records(study.get_trials(deepcopy=False))
+    records = study_records(study)
     est = chosen_estimator(study, run.space)
     if est is not None:  # the front the check's estimator draws, not the search's
         apply_estimator(records, est)
@@ -79,7 +79,7 @@ def retime_run(run: Run, *, max_seconds: float | None = None,
     schedule = ReferenceSchedule(spec, LatencyCache())
     before = schedule.figure()
     t0 = time.perf_counter()
-    lats = retime([Arch.from_dict(r.arch) for r in targets], spec, max_seconds=cap, schedule=schedule,
+    lats = retime([r.arch for r in targets], spec, max_seconds=cap, schedule=schedule,
                   calibration=calibration_images(run.space))
     seconds = time.perf_counter() - t0
     ref = dict(lats[0].reference or {})
@@ -101,7 +101,7 @@ def retime_run(run: Run, *, max_seconds: float | None = None,
         "seconds": round(seconds, 2), "reference": ref, "speed_factor": factor, "drifted": drifted,
         "spec": spec.to_dict(), "fingerprint": lats[0].fingerprint, "trials": figs,
     }
-    study.set_user_attr(RETIME_ATTR, out)
+    set_study_attr(study, RETIME_ATTR, out)
     log.info("run %s: re-timed %d architectures side by side in %.1f s (reference %.3f ms%s)",
              run.name, len(targets), seconds, ref.get("ms", float("nan")), ", drifted" if drifted else "")
     return out
@@ -109,11 +109,11 @@ def retime_run(run: Run, *, max_seconds: float | None = None,
 
 def load_retime(study: Any) -> dict[str, Any] | None:
     """The study's stored re-timing, if any."""
-    return study.user_attrs.get(RETIME_ATTR)
+    return study_attr(study, RETIME_ATTR)
 
 
 def records_with_retime(study: Any) -> list[TrialRecord]:
     """The study's records with the stored re-timing attached."""
-    records = trial_records(study.get_trials(deepcopy=False))
+    records = study_records(study)
     attach_retime(records, load_retime(study))
     return records

@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
-import threading
 import time
 from typing import Any
 
@@ -20,7 +18,6 @@ from .evaluator import Evaluator
 from .faults import fault_point, with_ask_faults
 from .ladder import climb, drop_checkpoints
 from .objective import (
-    _PER_TRIAL_CONSTRAINTS,
     constraint_items,
     latency_limit,
     make_sampler,
@@ -28,8 +25,27 @@ from .objective import (
     optuna_constraints,
 )
 from .records import TrialRecord
-from .runfolder import GRACE_S, HEARTBEAT_S, Run, _setup_log, claim, claims, open_run, trial_state
+from .runfolder import Run, _setup_log, open_run
 from .space import SearchSpace, load_space
+from .storage import (
+    GRACE_S,
+    PER_TRIAL_CONSTRAINTS,
+    archid_of,
+    claim,
+    claims,
+    end_trial,
+    heartbeat,
+    is_baseline,
+    mark_started,
+    read_record,
+    search_trials,
+    started_by_worker,
+    store_constraints,
+    stored_trial,
+    trial_id,
+    trial_state,
+    write_fields,
+)
 
 log = logging.getLogger("shufflesearch.search")
 
@@ -48,22 +64,15 @@ ORPHAN_S = 60.0  # a RUNNING trial no worker has marked for this long was orphan
 # architecture for longer than the heartbeat grace period.
 
 _DEAD = (TrialState.FAIL, TrialState.PRUNED)
-_WORKER_ATTR = "shufflesearch:worker"  # system attr: who runs this trial (never copied by retries)
 
 
 class TakenOver(optuna.exceptions.UpdateFinishedTrialError):
     """This worker's trial was finished by someone else: a peer failed it as stale."""
 
 
-def _dead(storage: Any, trial_id: int) -> bool:
-    return trial_state(storage, trial_id) in (*_DEAD, None)
-
-
-def _mark_started(study: optuna.Study, trial_id: int) -> None:
-    """Says that a live worker got this trial out of ask(); see Sweeper. Keyed by the trial's
-    own id, because a retry copies system attributes from the trial it replaces."""
-    study._storage.set_trial_system_attr(
-        trial_id, _WORKER_ATTR, {"trial_id": trial_id, "pid": os.getpid(), "host": socket.gethostname()})
+def _dead(study: optuna.Study, tid: int) -> bool:
+    """Trial ``tid`` ended FAIL or PRUNED (or is gone): the claims it held pass on."""
+    return trial_state(study, tid) in (*_DEAD, None)
 
 
 class Sweeper:
@@ -83,19 +92,19 @@ class Sweeper:
         now = time.monotonic()
         running = set()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if (t.system_attrs.get(_WORKER_ATTR) or {}).get("trial_id") == t._trial_id:
+            if started_by_worker(t):
                 continue
-            running.add(t._trial_id)
-            seen = now - self.seen.setdefault(t._trial_id, now)
+            tid = trial_id(t)
+            running.add(tid)
+            seen = now - self.seen.setdefault(tid, now)
             # Its start time (the popping worker's clock) spares a fresh worker the full wait on
             # one machine; its own observation keeps it right when clocks disagree.
             age = time.time() - t.datetime_start.timestamp() if t.datetime_start else 0.0
             # (A baseline is created outside ask() and marked right after: only the age rule.)
-            if (budget_met and not t.user_attrs.get("baseline")) or max(seen, age) >= ORPHAN_S:
+            if (budget_met and not is_baseline(t)) or max(seen, age) >= ORPHAN_S:
                 with contextlib.suppress(Exception):  # another worker may be failing it too
-                    self.study._storage.set_trial_user_attr(
-                        t._trial_id, "fail_reason", "worker died while the trial was being created")
-                    self.study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                    end_trial(self.study, tid, TrialState.FAIL,
+                              reason="worker died while the trial was being created")
                     log.warning("trial %d: orphaned inside ask() (no worker after %.0f s); failed",
                                 t.number, ORPHAN_S)
         self.seen = {k: v for k, v in self.seen.items() if k in running}
@@ -108,12 +117,12 @@ def _slots(study: optuna.Study, budget: int) -> tuple[int, list[str]]:
     the completed search trials that own none of them (completed under another budget, or before
     claims existed); with every worker given the same budget that count cannot change while they
     run, so the set of slots is fixed and no interleaving can complete more trials than it holds."""
-    trials = study.get_trials(deepcopy=False)  # read before the claims: see the docstring above
-    owned = claims(study._storage, study._study_id, f"slot:{budget}:")
+    trials = search_trials(study)  # read before the claims: see the docstring above
+    owned = claims(study, f"slot:{budget}:")
     owners = set(owned.values())
-    state = {t._trial_id: t.state for t in trials}
-    done = [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("baseline")]
-    legacy = sum(1 for t in done if t._trial_id not in owners)
+    state = {trial_id(t): t.state for t in trials}
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    legacy = sum(1 for t in done if trial_id(t) not in owners)
     free = []
     for k in range(budget - legacy):
         key = f"slot:{budget}:{k}"
@@ -127,82 +136,57 @@ def _slots(study: optuna.Study, budget: int) -> tuple[int, list[str]]:
 def _in_flight(study: optuna.Study) -> bool:
     """Whether a search trial that a worker took out of ask() is still RUNNING (orphans of
     ask() are left to the sweep: they hold nothing and are failed after ORPHAN_S)."""
-    return any((t.system_attrs.get(_WORKER_ATTR) or {}).get("trial_id") == t._trial_id
-               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-               if not t.user_attrs.get("baseline"))
+    return any(started_by_worker(t) for t in search_trials(study, (TrialState.RUNNING,)))
 
 
-def _take_slot(study: optuna.Study, trial_id: int, budget: int) -> bool:
+def _take_slot(study: optuna.Study, tid: int, budget: int) -> bool:
     _, free = _slots(study, budget)
-    st = study._storage
-    for key in free:
-        if claim(st, study._study_id, key, trial_id, lambda o: _dead(st, o)) == trial_id:
-            return True
-    return False
-
-
-@contextlib.contextmanager
-def _heartbeat(storage: optuna.storages.BaseStorage, trial_id: int):
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            with contextlib.suppress(Exception):
-                storage.record_heartbeat(trial_id)
-
-    with contextlib.suppress(Exception):
-        storage.record_heartbeat(trial_id)
-    th = threading.Thread(target=beat, daemon=True)
-    th.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        th.join()
+    return any(claim(study, key, tid, lambda o: _dead(study, o)) == tid for key in free)
 
 
 def _copy_record(src: optuna.trial.FrozenTrial) -> TrialRecord:
-    rec = TrialRecord.from_trial(src)
+    rec = read_record(src)
     # A copy points at the trial that measured the architecture, never at another copy.
     return rec.copy_for_duplicate(src.number if rec.duplicate_of is None else rec.duplicate_of)
 
 
-def evaluate_once(study: optuna.Study, trial_id: int, arch: Any, evaluate: Evaluator,
+def evaluate_once(study: optuna.Study, tid: int, arch: Any, evaluate: Evaluator,
                   timings: dict[str, float], sweep: Sweeper) -> TrialRecord:
-    """The record of ``arch`` for trial ``trial_id``: evaluated here when this trial wins the
-    architecture's claim, otherwise copied from the trial that holds it (waited for while it
-    runs; taken over if it dies). One archid, one measurement."""
-    st = study._storage
+    """The record of ``arch`` for trial ``tid`` (storage id): evaluated here when this trial
+    wins the architecture's claim, otherwise copied from the trial that holds it (waited for
+    while it runs; taken over if it dies). One archid, one measurement."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("archid") == arch.archid and t._trial_id != trial_id:
+        if archid_of(t) == arch.archid and trial_id(t) != tid:
             return _copy_record(t)  # also covers trials measured before claims existed
     key = f"arch:{arch.archid}"
     waiting = False
     while True:
-        owner = claim(st, study._study_id, key, trial_id, lambda o: _dead(st, o))
-        if owner == trial_id:
+        owner = claim(study, key, tid, lambda o: _dead(study, o))
+        if owner == tid:
             rec = evaluate(arch, timings)
             space = getattr(evaluate, "space", None)  # (tests pass a bare function)
             if space is not None and space.fidelity is not None:  # train as far as promotion allows
                 if evaluate.run_root is None:
                     raise ValueError("a fidelity ladder needs the run folder: Evaluator(space, run.root)")
                 t0 = time.perf_counter()
-                baseline = bool(getattr(st, "_backend", st).get_trial(trial_id).user_attrs.get("baseline"))
-                climb(study, trial_id, rec, space, evaluate.data,
-                      evaluate.run_root, baseline=baseline)
+                me = stored_trial(study, tid)
+                climb(study, tid, rec, space, evaluate.data, evaluate.run_root,
+                      baseline=me is not None and is_baseline(me))
                 timings["ladder"] = time.perf_counter() - t0
             return rec
-        src = getattr(st, "_backend", st).get_trial(owner)
+        src = stored_trial(study, owner)
+        if src is None:
+            continue  # gone: the claim is dead, taken over on the next try
         if src.state == TrialState.COMPLETE:
             return _copy_record(src)
         if not waiting:
             log.info("trial id %d: %s is being measured by trial %d; waiting for it",
-                     trial_id, arch.archid, src.number)
+                     tid, arch.archid, src.number)
             waiting = True
         time.sleep(0.5)
         sweep()
-        if trial_state(st, trial_id) != TrialState.RUNNING:
-            raise TakenOver(f"trial id {trial_id} was finished by another worker")
+        if trial_state(study, tid) != TrialState.RUNNING:
+            raise TakenOver(f"trial id {tid} was finished by another worker")
 
 
 def run_trial(study: optuna.Study, space: SearchSpace, evaluate: Evaluator,
@@ -214,8 +198,8 @@ def run_trial(study: optuna.Study, space: SearchSpace, evaluate: Evaluator,
     t_ask = time.perf_counter()
     trial = study.ask()
     try:
-        with _heartbeat(study._storage, trial._trial_id):
-            _mark_started(study, trial._trial_id)
+        with heartbeat(study, trial_id(trial)):
+            mark_started(study, trial_id(trial))
             return _run_trial(study, trial, space, evaluate, budget, sweep, t_ask)
     except optuna.exceptions.UpdateFinishedTrialError:
         log.warning("trial %d was taken over: another worker failed it as stale (this worker sent "
@@ -224,60 +208,54 @@ def run_trial(study: optuna.Study, space: SearchSpace, evaluate: Evaluator,
         return None
 
 
+def _tell_failed(study: optuna.Study, trial: optuna.Trial, state: TrialState, reason: str) -> None:
+    write_fields(study, trial_id(trial), fail_reason=reason)
+    study.tell(trial, state=state)
+
+
 def _run_trial(study: optuna.Study, trial: optuna.Trial, space: SearchSpace, evaluate: Evaluator,
                budget: int | None, sweep: Sweeper, t_ask: float) -> optuna.trial.FrozenTrial | None:
     timings: dict[str, float] = {}
+    tid = trial_id(trial)
     try:
         arch = space.sample(trial)
     except ArchError as e:
-        trial.set_user_attr("fail_reason", f"rejected: {e}")
-        study.tell(trial, state=TrialState.PRUNED)
+        _tell_failed(study, trial, TrialState.PRUNED, f"rejected: {e}")
         return None
     timings["sample"] = time.perf_counter() - t_ask
-    trial.set_user_attr("archid", arch.archid)
+    write_fields(study, tid, archid=arch.archid)
     fault_point("sample")
-    if budget is not None and not _take_slot(study, trial._trial_id, budget):
-        trial.set_user_attr("fail_reason", "over budget: another worker took the last slot")
-        study.tell(trial, state=TrialState.FAIL)
+    if budget is not None and not _take_slot(study, tid, budget):
+        _tell_failed(study, trial, TrialState.FAIL, "over budget: another worker took the last slot")
         return None
     try:
-        rec = evaluate_once(study, trial._trial_id, arch, evaluate, timings, sweep)
+        rec = evaluate_once(study, tid, arch, evaluate, timings, sweep)
     except optuna.exceptions.UpdateFinishedTrialError:
         raise
     except optuna.TrialPruned as e:
-        trial.set_user_attr("fail_reason", f"pruned: {e}")
-        study.tell(trial, state=TrialState.PRUNED)
+        _tell_failed(study, trial, TrialState.PRUNED, f"pruned: {e}")
         return None
     except KeyboardInterrupt:
-        trial.set_user_attr("fail_reason", "interrupted by the user")
-        study.tell(trial, state=TrialState.FAIL)
+        _tell_failed(study, trial, TrialState.FAIL, "interrupted by the user")
         raise
     except MemoryError:
-        trial.set_user_attr("fail_reason", "out of memory")
-        study.tell(trial, state=TrialState.FAIL)
+        _tell_failed(study, trial, TrialState.FAIL, "out of memory")
         return None
     except Exception as e:
         reason = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         if "out of memory" in str(e).lower() or "can't allocate" in str(e).lower():
             reason = f"out of memory: {reason}"
         log.warning("trial %d failed: %s", trial.number, reason)
-        trial.set_user_attr("fail_reason", reason)
-        study.tell(trial, state=TrialState.FAIL)
+        _tell_failed(study, trial, TrialState.FAIL, reason)
         return None
     t_store = time.perf_counter()
     rec.constraints = constraint_items(space, rec)
-    if _PER_TRIAL_CONSTRAINTS:
-        for k, v in optuna_constraints(rec).items():
-            trial.set_constraint(k, v)
-    attrs = rec.to_user_attrs()
-    for i, (k, v) in enumerate(attrs.items()):
-        if i == len(attrs) // 2:
-            fault_point("storage")
-        trial.set_user_attr(k, v)
+    if PER_TRIAL_CONSTRAINTS:  # (Optuna 4: the sampler's constraints_func stores them)
+        store_constraints(study, tid, optuna_constraints(rec))
+    write_fields(study, tid, rec)  # fault point `storage` half-way
     values = objective_values(space, rec)
     timings["storage"] = time.perf_counter() - t_store
-    trial.set_user_attr("timings", timings)
-    trial.set_user_attr("worker_pid", os.getpid())
+    write_fields(study, tid, timings=timings, worker_pid=os.getpid())
     done = study.tell(trial, values)
     run_root = getattr(evaluate, "run_root", None)
     if run_root is not None and rec.duplicate_of is None and rec.stopped and rec.rung:
