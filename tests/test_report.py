@@ -24,7 +24,12 @@ from shufflesearch.review.pareto import (
     rank_correlation,
 )
 from shufflesearch.search.front import knee, pareto_front, spread_indices
-from shufflesearch.search.records import GuidelineSummary, TrialRecord, latency_from_dict
+from shufflesearch.search.records import (
+    GuidelineSummary,
+    RungResult,
+    TrialRecord,
+    latency_from_dict,
+)
 
 HERE = Path(__file__).parent
 
@@ -630,12 +635,14 @@ def synthetic_records(n: int = 200, n_archs: int = 40) -> list[TrialRecord]:
             rungs["3"]["val_acc"] = rng.uniform(0.6, 0.9)
         pen = {g: rng.choice([0.0, rng.uniform(0, 0.02)]) for g in ("G1", "G2", "G3", "G4")}
         recs.append(TrialRecord(
-            trial=t, archid=arch.archid, arch=arch.to_dict(), params=rng.randint(10**5, 5 * 10**6),
-            macs=rng.randint(10**7, 6 * 10**8), mac=rng.randint(10**6, 5 * 10**7), latency=lat,
+            trial=t, archid=arch.archid, arch=arch, params=rng.randint(10**5, 5 * 10**6),
+            macs=rng.randint(10**7, 6 * 10**8), mac=rng.randint(10**6, 5 * 10**7),
+            latency=latency_from_dict(lat),
             latency_ms=ratio * 10, proxy=rungs["3"]["val_acc"] if rung == 3 else None,
             guidelines=GuidelineSummary(pen, sum(pen.values()) / 4, sum(v > 0 for v in pen.values())),
             constraints={"macs_m": 12.5 if infeasible else -1.0}, baseline=BASELINES[t] if t < 3 else None,
-            rung=rung, top_rung=3, rungs=rungs or None, estimator="val_acc",
+            rung=rung, top_rung=3, estimator="val_acc",
+            rungs={int(k): RungResult.from_dict(v, int(k)) for k, v in rungs.items()} or None,
             stopped=None if rung == 3 else "not promoted"))
     return recs
 
@@ -665,14 +672,13 @@ def test_a_budget_200_report_stays_under_5_mb(synthetic):
 
 def test_hover_click_and_toggles_in_chromium(synthetic, browser):
     from shufflesearch.guidelines.checks import check
-    from shufflesearch.model.arch import Arch
     from shufflesearch.model.cost import costs
 
     recs, path = synthetic
     by_trial = {r.trial: r for r in recs}
     knee = next(r for r in pareto_rows(recs) if r.knee)
     rec = by_trial[knee.trial]
-    arch = Arch.from_dict(rec.arch)
+    arch = rec.arch
     below = [r for r in recs if r.feasible and r.rung < 3]
     infeasible = [r for r in recs if not r.feasible]
     page = ReportPage(browser, path)
@@ -681,8 +687,8 @@ def test_hover_click_and_toggles_in_chromium(synthetic, browser):
         assert page.page.get_attribute("body", "data-plotted") == "6"
         lines = page.hover("pareto", knee.trial)
         assert lines[0] == f"trial {knee.trial} · {rec.archid}"
-        assert lines[1] == f"accuracy: {rec.rungs['3']['val_acc']:.4f} (val_acc, rung 3 of 3)"
-        ratio = rec.latency["ratio"]
+        assert lines[1] == f"accuracy: {rec.rungs[3].val_acc:.4f} (val_acc, rung 3 of 3)"
+        ratio = rec.latency.ratio
         assert lines[2] == (f"latency: {ratio * 10:.3f} ms ± {0.1 * ratio:.3f} IQR · ratio {ratio:.3f} "
                             f"[{ratio * 0.99:.3f}, {ratio * 1.01:.3f}]")
         assert lines[3].startswith(f"MACs {rec.macs / 1e6:.2f}M · MAC {rec.mac / 1e6:.2f}M")
@@ -693,7 +699,7 @@ def test_hover_click_and_toggles_in_chromium(synthetic, browser):
         # A trial below the top rung has no accuracy figure, only its rung's, labelled so.
         b = below[0]
         lines = page.hover("macs", b.trial)
-        sotl = b.rungs[str(b.rung)]["sotl"] / b.rungs[str(b.rung)]["steps"]
+        sotl = b.rungs[b.rung].estimate("sotl")
         assert lines[1] == f"accuracy: none on the front's scale; rung {b.rung} of 3: {sotl:.4f} (sotl)"
 
         text = page.click("pareto", knee.trial)
