@@ -51,7 +51,7 @@ def steps_per_epoch(data: ProxyData) -> int:
 
 def train_arch(
     arch: Arch,
-    data: DataSpec | Mapping[str, Any] | str,
+    data: DataSpec | str,
     epochs: int,
     out_dir: str | Path,
     *,
@@ -72,7 +72,7 @@ def train_arch(
         raise UserError(f"--lr: {lr!r} must be a positive number")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise UserError(f"--threads: {threads!r} must be an integer >= 1")
-    spec = DataSpec(name=data) if isinstance(data, str) else DataSpec.from_dict(data, "--data")
+    spec = DataSpec(name=data) if isinstance(data, str) else data
     out = prepare_out_dir(Path(out_dir), UserError)
     pd = load_data(spec)
     trained_arch = arch.replace(num_classes=pd.num_classes)  # the FC the proxy task needs

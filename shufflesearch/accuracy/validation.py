@@ -97,7 +97,7 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
     if seeds < 1:
         raise UserError(f"--seeds: {seeds} must be >= 1")
     if rungs is not None:
-        FidelitySettings.from_dict({"rungs": list(rungs)}, "--rungs")
+        FidelitySettings(rungs=tuple(rungs))  # the ladder's own rules for its rungs
         if ladder_seeds < 1:
             raise UserError(f"--ladder-seeds: {ladder_seeds} must be >= 1")
     names = list(names or PROXIES)
@@ -356,9 +356,3 @@ def validation_set(doc: Any, where: str) -> tuple[list[Arch], dict[str, Any]] | 
              for i, a in enumerate(doc["archs"])]
     return archs, dict(doc.get("proxy") or {})
 
-
-def fidelity_of(doc: Any, where: str) -> FidelitySettings | None:
-    """The ``fidelity:`` block of a parsed space file or validation set (defaults when absent,
-    None for ``fidelity: none``)."""
-    return FidelitySettings.from_dict(doc.get("fidelity") if isinstance(doc, dict) else None,
-                                      f"{where}: fidelity")

@@ -83,7 +83,7 @@ def export_arch(
     torch_export: bool = True,
     log: Callable[[str], None] | None = None,
     int8: bool = False,
-    proxy: Any = None,
+    proxy: DataSpec | None = None,
     channels_last: bool = True,
     aoti: bool = False,
     batch: int = 1,
@@ -99,7 +99,7 @@ def export_arch(
     ``onnx``: None exports ONNX when onnx/onnxruntime are installed and notes the skip
     otherwise; True makes their absence an error; False skips it.
     ``int8``: also write model.int8.onnx (needs model.onnx), calibrated on the training split
-    of ``proxy`` (a DataSpec or a search space's ``proxy`` mapping; default digits at 32 px)
+    of ``proxy`` (a DataSpec; default the default proxy task)
     and compared with model.onnx on its validation split.
     ``channels_last``: the memory format of the exported inference form (model.pt2); pass the
     target's ``channels_last`` so that what ships is what was timed.
@@ -143,7 +143,7 @@ def export_arch(
 def _export_into(
     arch: Arch, d: Path, out: Path, state_dict: Any, info: dict[str, Any], res: int,
     onnx: bool | None, torch_export: bool, say: Callable[[str], None], int8: bool = False,
-    proxy: Any = None, channels_last: bool = True, aoti: tuple[int, int] | None = None,
+    proxy: DataSpec | None = None, channels_last: bool = True, aoti: tuple[int, int] | None = None,
 ) -> ExportResult:
     model = build(arch)
     trained = state_dict is not None
@@ -357,11 +357,11 @@ def _export_aoti(model: torch.nn.Module, path: Path, res: int, batch: int, threa
 
 
 def _export_int8(fp32: Path, path: Path, x: torch.Tensor, ref: torch.Tensor, scale: float,
-                 arch: Arch, proxy: Any) -> dict[str, Any]:
+                 arch: Arch, proxy: DataSpec | None) -> dict[str, Any]:
     """Quantise model.onnx to int8 on the proxy task's training split, check that it runs on
     the verification batch, and measure what int8 costs and gains: top-1 agreement with
     model.onnx and accuracy on the validation split, latency of both side by side."""
-    data = load_data(DataSpec.from_dict(proxy))
+    data = load_data(proxy)
     shape = tuple(x.shape[1:])  # (C, H, W): the exported size; proxy images are resized to it
     try:
         cal = B.calibration_array(data.batch("train", _CALIBRATION_IMAGES, seed=0).x, (1, *shape))
