@@ -190,8 +190,9 @@ def _validate_proxies(args: argparse.Namespace) -> int:
     if steps < 1:
         raise UserError(f"--steps: {steps} must be >= 1")
     device = args.device or (fid.device if fid else "auto")
-    settings = read_section("proxy", proxy, args.space)  # the file's block, read as a space's
-    spec = settings.data
+    proxy = dict(proxy)
+    names = proxy.pop("proxies", None) or None  # what to compute: no search score to serve
+    spec = read_section("proxy", proxy, args.space).data  # the file's block, read as a space's
     if args.data is not None:
         try:
             spec = dataclasses.replace(spec, name=args.data)
@@ -201,7 +202,6 @@ def _validate_proxies(args: argparse.Namespace) -> int:
         data = load_data(spec)
     except UserError as e:
         raise UserError(f"--data: {e}" if args.data else str(e)) from None
-    names = list(settings.proxies or ()) or None
     quiet = args.quiet or args.json
     out = Path(args.out) if args.out else None
     if args.report_only and out is None:

@@ -49,7 +49,6 @@ SAMPLERS = ("tpe", "nsga2", "random", "gp")
 GUIDELINE_MODES = ("penalize", "constrain", "report")
 OBJECTIVES = {"proxy": "maximize", "latency": "minimize", "mac": "minimize", "macs": "minimize",
               "params": "minimize"}  # name → direction
-CONSTRAINTS = ("latency_ms", "params_m", "macs_m", "mac_m", "guideline_penalty")
 T = TypeVar("T")
 
 
@@ -172,6 +171,9 @@ class Limits:
 
     def as_dict(self) -> dict[str, float]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+CONSTRAINTS = tuple(f.name for f in dataclasses.fields(Limits))
 
 
 @dataclass(frozen=True)
