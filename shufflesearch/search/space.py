@@ -52,6 +52,8 @@ def _section(attrs: str) -> Any:
 
 @dataclass
 class SearchSpace:
+    """A space file read: its typed config, the sampling over it, and its identity."""
+
     config: SpaceConfig  # the file, one typed model per section (config.py)
     path: str  # the file it was read from
     given: frozenset[str] = frozenset()  # the YAML paths the file gave (reader.py)
