@@ -96,6 +96,12 @@ def test_bad_sources_are_user_errors(tmp_path):
         load_data(DataSpec(name=f"npz:{tmp_path / 'bad.npz'}"))
 
 
+def test_a_mapping_names_the_specs_fields_not_the_yaml_keys():
+    assert load_data({"name": "digits", "resolution": 8}).spec == DataSpec(name="digits", resolution=8)
+    with pytest.raises(UserError, match="DataSpec has no field 'dataset'"):  # the reader's spelling
+        load_data({"dataset": "digits"})
+
+
 def test_batch_helpers():
     d = load_data(DataSpec(name="digits", resolution=8, batch=50))
     b = d.batch("train", seed=1)

@@ -38,11 +38,12 @@ the paper's stem on real photos, should set ``resolution: 64`` (last map 2x2, ~4
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -284,10 +285,15 @@ def stratified_split(y: np.ndarray, val_fraction: float, seed: int,
 _SOURCES = {"fashion": _fashion, "digits": _digits}
 
 
-def load_data(spec: DataSpec | None = None) -> ProxyData:
-    """The proxy task of ``spec``: a seeded stratified train/val/check split, resized to
-    ``spec.resolution``, replicated to 3 channels and normalised with the training split's
-    statistics."""
+def load_data(spec: DataSpec | Mapping[str, Any] | None = None) -> ProxyData:
+    """The proxy task of ``spec`` (a DataSpec, or its fields by name: ``{"name": "digits"}``):
+    a seeded stratified train/val/check split, resized to ``spec.resolution``, replicated to 3
+    channels and normalised with the training split's statistics."""
+    if isinstance(spec, Mapping):
+        unknown = sorted(set(spec) - {f.name for f in dataclasses.fields(DataSpec)})
+        if unknown:
+            raise UserError(f"DataSpec has no field {unknown[0]!r}")
+        spec = DataSpec(**spec)
     spec = spec or DataSpec()
     if spec.name in _SOURCES:
         x, y, classes = _SOURCES[spec.name]()
