@@ -283,6 +283,6 @@ def search_estimator(settings: FidelitySettings) -> str:
 def pick_estimate(result: Mapping[str, Any], estimator: str) -> float:
     """The number the search ranks by at a rung (``val_acc`` or ``sotl``; higher is better)."""
     if estimator not in ESTIMATORS:
-        raise UserError(f"estimator: {estimator!r} must be val_acc or sotl here "
+        raise UserError(f"fidelity.estimator: {estimator!r} must be val_acc or sotl here "
                         "(auto is resolved by the run's check)")
     return float(result[estimator])

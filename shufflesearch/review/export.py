@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..accuracy.data import DataSpec, load_data
+from ..accuracy.data import load_data
 from ..common.files import prepare_out_dir
 from ..errors import UserError
 from ..measure import backends as B
@@ -83,7 +83,7 @@ def export_arch(
     torch_export: bool = True,
     log: Callable[[str], None] | None = None,
     int8: bool = False,
-    proxy: DataSpec | None = None,
+    proxy: Any = None,
     channels_last: bool = True,
     aoti: bool = False,
     batch: int = 1,
@@ -143,7 +143,7 @@ def export_arch(
 def _export_into(
     arch: Arch, d: Path, out: Path, state_dict: Any, info: dict[str, Any], res: int,
     onnx: bool | None, torch_export: bool, say: Callable[[str], None], int8: bool = False,
-    proxy: DataSpec | None = None, channels_last: bool = True, aoti: tuple[int, int] | None = None,
+    proxy: Any = None, channels_last: bool = True, aoti: tuple[int, int] | None = None,
 ) -> ExportResult:
     model = build(arch)
     trained = state_dict is not None
@@ -357,7 +357,7 @@ def _export_aoti(model: torch.nn.Module, path: Path, res: int, batch: int, threa
 
 
 def _export_int8(fp32: Path, path: Path, x: torch.Tensor, ref: torch.Tensor, scale: float,
-                 arch: Arch, proxy: DataSpec | None) -> dict[str, Any]:
+                 arch: Arch, proxy: Any) -> dict[str, Any]:
     """Quantise model.onnx to int8 on the proxy task's training split, check that it runs on
     the verification batch, and measure what int8 costs and gains: top-1 agreement with
     model.onnx and accuracy on the validation split, latency of both side by side."""
