@@ -225,7 +225,7 @@ def test_export_adds_a_verified_int8_model(tmp_path):
 
     m = randomised(TINY, seed=5)
     res = export_arch(TINY, tmp_path / "b", state_dict=m.state_dict(), resolution=32, torch_export=False,
-                      int8=True, proxy={"dataset": "digits", "resolution": 16})
+                      int8=True, proxy=DataSpec(name="digits", resolution=16))
     out = tmp_path / "b"
     assert sorted(p.name for p in out.iterdir()) == sorted([*(a for a in ARTEFACTS if a != "model.pt2"), INT8])
     r = res.int8
@@ -235,7 +235,7 @@ def test_export_adds_a_verified_int8_model(tmp_path):
     assert r["size_int8_kb"] < r["size_fp32_kb"]
     # Our own session on validation digits (the range it was calibrated for), another batch
     # size (the dynamic batch is kept): it agrees with the training form as export reported.
-    val = load_data({"dataset": "digits", "resolution": 16}).val
+    val = load_data(DataSpec(name="digits", resolution=16)).val
     x = torch.nn.functional.interpolate(val.x[:100], size=(32, 32), mode="bilinear", align_corners=False)
     s = ort.InferenceSession(str(out / INT8), providers=["CPUExecutionProvider"])
     (y,) = s.run(None, {s.get_inputs()[0].name: x.numpy()})
@@ -282,7 +282,7 @@ def test_cli_export_arch_int8(tmp_path, capsys):
     assert d["int8"]["proxy"] == "digits" and d["int8"]["calibration_images"] == 64
     assert main(["export-arch", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "c"), "--int8",
                  "--data", "nope"]) == 2
-    assert "proxy.name" in capsys.readouterr().err
+    assert "--data: 'nope' is not" in capsys.readouterr().err
 
 
 # --- every backend through the timing protocol, the search, the CLI ------------------------------

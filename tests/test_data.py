@@ -77,10 +77,10 @@ def test_folder_source(tmp_path):
 @pytest.mark.parametrize(
     "kw, field",
     [
-        ({"name": "mnist"}, "proxy.name"),
-        ({"resolution": 4}, "proxy.resolution"),
-        ({"batch": 1}, "proxy.batch"),
-        ({"val_fraction": 1.0}, "proxy.val_fraction"),
+        ({"name": "mnist"}, "DataSpec.name: 'mnist' is not 'fashion'"),
+        ({"resolution": 4}, r"DataSpec.resolution: 4 is out of range \[8, 1024\]"),
+        ({"batch": 1}, "DataSpec.batch: 1 is out of range"),
+        ({"val_fraction": 1.0}, "DataSpec.val_fraction: 1.0 is out of range"),
     ],
 )
 def test_bad_spec_names_the_field(kw, field):
@@ -94,14 +94,12 @@ def test_bad_sources_are_user_errors(tmp_path):
     np.savez(tmp_path / "bad.npz", foo=np.zeros(3))
     with pytest.raises(UserError, match="'x'"):
         load_data(DataSpec(name=f"npz:{tmp_path / 'bad.npz'}"))
-    with pytest.raises(UserError, match="proxy.colour"):
-        DataSpec.from_dict({"colour": 1})
 
 
-def test_from_search_space_proxy_block():
-    s = DataSpec.from_dict({"dataset": "digits", "resolution": 16, "batch": 32, "proxies": None,
-                            "short_train_top_k": 0})
-    assert s == DataSpec(name="digits", resolution=16, batch=32)
+def test_a_mapping_names_the_specs_fields_not_the_yaml_keys():
+    assert load_data({"name": "digits", "resolution": 8}).spec == DataSpec(name="digits", resolution=8)
+    with pytest.raises(UserError, match="DataSpec has no field 'dataset'"):  # the reader's spelling
+        load_data({"dataset": "digits"})
 
 
 def test_batch_helpers():

@@ -31,6 +31,7 @@ from shufflesearch.search.promotion import (
     ranking,
     should_promote,
 )
+from shufflesearch.search.reader import read_section
 
 STEM = Stem(channels=8, stride=1, pool=False)
 TINY = [
@@ -178,38 +179,39 @@ def test_a_foreign_checkpoint_is_refused(data, tmp_path):
 
 
 def test_settings_defaults_none_and_overrides():
-    s = FidelitySettings.from_dict(None)
+    s = read_section("fidelity", None)
     d = FidelitySettings()
-    assert (s.rungs, s.eta, s.estimator, s.device) == (d.rungs, 3, "sotl", "auto")
+    assert s == d and (s.rungs, s.eta, s.estimator, s.device) == ((8, 16, 64), 3, "sotl", "auto")
     assert s.check.top >= chk.MIN_CHECK and s.check.seeds == 2 and s.check.steps > s.top_steps
-    assert FidelitySettings.from_dict("none") is None
-    t = FidelitySettings.from_dict({"rungs": [10, 20], "check": {"seeds": 3}})
+    assert read_section("fidelity", "none") is None and read_section("fidelity", False) is None
+    t = read_section("fidelity", {"rungs": [10, 20], "check": {"seeds": 3}})
     assert t.rungs == (10, 20) and t.check.seeds == 3 and t.check.steps == d.check.steps
-    assert FidelitySettings.from_dict(t.to_dict()) == t
+    assert read_section("fidelity", t.to_dict()) == t
+    assert FidelitySettings(rungs=[4, 9]).rungs == (4, 9)  # built in code: checked the same way
     assert fid.search_estimator(FidelitySettings(estimator="auto")) == "sotl"  # before the run's check
     assert fid.search_estimator(FidelitySettings(estimator="val_acc")) == "val_acc"
 
 
 @pytest.mark.parametrize("doc, needle", [
-    ({"rungs": []}, "fidelity.rungs: [] must be a non-empty list"),
+    ({"rungs": []}, "fidelity.rungs: must be a non-empty list"),
     ({"rungs": [30, 30]}, "fidelity.rungs: [30, 30] must increase strictly"),
-    ({"rungs": [0, 5]}, "fidelity.rungs"),
-    ({"rungs": [1.5]}, "integers >= 1"),
-    ({"eta": 1}, "fidelity.eta: 1 must be an integer >= 2"),
-    ({"eta": True}, "fidelity.eta"),
-    ({"estimator": "loss"}, "fidelity.estimator: 'loss' must be one of val_acc, sotl, auto"),
-    ({"device": "tpu"}, "fidelity.device: 'tpu' must be one of auto, cpu, cuda"),
-    ({"check": {"steps": 0}}, "fidelity.check.steps: 0 must be an integer >= 1"),
+    ({"rungs": [0, 5]}, "fidelity.rungs[0]: 0 is out of range (>= 1)"),
+    ({"rungs": [1.5]}, "fidelity.rungs[0]: must be an integer, got 1.5"),
+    ({"eta": 1}, "fidelity.eta: 1 is out of range (>= 2)"),
+    ({"eta": True}, "fidelity.eta: must be an integer, got True"),
+    ({"estimator": "loss"}, "fidelity.estimator: must be one of val_acc, sotl, auto, got 'loss'"),
+    ({"device": "tpu"}, "fidelity.device: must be one of auto, cpu, cuda, got 'tpu'"),
+    ({"check": {"steps": 0}}, "fidelity.check.steps: 0 is out of range (>= 1)"),
     ({"check": {"seeds": 0}}, "fidelity.check.seeds"),
     ({"check": {"top": -1}}, "fidelity.check.top"),
-    ({"check": {"tops": 3}}, "fidelity.check.tops: unknown key"),
+    ({"check": {"tops": 3}}, "fidelity.check.tops: unknown key (did you mean 'top'?)"),
     ({"rung": [1]}, "fidelity.rung: unknown key"),
-    ("always", "fidelity: 'always' must be a mapping"),
+    ("always", "fidelity: must be a mapping, got 'always'"),
 ])
 def test_settings_errors_name_field_and_rule(doc, needle):
     with pytest.raises(UserError) as e:
-        FidelitySettings.from_dict(doc)
-    assert needle in str(e.value)
+        read_section("fidelity", doc)
+    assert needle in str(e.value) and len(str(e.value).splitlines()) == 1
 
 
 def test_device_resolution():

@@ -26,6 +26,7 @@ from shufflesearch.guidelines.microbench import (
 )
 from shufflesearch.model.arch import PRESETS, Arch, Stage
 from shufflesearch.model.graph import op_graph
+from shufflesearch.search.reader import read_section
 
 V1 = [n for n in PRESETS if n.startswith("shufflenet_v1")]
 V2 = [n for n in PRESETS if n.startswith("shufflenet_v2")]
@@ -136,7 +137,7 @@ def test_g1_penalty_grows_with_imbalance():
 
 @pytest.mark.parametrize("name", ["shufflenet_v1_g8_x1_0", "shufflenet_v2_x1_0"])
 def test_penalties_bounded_and_total_is_weighted_mean(name):
-    s = GuidelineSettings.from_dict({"weights": {"G1": 2, "G4": 0}})
+    s = read_section("guidelines.settings", {"weights": {"G1": 2, "G4": 0}})
     r = check(name, settings=s)
     assert all(0 <= r.penalties[g] <= 1 for g in GUIDELINES)
     w = {"G1": 2, "G2": 1, "G3": 1, "G4": 0}
@@ -147,13 +148,15 @@ def test_penalties_bounded_and_total_is_weighted_mean(name):
 
 
 def test_settings_reject_unknown_and_bad_values():
-    with pytest.raises(UserError, match="g5_max"):
-        GuidelineSettings.from_dict({"g5_max": 1})
-    with pytest.raises(UserError, match="g1_max_excess"):
-        GuidelineSettings.from_dict({"g1_max_excess": "big"})
-    with pytest.raises(UserError, match="weights"):
-        GuidelineSettings.from_dict({"weights": {"G9": 1}})
-    assert GuidelineSettings.from_dict({"g3_max_paths": 4}).g3_max_paths == 4
+    with pytest.raises(UserError, match=r"guidelines.settings.g5_max: unknown key \(allowed: g1_max"):
+        read_section("guidelines.settings", {"g5_max": 1})
+    with pytest.raises(UserError, match="guidelines.settings.g1_max_excess: must be a number, got 'big'"):
+        read_section("guidelines.settings", {"g1_max_excess": "big"})
+    with pytest.raises(UserError, match=r"guidelines.settings.weights.G9: unknown key \(allowed: G1"):
+        read_section("guidelines.settings", {"weights": {"G9": 1}})
+    with pytest.raises(UserError, match="GuidelineSettings.weights: at least one weight must be > 0"):
+        GuidelineSettings(weights=dict.fromkeys(GUIDELINES, 0))
+    assert read_section("guidelines.settings", {"g3_max_paths": 4}).g3_max_paths == 4
     assert not _of(check(_branchy(4), settings=GuidelineSettings(g3_max_paths=4)), "G3")
 
 

@@ -49,73 +49,41 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..common.settings import SettingError, check_settings, setting
 from ..errors import UserError
 
 BUNDLED = ("fashion", "digits")  # sources that ship with the package or its dependencies
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
+def _source_error(name: str) -> str | None:
+    if name in BUNDLED or name.startswith(("folder:", "npz:", "idx:")):
+        return None
+    return f"{name!r} is not 'fashion', 'digits', 'idx:PATH', 'folder:PATH' or 'npz:PATH'"
+
+
 @dataclass(frozen=True)
 class DataSpec:
-    name: str = "fashion"  # "fashion", "digits", "idx:PATH", "folder:PATH" or "npz:PATH"
-    resolution: int = 32  # square input side in pixels (see the module docstring for why 32)
-    batch: int = 64  # batch for zero-cost proxies and short training
-    val_fraction: float = 0.2  # share of every class the ladder validates on
-    check_fraction: float = 0.2  # share of every class only the self-check scores
-    seed: int = 0  # seeds the split, nothing else
+    """A proxy task: where its images come from, their size, the batch, and the split."""
+
+    name: str = setting("fashion", check=_source_error, doc="the images: fashion, digits, "
+                        "idx:PATH, folder:PATH or npz:PATH (see the module docstring)")
+    resolution: int = setting(32, lo=8, hi=1024, doc="square input side in pixels (32: the "
+                              "digits hold 8x8 of information; 64 to see stage-4 kernels)")
+    batch: int = setting(64, lo=2, hi=4096, doc="batch of zero-cost proxies and short training "
+                         "(batch norm needs 2 samples)")
+    val_fraction: float = setting(0.2, lo=0.05, hi=0.95, doc="share of every class the ladder "
+                                  "validates on")
+    check_fraction: float = setting(0.2, lo=0.05, hi=0.95, doc="share of every class only the "
+                                    "run's self-check scores (val + check stay below 0.9)")
+    seed: int = setting(0, doc="seeds the split, nothing else")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not (
-            self.name in BUNDLED or self.name.startswith(("folder:", "npz:", "idx:"))
-        ):
-            raise UserError(f"proxy.name: '{self.name}' is not 'fashion', 'digits', 'idx:PATH', "
-                            "'folder:PATH' or 'npz:PATH'")
-        if not isinstance(self.resolution, int) or not 8 <= self.resolution <= 1024:
-            raise UserError(f"proxy.resolution: {self.resolution!r} must be an integer in 8..1024")
-        if not isinstance(self.batch, int) or self.batch < 2:
-            raise UserError(f"proxy.batch: {self.batch!r} must be an integer >= 2 (BN needs 2 samples)")
-        if not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
-            raise UserError(f"proxy.val_fraction: {self.val_fraction!r} must be in (0, 1)")
-        if not isinstance(self.check_fraction, (int, float)) or not 0 < self.check_fraction < 1:
-            raise UserError(f"proxy.check_fraction: {self.check_fraction!r} must be in (0, 1)")
+        check_settings(self)
         if self.val_fraction + self.check_fraction >= 0.9:
-            raise UserError(f"proxy.check_fraction: val_fraction + check_fraction = "
-                            f"{self.val_fraction + self.check_fraction:g} must stay below 0.9 "
-                            "(training needs the rest)")
-        if not isinstance(self.seed, int):
-            raise UserError(f"proxy.seed: {self.seed!r} must be an integer")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | DataSpec | None, where: str = "proxy") -> DataSpec:
-        """A DataSpec from a YAML mapping; unknown keys are an error naming ``where``.
-
-        Keys the data layer does not own (e.g. ``proxies``, ``train_steps`` read by the search)
-        are ignored when listed in ``DataSpec.FOREIGN_KEYS``.
-        """
-        if d is None:
-            return cls()
-        if isinstance(d, DataSpec):
-            return d
-        if not isinstance(d, Mapping):
-            d = {k: getattr(d, k) for k in (*_FIELDS, "dataset") if hasattr(d, k)}
-        d = dict(d)
-        if "dataset" in d:  # the search-space YAML calls the source `dataset`
-            if "name" in d:
-                raise UserError(f"{where}: give either 'dataset' or 'name', not both")
-            d["name"] = d.pop("dataset")
-        unknown = sorted(set(d) - set(_FIELDS) - FOREIGN_KEYS)
-        if unknown:
-            raise UserError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(_FIELDS)})")
-        try:
-            return cls(**{k: d[k] for k in _FIELDS if k in d})
-        except UserError as e:
-            raise UserError(str(e).replace("proxy.", f"{where}.", 1)) from None
-
-
-_FIELDS = tuple(f.name for f in dataclasses.fields(DataSpec))
-# Keys a search space's `proxy:` block may hold for other modules (proxies.py, search.py).
-FOREIGN_KEYS = frozenset({"proxies", "ensemble", "weights", "train_steps", "steps", "lr", "short_train",
-                          "short_train_top_k", "short_train_steps", "score"})
+            raise SettingError("check_fraction", f"val_fraction + check_fraction = "
+                               f"{self.val_fraction + self.check_fraction:g} must stay below 0.9 "
+                               "(training needs the rest)", type(self).__name__)
 
 
 class Split(NamedTuple):
@@ -211,7 +179,7 @@ def read_idx_dir(folder: str | Path, parts: tuple[str, ...] = ("train", "t10k"))
     """Images (N, H, W) and labels (N,) of the ``parts`` present in an MNIST-style folder."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"proxy.name: folder '{folder}' does not exist")
+        raise UserError(f"proxy task: folder '{folder}' does not exist")
     xs, ys = [], []
     for part in parts:
         xi, yi = _idx_file(folder, f"{part}-images-idx3-ubyte"), _idx_file(folder, f"{part}-labels-idx1-ubyte")
@@ -223,7 +191,7 @@ def read_idx_dir(folder: str | Path, parts: tuple[str, ...] = ("train", "t10k"))
         xs.append(x)
         ys.append(y.astype(np.int64))
     if not xs:
-        raise UserError(f"proxy.name: '{folder}' holds no train-images-idx3-ubyte[.gz] with its labels")
+        raise UserError(f"proxy task: '{folder}' holds no train-images-idx3-ubyte[.gz] with its labels")
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -236,15 +204,15 @@ def _folder(path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray, list[s
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_dir():
-        raise UserError(f"proxy.name: folder '{path}' does not exist")
+        raise UserError(f"proxy task: folder '{path}' does not exist")
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
-        raise UserError(f"proxy.name: folder '{path}' needs at least 2 class sub-folders, found {len(classes)}")
+        raise UserError(f"proxy task: folder '{path}' needs at least 2 class sub-folders, found {len(classes)}")
     xs, ys = [], []
     for ci, c in enumerate(classes):
         files = sorted(f for f in (path / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise UserError(f"proxy.name: class folder '{path / c}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise UserError(f"proxy task: class folder '{path / c}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
         for f in files:
             try:
                 with Image.open(f) as im:
@@ -252,18 +220,18 @@ def _folder(path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray, list[s
                     im = im.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
                     xs.append(np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0)
             except (UnidentifiedImageError, OSError) as e:
-                raise UserError(f"proxy.name: cannot read image '{f}': {e}") from None
+                raise UserError(f"proxy task: cannot read image '{f}': {e}") from None
             ys.append(ci)
     return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
 
 
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if not path.is_file():
-        raise UserError(f"proxy.name: file '{path}' does not exist")
+        raise UserError(f"proxy task: file '{path}' does not exist")
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise UserError(f"proxy.name: '{path}' is not a readable .npz file: {e}") from None
+        raise UserError(f"proxy task: '{path}' is not a readable .npz file: {e}") from None
     xk = next((k for k in ("x", "images") if k in z.files), None)
     yk = next((k for k in ("y", "labels") if k in z.files), None)
     if xk is None or yk is None:
@@ -318,10 +286,15 @@ _SOURCES = {"fashion": _fashion, "digits": _digits}
 
 
 def load_data(spec: DataSpec | Mapping[str, Any] | None = None) -> ProxyData:
-    """The proxy task of ``spec``: a seeded stratified train/val/check split, resized to
-    ``spec.resolution``, replicated to 3 channels and normalised with the training split's
-    statistics."""
-    spec = DataSpec.from_dict(spec)
+    """The proxy task of ``spec`` (a DataSpec, or its fields by name: ``{"name": "digits"}``):
+    a seeded stratified train/val/check split, resized to ``spec.resolution``, replicated to 3
+    channels and normalised with the training split's statistics."""
+    if isinstance(spec, Mapping):
+        unknown = sorted(set(spec) - {f.name for f in dataclasses.fields(DataSpec)})
+        if unknown:
+            raise UserError(f"DataSpec has no field {unknown[0]!r}")
+        spec = DataSpec(**spec)
+    spec = spec or DataSpec()
     if spec.name in _SOURCES:
         x, y, classes = _SOURCES[spec.name]()
     elif spec.name.startswith("folder:"):
@@ -332,10 +305,10 @@ def load_data(spec: DataSpec | Mapping[str, Any] | None = None) -> ProxyData:
         x, y, classes = _npz(Path(spec.name[len("npz:"):]).expanduser())
     num_classes = max(len(classes), int(y.max()) + 1)
     if len(np.unique(y)) < 2:
-        raise UserError(f"proxy.name: {spec.name} has fewer than 2 classes")
+        raise UserError(f"proxy task: {spec.name} has fewer than 2 classes")
     tr, va, ck = stratified_split(y, spec.val_fraction, spec.seed, spec.check_fraction)
     if len(va) == 0 or len(ck) == 0 or len(tr) < 2:
-        raise UserError(f"proxy.name: {spec.name} has too few images ({len(y)}) to split into "
+        raise UserError(f"proxy task: {spec.name} has too few images ({len(y)}) to split into "
                         "train, val and check")
 
     t = torch.from_numpy(np.ascontiguousarray(x))

@@ -37,12 +37,13 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..common.settings import check_settings, setting
 from ..errors import UserError
 from ..measure.env import compute_lock
 from ..model.arch import Arch, resolve_arch
@@ -55,70 +56,46 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class CheckSettings:
-    top: int = 8  # front points the run's self-check retrains (plus the baselines); >= MIN_CHECK
-    steps: int = 128  # steps of each check training (its own schedule): 2x the top rung
-    seeds: int = 2  # seeds per check training; >= 2 gives the noise ceiling
+    """The run's own check of its estimator against longer training."""
+
+    top: int = setting(8, lo=0, doc="front points the check retrains, plus the baselines "
+                       "(0: no check)")
+    steps: int = setting(128, lo=1, doc="steps of each check training (its own schedule; "
+                         "2x the top rung)")
+    seeds: int = setting(2, lo=1, doc="seeds per check training (>= 2 gives the noise ceiling)")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+def _rungs_error(rungs: tuple[int, ...]) -> str | None:
+    if not rungs:
+        return "must be a non-empty list of training steps"
+    if any(b <= a for a, b in zip(rungs, rungs[1:])):
+        return f"{list(rungs)} must increase strictly (each rung continues the one before)"
+    return None
 
 
 @dataclass(frozen=True)
 class FidelitySettings:
-    rungs: tuple[int, ...] = (8, 16, 64)  # training steps at rungs 1, 2, 3; every feasible trial takes rung 1
-    eta: int = 3  # a rung promotes the best 1/eta of the trials that finished it
-    estimator: str = "sotl"  # sotl | val_acc | auto (chosen by the check on half its points)
-    device: str = "auto"  # auto: cuda when torch sees one, else cpu
-    check: CheckSettings = field(default_factory=CheckSettings)
+    """The fidelity ladder: the rungs' training steps, how many climb, what ranks them."""
+
+    rungs: tuple[int, ...] = setting((8, 16, 64), lo=1, check=_rungs_error, doc="training steps "
+                                     "at rungs 1, 2, 3, ...; every feasible trial takes rung 1")
+    eta: int = setting(3, lo=2, doc="a rung promotes the best 1/eta of the trials that finished it")
+    estimator: str = setting("sotl", choices=(*ESTIMATORS, "auto"), doc="what ranks a rung: "
+                             "sotl, val_acc, or auto (chosen by the check on half its points)")
+    device: str = setting("auto", choices=DEVICES, doc="where rungs train (auto: cuda when torch "
+                          "sees one, else cpu)")
+    check: CheckSettings = setting(factory=CheckSettings, doc="the run's check of its estimator")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     @property
     def top_steps(self) -> int:
         """The length of the one learning-rate schedule every trial's rungs share."""
         return self.rungs[-1]
-
-    @classmethod
-    def from_dict(cls, doc: Any, where: str = "fidelity") -> FidelitySettings | None:
-        """Settings from a space file's ``fidelity:`` value. ``none`` (or ``false``) means
-        disabled and gives None; a missing block (``None``) gives the defaults; a mapping
-        overrides them key by key. Bad values raise UserError naming ``where.key`` and the rule."""
-        if doc is None:
-            return cls()
-        if doc is False or (isinstance(doc, str) and doc.strip().lower() == "none"):
-            return None
-        if isinstance(doc, FidelitySettings):
-            return doc
-        if not isinstance(doc, Mapping):
-            raise UserError(f"{where}: {doc!r} must be a mapping (rungs, eta, estimator, device, "
-                            "check) or 'none'")
-        _no_unknown(doc, [f.name for f in dataclasses.fields(cls)], where)
-        rungs = doc.get("rungs", cls.rungs)
-        if (not isinstance(rungs, (list, tuple)) or not rungs
-                or not all(_is_int(r) and r >= 1 for r in rungs)):
-            raise UserError(f"{where}.rungs: {rungs!r} must be a non-empty list of integers >= 1 "
-                            "(training steps per rung)")
-        if any(b <= a for a, b in zip(rungs, rungs[1:])):
-            raise UserError(f"{where}.rungs: {list(rungs)} must increase strictly (each rung "
-                            "continues the one before)")
-        eta = doc.get("eta", cls.eta)
-        if not _is_int(eta) or eta < 2:
-            raise UserError(f"{where}.eta: {eta!r} must be an integer >= 2")
-        est = doc.get("estimator", cls.estimator)
-        if est not in (*ESTIMATORS, "auto"):
-            raise UserError(f"{where}.estimator: {est!r} must be one of val_acc, sotl, auto")
-        dev = doc.get("device", cls.device)
-        if dev not in DEVICES:
-            raise UserError(f"{where}.device: {dev!r} must be one of auto, cpu, cuda")
-        ck = doc.get("check") or {}
-        if not isinstance(ck, Mapping):
-            raise UserError(f"{where}.check: {ck!r} must be a mapping {{top, steps, seeds}}")
-        _no_unknown(ck, [f.name for f in dataclasses.fields(CheckSettings)], f"{where}.check")
-        d = CheckSettings()
-        top, steps, seeds = ck.get("top", d.top), ck.get("steps", d.steps), ck.get("seeds", d.seeds)
-        if not _is_int(top) or top < 0:
-            raise UserError(f"{where}.check.top: {top!r} must be an integer >= 0 (0: no check)")
-        if not _is_int(steps) or steps < 1:
-            raise UserError(f"{where}.check.steps: {steps!r} must be an integer >= 1")
-        if not _is_int(seeds) or seeds < 1:
-            raise UserError(f"{where}.check.seeds: {seeds!r} must be an integer >= 1")
-        return cls(rungs=tuple(int(r) for r in rungs), eta=int(eta), estimator=est, device=dev,
-                   check=CheckSettings(int(top), int(steps), int(seeds)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"rungs": list(self.rungs), "eta": self.eta, "estimator": self.estimator,
@@ -127,12 +104,6 @@ class FidelitySettings:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _no_unknown(doc: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
-    unknown = sorted(str(k) for k in doc if k not in allowed)
-    if unknown:
-        raise UserError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(allowed)})")
 
 
 # --- one trial's rungs -----------------------------------------------------------------------

@@ -51,7 +51,7 @@ def steps_per_epoch(data: ProxyData) -> int:
 
 def train_arch(
     arch: Arch,
-    data: DataSpec | Mapping[str, Any] | str,
+    data: DataSpec | str,
     epochs: int,
     out_dir: str | Path,
     *,
@@ -72,7 +72,7 @@ def train_arch(
         raise UserError(f"--lr: {lr!r} must be a positive number")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise UserError(f"--threads: {threads!r} must be an integer >= 1")
-    spec = DataSpec(name=data) if isinstance(data, str) else DataSpec.from_dict(data, "--data")
+    spec = DataSpec(name=data) if isinstance(data, str) else data
     out = prepare_out_dir(Path(out_dir), UserError)
     pd = load_data(spec)
     trained_arch = arch.replace(num_classes=pd.num_classes)  # the FC the proxy task needs
@@ -87,26 +87,11 @@ def train_arch(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the initial weights; train_model seeds the batch order
         model = build(trained_arch)
-    history: list[dict[str, Any]] = []
-    epoch_losses: list[float] = []
     bar = None
     if not quiet:
         bar = tqdm(total=total, desc=f"train {arch.archid}", unit="step", file=sys.stderr,
                    dynamic_ncols=True)
-
-    def on_step(step: int, loss: float) -> None:
-        epoch_losses.append(loss)
-        if step % spe == 0:  # the end of an epoch: validate (evaluate() restores train mode)
-            val = evaluate(model, pd, "val")
-            history.append({"epoch": step // spe, "step": step,
-                            "train_loss": sum(epoch_losses) / len(epoch_losses), "val_acc": val})
-            epoch_losses.clear()
-        if bar is not None:
-            bar.update(1)
-            if step % 10 == 0 or step % spe == 0:
-                val = f", val_acc {history[-1]['val_acc']:.3f}" if history else ""
-                bar.set_postfix_str(f"epoch {(step - 1) // spe + 1}, loss {loss:.3f}{val}", refresh=False)
-
+    on_step, history = _epoch_log(model, pd, spe, bar)
     t0 = time.perf_counter()
     try:
         with torch_threads(threads), compute_lock():
@@ -139,6 +124,29 @@ def train_arch(
     (out / "arch.yaml").write_text(trained_arch.to_yaml())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _epoch_log(model: nn.Module, pd: ProxyData, spe: int,
+               bar: Any) -> tuple[Callable[[int, float], None], list[dict[str, Any]]]:
+    """``on_step`` for train_model: validates at the end of each epoch into the history it
+    returns (epoch, step, mean train loss, val_acc), and moves the progress bar."""
+    history: list[dict[str, Any]] = []
+    epoch_losses: list[float] = []
+
+    def on_step(step: int, loss: float) -> None:
+        epoch_losses.append(loss)
+        if step % spe == 0:  # the end of an epoch: validate (evaluate() restores train mode)
+            val = evaluate(model, pd, "val")
+            history.append({"epoch": step // spe, "step": step,
+                            "train_loss": sum(epoch_losses) / len(epoch_losses), "val_acc": val})
+            epoch_losses.clear()
+        if bar is not None:
+            bar.update(1)
+            if step % 10 == 0 or step % spe == 0:
+                val = f", val_acc {history[-1]['val_acc']:.3f}" if history else ""
+                bar.set_postfix_str(f"epoch {(step - 1) // spe + 1}, loss {loss:.3f}{val}", refresh=False)
+
+    return on_step, history
 
 
 # --- the training loop ------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
     if seeds < 1:
         raise UserError(f"--seeds: {seeds} must be >= 1")
     if rungs is not None:
-        FidelitySettings.from_dict({"rungs": list(rungs)}, "--rungs")
+        FidelitySettings(rungs=tuple(rungs))  # the ladder's own rules for its rungs
         if ladder_seeds < 1:
             raise UserError(f"--ladder-seeds: {ladder_seeds} must be >= 1")
     names = list(names or PROXIES)
@@ -106,17 +106,7 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
            "ladder_seeds": ladder_seeds if rungs is not None else None}
 
     def read_done() -> dict[str, dict[str, Any]]:
-        done: dict[str, dict[str, Any]] = {}
-        if rows_path and os.path.exists(rows_path):
-            with open(rows_path) as f:
-                for line in f:
-                    try:
-                        r = json.loads(line)
-                    except json.JSONDecodeError:  # a line torn by a kill: train that arch again
-                        continue
-                    if r.get("key", _old_key(r)) == key and set(names) <= set(r["scores"]):
-                        done[r["archid"]] = r
-        return done
+        return _rows_done(rows_path, key, names)
 
     claims = os.path.join(os.path.dirname(os.path.abspath(rows_path)), ".claims") if rows_path else None
     truth_seeds = check_seeds(seeds) if rungs is not None else list(range(seeds))
@@ -134,30 +124,8 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
                 progress(f"[{i + 1}/{len(archs)}] {a.archid} is being trained by another process")
             continue
         t0 = time.perf_counter()
-        sc = compute_proxies(a, data, names)
-        zc = time.perf_counter() - t0
-        ladder = ([ladder_run(a, data, rungs, seed=s, lr=lr, device=device) for s in range(ladder_seeds)]
-                  if rungs is not None else None)
-        if rungs is not None:  # the truth as the run's check makes it: scored on the check split
-            runs = [check_training(a, data, steps, [s], lr=lr, device=device) for s in truth_seeds]
-            for r in runs:
-                r["val_acc"], r["train_loss_sum"] = r["val_acc"][0], r["train_loss_sum"][0]
-        else:
-            runs = [short_train(a, data, steps=steps, lr=lr, seed=s, device=device) for s in truth_seeds]
-        rows.append({
-            "archid": a.archid,
-            "arch": a.to_dict(),
-            "key": key,
-            "steps": steps,
-            "lr": lr,
-            "scores": sc,
-            "zero_cost_seconds": zc,
-            "val_acc": [r["val_acc"] for r in runs],
-            "train_loss_sum": [r["train_loss_sum"] for r in runs],
-            "train_seconds": [r["seconds"] for r in runs],
-            "truth_seeds": truth_seeds,
-            "ladder": ladder,
-        })
+        rows.append(_validation_row(a, data, names, key, truth_seeds, rungs, ladder_seeds, device))
+        zc, ladder = rows[-1]["zero_cost_seconds"], rows[-1]["ladder"]
         if rows_path:
             with open(rows_path, "a") as f:
                 f.write(json.dumps(rows[-1]) + "\n")
@@ -179,6 +147,53 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
         progress(f"{skipped} architecture(s) left out: another process is training them; "
                  "run again with the same --out when it is done to report all")
     return report_from_rows(rows, data, n_boot=n_boot)
+
+
+def _rows_done(rows_path: str | None, key: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
+    """The rows already in ``rows_path`` for these settings and proxies, by archid."""
+    done: dict[str, dict[str, Any]] = {}
+    if rows_path and os.path.exists(rows_path):
+        with open(rows_path) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:  # a line torn by a kill: train that arch again
+                    continue
+                if r.get("key", _old_key(r)) == key and set(names) <= set(r["scores"]):
+                    done[r["archid"]] = r
+    return done
+
+
+def _validation_row(a: Arch, data: ProxyData, names: list[str], key: dict[str, Any],
+                    truth_seeds: list[int], rungs: Sequence[int] | None, ladder_seeds: int,
+                    device: str | None) -> dict[str, Any]:
+    """One architecture's row: its proxies, its ladder (with ``rungs``) and its ground truth."""
+    steps, lr = key["steps"], key["lr"]
+    t0 = time.perf_counter()
+    sc = compute_proxies(a, data, names)
+    zc = time.perf_counter() - t0
+    ladder = ([ladder_run(a, data, rungs, seed=s, lr=lr, device=device) for s in range(ladder_seeds)]
+              if rungs is not None else None)
+    if rungs is not None:  # the truth as the run's check makes it: scored on the check split
+        runs = [check_training(a, data, steps, [s], lr=lr, device=device) for s in truth_seeds]
+        for r in runs:
+            r["val_acc"], r["train_loss_sum"] = r["val_acc"][0], r["train_loss_sum"][0]
+    else:
+        runs = [short_train(a, data, steps=steps, lr=lr, seed=s, device=device) for s in truth_seeds]
+    return {
+        "archid": a.archid,
+        "arch": a.to_dict(),
+        "key": key,
+        "steps": steps,
+        "lr": lr,
+        "scores": sc,
+        "zero_cost_seconds": zc,
+        "val_acc": [r["val_acc"] for r in runs],
+        "train_loss_sum": [r["train_loss_sum"] for r in runs],
+        "train_seconds": [r["seconds"] for r in runs],
+        "truth_seeds": truth_seeds,
+        "ladder": ladder,
+    }
 
 
 def _old_key(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -356,9 +371,3 @@ def validation_set(doc: Any, where: str) -> tuple[list[Arch], dict[str, Any]] | 
              for i, a in enumerate(doc["archs"])]
     return archs, dict(doc.get("proxy") or {})
 
-
-def fidelity_of(doc: Any, where: str) -> FidelitySettings | None:
-    """The ``fidelity:`` block of a parsed space file or validation set (defaults when absent,
-    None for ``fidelity: none``)."""
-    return FidelitySettings.from_dict(doc.get("fidelity") if isinstance(doc, dict) else None,
-                                      f"{where}: fidelity")

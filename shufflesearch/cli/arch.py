@@ -9,9 +9,10 @@ from pathlib import Path
 
 from ..accuracy.data import DataSpec, load_data
 from ..accuracy.training import train_arch
+from ..common.settings import SettingError
 from ..common.yamlio import parse_yaml
 from ..errors import UserError
-from ..guidelines.checks import GuidelineSettings, check, format_report, load_calibration
+from ..guidelines.checks import check, format_report, load_calibration
 from ..measure.cache import LatencyCache
 from ..measure.drift import measure_seeded
 from ..measure.predictor import LatencyTable, build_table, random_archs, table_path, validate
@@ -23,6 +24,7 @@ from ..review.export import export_arch
 from ..review.transfer import FILE as TRANSFER_FILE
 from ..review.transfer import format_transfer, parse_backends, transfer
 from ..search.evaluator import CALIBRATION_IMAGES
+from ..search.reader import read_section
 from ..search.space import load_space
 from .output import print_artefacts, print_json
 
@@ -179,6 +181,10 @@ def _add_export_arch(p: argparse.ArgumentParser) -> None:
 def cmd_export_arch(args: argparse.Namespace) -> int:
     arch = resolve_arch(args.arch)
     quiet = args.quiet or args.json
+    try:
+        proxy = DataSpec(name=args.data)
+    except SettingError as e:  # name the flag the user typed
+        raise UserError(f"--data: {e.rule}") from None
 
     def log(msg: str) -> None:
         print(f"export: {msg}", file=sys.stderr, flush=True)
@@ -191,7 +197,7 @@ def cmd_export_arch(args: argparse.Namespace) -> int:
         info = {"latency": lat.to_dict()}
     res = export_arch(arch, args.out, state_dict=args.weights, info=info, resolution=args.resolution,
                       onnx=args.onnx, torch_export=not args.no_pt2, log=None if quiet else log,
-                      int8=args.int8, proxy={"dataset": args.data}, aoti=args.aoti)
+                      int8=args.int8, proxy=proxy, aoti=args.aoti)
     if args.json:
         print_json(res.to_dict())
         return 0
@@ -218,7 +224,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             text = Path(args.settings).read_text()
         except (OSError, ValueError) as e:  # ValueError: not UTF-8
             raise UserError(f"{args.settings}: cannot read settings ({e.__class__.__name__})") from None
-        settings = GuidelineSettings.from_dict(parse_yaml(text, args.settings) or {})  # empty: defaults
+        # The keys of a space's guidelines.settings; empty: every default.
+        settings = read_section("guidelines.settings", parse_yaml(text, args.settings), args.settings)
     r = check(resolve_arch(args.arch), args.resolution, settings, load_calibration())
     if args.json:
         print_json(r.to_dict())
@@ -251,12 +258,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     try:
         spec = DataSpec(name=args.data, resolution=args.resolution, batch=args.batch)
-    except UserError as e:  # name the flag the user typed, not the search space's field
-        msg = str(e)
-        for field, flag in (("proxy.name", "--data"), ("proxy.resolution", "--resolution"),
-                            ("proxy.batch", "--batch")):
-            msg = msg.replace(field, flag, 1)
-        raise UserError(msg) from None
+    except SettingError as e:  # name the flag the user typed
+        flag = {"name": "--data", "resolution": "--resolution", "batch": "--batch"}.get(e.field)
+        raise UserError(f"{flag or e}: {e.rule}" if flag else str(e)) from None
     m = train_arch(resolve_arch(args.arch), spec, args.epochs, args.out, lr=args.lr, seed=args.seed,
                    threads=args.threads, quiet=args.quiet or args.json, device=args.device)
     if args.json:

@@ -4,16 +4,18 @@ proxies validate. A search-space file becomes a SearchSpace here."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from ..accuracy.data import DataSpec, load_data
+from ..accuracy.data import load_data
 from ..accuracy.fidelity import FidelitySettings
-from ..accuracy.validation import fidelity_of, plot_report, validate_proxies, validation_set
 from ..accuracy.validation import format_report as format_validation
+from ..accuracy.validation import plot_report, validate_proxies, validation_set
+from ..common.settings import SettingError
 from ..common.threads import torch_threads
 from ..common.yamlio import read_yaml
 from ..errors import UserError
@@ -22,6 +24,7 @@ from ..guidelines.microbench import FULL, QUICK, bench, format_tables, n_measure
 from ..measure.target import BACKENDS
 from ..search.engine import search
 from ..search.ladder import describe_check
+from ..search.reader import read_section
 from ..search.space import load_space
 from ..search.storage import study_attr
 from .output import print_json
@@ -160,7 +163,8 @@ def cmd_proxies(args: argparse.Namespace) -> int:
 
 
 def _ladder_settings(args: argparse.Namespace, doc: object) -> FidelitySettings | None:
-    fid = fidelity_of(doc, args.space)
+    # The file's fidelity block, read as a space's (defaults when absent).
+    fid = read_section("fidelity", doc.get("fidelity") if isinstance(doc, dict) else None, args.space)
     if args.rungs is None:
         return fid
     if args.rungs.strip().lower() == "none":
@@ -169,7 +173,7 @@ def _ladder_settings(args: argparse.Namespace, doc: object) -> FidelitySettings 
         rungs = [int(x) for x in args.rungs.split(",")]
     except ValueError:
         raise UserError(f"--rungs: {args.rungs!r} must be comma-separated integers or none") from None
-    return FidelitySettings.from_dict({**(fid or FidelitySettings()).to_dict(), "rungs": rungs}, "--rungs")
+    return read_section("fidelity", {**(fid or FidelitySettings()).to_dict(), "rungs": rungs}, "--rungs")
 
 
 def _validate_proxies(args: argparse.Namespace) -> int:
@@ -187,14 +191,18 @@ def _validate_proxies(args: argparse.Namespace) -> int:
     if steps < 1:
         raise UserError(f"--steps: {steps} must be >= 1")
     device = args.device or (fid.device if fid else "auto")
+    proxy = dict(proxy)
+    names = proxy.pop("proxies", None) or None  # what to compute: no search score to serve
+    spec = read_section("proxy", proxy, args.space).data  # the file's block, read as a space's
     if args.data is not None:
-        proxy = {**proxy, "dataset": args.data}
-        proxy.pop("name", None)
+        try:
+            spec = dataclasses.replace(spec, name=args.data)
+        except SettingError as e:  # name the flag the user typed
+            raise UserError(f"--data: {e.rule}") from None
     try:
-        data = load_data(DataSpec.from_dict(proxy))
-    except UserError as e:  # name the flag the user typed, not the file's field
-        raise UserError(str(e).replace("proxy.name", "--data", 1) if args.data else str(e)) from None
-    names = proxy.get("proxies") or None
+        data = load_data(spec)
+    except UserError as e:
+        raise UserError(f"--data: {e}" if args.data else str(e)) from None
     quiet = args.quiet or args.json
     out = Path(args.out) if args.out else None
     if args.report_only and out is None:

@@ -41,7 +41,8 @@ class Located:
         return f"{self.source}:{line}" if line else self.source
 
     def error(self, path: str, msg: str) -> UserError:
-        return UserError(f"{self.where(path)}: {path}: {msg}")
+        where = self.where(path)
+        return UserError(f"{where}: {path}: {msg}" if where else f"{path}: {msg}")
 
 
 def _walk(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:

@@ -23,18 +23,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
 
-from ..errors import UserError
+from ..common.settings import check_settings, setting
 from ..model.arch import Arch
 from ..model.cost import ELEMENTWISE, node_cost
 from ..model.graph import op_graph
 from .calibration import Calibration, load
 
 GUIDELINES = ("G1", "G2", "G3", "G4")
+
+
+def _weights_error(weights: dict[str, float]) -> str | None:
+    if set(weights) - set(GUIDELINES):
+        return f"must map {'/'.join(GUIDELINES)} to numbers"
+    return None if sum(weights.values()) > 0 else "at least one weight must be > 0"
 
 
 @dataclass
@@ -46,63 +52,39 @@ class GuidelineSettings:
     # width change its unit must make anyway) by more than this fraction. 0.10 flags ratios
     # beyond ~1:2.4 when weights are negligible: Table 1's 1:2 (Eq. 1 excess 6%) costs only
     # 4% on ARM, while 1:6 (excess 43%) costs 9% on ARM and 41% on GPU.
-    g1_max_excess: float = 0.10
+    g1_max_excess: float = setting(0.10, lo=0, doc="G1: how far a 1x1 conv's MAC may exceed "
+                                   "the balanced bound (a fraction)")
     # G2: a grouped (non-depthwise) conv is flagged when its MAC exceeds the same-MACs g=1 conv
     # (Eq. 2, same input) by more than this fraction. Table 2: g=2 already costs 12% (ARM) to
     # 30% (GPU) speed, so anything beyond small noise counts.
-    g2_max_excess: float = 0.05
+    g2_max_excess: float = setting(0.05, lo=0, doc="G2: how far a grouped conv's MAC may exceed "
+                                   "the same-MACs ungrouped conv's (a fraction)")
     # G3: the V2 unit is the reference: at most 2 parallel paths between a fork and its merge
     # (identity + branch) and at most 3 convs in series on a path (1x1, DW, 1x1). Table 3:
     # 4 parallel fragments run at 28% (GPU) / 87% (ARM) of one fragment's speed.
-    g3_max_paths: int = 2
-    g3_max_series: int = 3
+    g3_max_paths: int = setting(2, lo=0, doc="G3: parallel paths allowed between a fork and "
+                                "its merge")
+    g3_max_series: int = setting(3, lo=0, doc="G3: convs allowed in series on one path")
     # G3: ops per stage may exceed a V2 stage of the same depth by this fraction.
-    g3_stage_tolerance: float = 0.25
+    g3_stage_tolerance: float = setting(0.25, lo=0, doc="G3: how far a stage's op count may "
+                                        "exceed a V2 stage of the same depth (a fraction)")
     # G4: a unit is flagged when element-wise ops move more than this share of its MAC.
     # Table 4: dropping ReLU and shortcut buys ~20% (GPU) / 15% (ARM) at c=32. The V2 basic
     # unit, the paper's answer to G4, spends up to 57% of its deployed MAC on its two ReLUs
     # and the merged concat+shuffle copy; a unit is flagged when it spends more than that.
-    g4_max_share: float = 0.60
-    fold_bn: bool = True  # BN after a conv is folded at deployment (compile.to_inference)
-    merge_copies: bool = True  # split is a view, concat+shuffle one copy, shuffle after g=1 folded
-    weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(GUIDELINES, 1.0))
+    g4_max_share: float = setting(0.60, lo=0, doc="G4: the share of a unit's MAC element-wise "
+                                  "ops may move")
+    # BN after a conv is folded at deployment (compile.to_inference)
+    fold_bn: bool = setting(True, doc="score the deployed form, BN folded into its conv")
+    # split is a view, concat+shuffle one copy, shuffle after g=1 folded
+    merge_copies: bool = setting(True, doc="score the deployed form, split a view and "
+                                 "concat+shuffle one copy")
+    weights: dict[str, float] = setting(factory=lambda: dict.fromkeys(GUIDELINES, 1.0), lo=0,
+                                        check=_weights_error, doc="each guideline's weight in "
+                                        "the combined penalty (a mapping G1..G4 to numbers)")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> GuidelineSettings:
-        """Settings from a mapping (e.g. a search space's ``guidelines:`` block)."""
-        if not isinstance(d, dict):
-            raise UserError(f"guidelines: must be a mapping, got {type(d).__name__}")
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise UserError(
-                f"guidelines: unknown setting(s) {', '.join(map(str, unknown))} "
-                f"(known: {', '.join(names)})"
-            )
-        out = cls()
-        for k, v in d.items():
-            if k == "weights":
-                if not isinstance(v, dict) or set(v) - set(GUIDELINES):
-                    raise UserError(f"guidelines.weights: must map {'/'.join(GUIDELINES)} to numbers")
-                w = dict(out.weights)
-                for g, x in v.items():
-                    if isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0:
-                        raise UserError(f"guidelines.weights.{g}: must be a number >= 0, got {x!r}")
-                    w[g] = float(x)
-                if sum(w.values()) <= 0:
-                    raise UserError("guidelines.weights: at least one weight must be > 0")
-                out.weights = w
-                continue
-            default = getattr(out, k)
-            if isinstance(default, bool):
-                if not isinstance(v, bool):
-                    raise UserError(f"guidelines.{k}: must be true or false, got {v!r}")
-            elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise UserError(f"guidelines.{k}: must be a number >= 0, got {v!r}")
-            elif isinstance(default, int) and not float(v).is_integer():
-                raise UserError(f"guidelines.{k}: must be a whole number, got {v!r}")
-            setattr(out, k, type(default)(v))
-        return out
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 @dataclass

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ..common.settings import check_settings, setting
 from ..common.stats import bootstrap_ci
-from ..errors import UserError
 
 
 def stable_hash(obj: Any) -> str:
@@ -35,19 +35,16 @@ PROTOCOL_VERSION = 2
 class TargetSpec:
     """What the deployed model runs as; latency is measured on exactly this."""
 
-    resolution: int = 224  # square input side in pixels
-    batch: int = 1  # images per forward pass
-    threads: int = 1  # intra-op threads (torch.set_num_threads / ORT intra_op_num_threads)
-    channels_last: bool = False  # NHWC memory format for input and weights
-    backend: str = "torch"  # "torch" (inference form), "onnxruntime" or "onnxruntime-int8"
+    resolution: int = setting(224, lo=8, hi=4096, doc="square input side in pixels")
+    batch: int = setting(1, lo=1, hi=4096, doc="images per forward pass")
+    threads: int = setting(1, lo=1, hi=256, doc="intra-op threads (torch.set_num_threads, "
+                           "onnxruntime's intra_op_num_threads)")
+    channels_last: bool = setting(False, doc="NHWC memory format for the input and the weights")
+    backend: str = setting("torch", choices=BACKENDS, doc="the runtime latency is measured "
+                           "on: torch (the inference form), onnxruntime or onnxruntime-int8")
 
     def __post_init__(self) -> None:
-        for name in ("resolution", "batch", "threads"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UserError(f"target.{name}: must be an integer >= 1, got {v!r}")
-        if self.backend not in BACKENDS:
-            raise UserError(f"target.backend: must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        check_settings(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..accuracy.data import DataSpec, load_data
+from ..accuracy.data import load_data
 from ..common.files import prepare_out_dir
 from ..errors import UserError
 from ..measure import backends as B
@@ -99,7 +99,7 @@ def export_arch(
     ``onnx``: None exports ONNX when onnx/onnxruntime are installed and notes the skip
     otherwise; True makes their absence an error; False skips it.
     ``int8``: also write model.int8.onnx (needs model.onnx), calibrated on the training split
-    of ``proxy`` (a DataSpec or a search space's ``proxy`` mapping; default digits at 32 px)
+    of ``proxy`` (a DataSpec; default the default proxy task)
     and compared with model.onnx on its validation split.
     ``channels_last``: the memory format of the exported inference form (model.pt2); pass the
     target's ``channels_last`` so that what ships is what was timed.
@@ -361,7 +361,7 @@ def _export_int8(fp32: Path, path: Path, x: torch.Tensor, ref: torch.Tensor, sca
     """Quantise model.onnx to int8 on the proxy task's training split, check that it runs on
     the verification batch, and measure what int8 costs and gains: top-1 agreement with
     model.onnx and accuracy on the validation split, latency of both side by side."""
-    data = load_data(DataSpec.from_dict(proxy))
+    data = load_data(proxy)
     shape = tuple(x.shape[1:])  # (C, H, W): the exported size; proxy images are resized to it
     try:
         cal = B.calibration_array(data.batch("train", _CALIBRATION_IMAGES, seed=0).x, (1, *shape))

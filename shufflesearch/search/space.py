@@ -1,4 +1,4 @@
-"""Search-space YAML → SearchSpace (typed settings, each default written once);
+"""Search-space YAML → SearchSpace (its sections typed by config.py, read by reader.py);
 ``SearchSpace.sample(trial)`` → Arch (define-by-run).
 
 Sampling only calls ``trial.suggest_*`` and returns an Arch. A stage's width is suggested after
@@ -12,103 +12,93 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+import operator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
-from ..accuracy.data import DataSpec
-from ..accuracy.fidelity import FidelitySettings
-from ..accuracy.proxies import PROXIES, needed_for
-from ..common.yamlio import Located, check_keys, load_yaml
-from ..errors import UserError
-from ..guidelines.checks import GuidelineSettings
-from ..measure.target import TargetSpec
-from ..model.arch import FAMILIES, KERNELS, LAYOUTS, PRESETS, Arch, ArchError, Stage, Stem
+from ..common.yamlio import Located, load_yaml
+from ..model.arch import PRESETS, Arch, ArchError, Stage, Stem
 
-# The typed settings and the readers live in config.py; re-exported here, where callers look.
+# The typed sections live in config.py; re-exported here, where callers look.
 from .config import (
-    _GUIDELINE_RULES,
-    _PROXY_KEYS,
-    _PROXY_RULES,
-    _SAMPLER_RULES,
-    _TARGET_RULES,
-    _TARGET_SPACE_DEFAULTS,
+    CONSTRAINTS,
     GUIDELINE_MODES,
+    OBJECTIVES,
     SAMPLERS,
-    VAL_FRACTION_RULE,
     Dim,
     GuidelineConfig,
     ProxySettings,
     SamplerSettings,
+    SpaceConfig,
+    StageSpace,
     TargetOptions,
-    _defaults,
-    _dim,
-    _fields,
-    _mapping,
-    _scalar,
-    _section,
-    parse_fidelity,
 )
+from .reader import read_space_config, resolved_config
 
-OBJECTIVES = {  # name → direction
-    "proxy": "maximize",
-    "latency": "minimize",
-    "mac": "minimize",
-    "macs": "minimize",
-    "params": "minimize",
-}
-CONSTRAINTS = ("latency_ms", "params_m", "macs_m", "mac_m", "guideline_penalty")
 __all__ = ["CONSTRAINTS", "GUIDELINE_MODES", "OBJECTIVES", "SAMPLERS", "Dim", "GuidelineConfig",
            "ProxySettings", "SamplerSettings", "SearchSpace", "StageSpace", "TargetOptions",
            "load_space", "parse_space"]
 
 
-@dataclass(frozen=True)
-class StageSpace:
-    family: Dim
-    width: Dim
-    depth: Dim
-    split: Dim
-    groups: Dim
-    kernel: Dim
-    bottleneck: Dim
-    stride: int = 2
-    per_unit_kernel: bool = False  # Single-Path-One-Shot style: a kernel choice per unit
-    layout: str = "torchvision"
+def _section(attrs: str) -> Any:
+    """A read-only attribute of the space: ``attrs`` (dotted) of its config."""
+    get = operator.attrgetter(attrs)
+    return property(lambda self: get(self.config))
 
 
 @dataclass
 class SearchSpace:
-    name: str
-    path: str
-    seed: int
-    target: TargetSpec  # what latency is measured on
-    target_options: TargetOptions  # num_classes, max_seconds, prefilter
-    data: DataSpec  # the proxy task (proxies and short training)
-    proxy: ProxySettings
-    stem_channels: Dim
-    stem_stride: int
-    stem_pool: bool
-    stages: list[StageSpace]
-    head: Dim
-    objectives: list[tuple[str, str]]  # (name, direction)
-    constraints: dict[str, float]
-    guidelines: GuidelineConfig
-    sampler: SamplerSettings
-    baselines: list[str]
+    """A space file read: its typed config, the sampling over it, and its identity."""
+
+    config: SpaceConfig  # the file, one typed model per section (config.py)
+    path: str  # the file it was read from
+    given: frozenset[str] = frozenset()  # the YAML paths the file gave (reader.py)
+
+    # The sections under the names the pipeline reads them by.
+    name = _section("name")
+    seed = _section("seed")
+    target = _section("target.spec")  # what latency is measured on (TargetSpec)
+    target_options = _section("target")  # num_classes, max_seconds, prefilter
+    data = _section("proxy.data")  # the proxy task (DataSpec)
+    proxy = _section("proxy")  # how the proxy task scores (ProxySettings)
+    stem_channels = _section("space.stem.channels")
+    stem_stride = _section("space.stem.stride")
+    stem_pool = _section("space.stem.pool")
+    stages = _section("space.stages")  # tuple of StageSpace
+    head = _section("space.head")
+    guidelines = _section("guidelines")
+    sampler = _section("sampler")
     # The fidelity ladder (accuracy from training, accuracy/fidelity.py); None: `fidelity:
     # none` (or no `fidelity:` key), the zero-cost search of rung 0 only.
-    fidelity: FidelitySettings | None = None
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)  # the resolved YAML (config.yaml)
+    fidelity = _section("fidelity")
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """(name, direction) of every objective, in order."""
+        return [(o.name, o.direction) for o in self.config.objectives]
+
+    @property
+    def constraints(self) -> dict[str, float]:
+        return self.config.constraints.as_dict()
+
+    @property
+    def baselines(self) -> list[str]:
+        return list(self.config.baselines or ())
 
     @property
     def num_classes(self) -> int:
         return self.target_options.num_classes
 
     # --- identity -------------------------------------------------------------------------
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The resolved config as YAML data (the run's config.yaml), from the typed config."""
+        return resolved_config(self.config, self.given)
+
     def fingerprint(self) -> str:
         """Hash of the resolved config: a run folder belongs to exactly one space."""
         blob = json.dumps(self.raw, sort_keys=True, default=str)
@@ -266,157 +256,15 @@ class SearchSpace:
 
 # --- parsing ------------------------------------------------------------------------------
 
-_TOP = ("name", "seed", "target", "proxy", "space", "objectives", "constraints", "guidelines",
-        "sampler", "baselines", "fidelity")
-_STAGE_KEYS = ("family", "width", "depth", "split", "groups", "kernel", "bottleneck", "stride",
-               "per_unit_kernel", "layout")
-
-
-# proxy.val_fraction and proxy.check_fraction (DataSpec): kept in the resolved config only when
-# set, so that spaces without them keep their fingerprint.
-_FRACTIONS = ("val_fraction", "check_fraction")
-
 
 def parse_space(doc: Located) -> SearchSpace:
-    d = doc.data
-    if not isinstance(d, dict):
-        raise UserError(f"{doc.source}: a search space must be a YAML mapping, got {type(d).__name__}")
-    check_keys(doc, d, _TOP, "")
-    if "space" not in d:
-        raise UserError(f"{doc.source}: space: required (the stem, stages and head to search)")
-    name = d.get("name", Path(doc.source).stem)
-    if not isinstance(name, str) or not name:
-        raise doc.error("name", f"must be a non-empty string, got {name!r}")
-    seed = _scalar(doc, d, "seed", "", int, 0, 0)
-
-    t = _mapping(doc, d.get("target"), "target")
-    check_keys(doc, t, _TARGET_RULES, "target")
-    tv = _section(doc, t, "target", _TARGET_RULES, {**_defaults(TargetSpec, TargetOptions), **_TARGET_SPACE_DEFAULTS})
-    target, target_options = TargetSpec(**_fields(TargetSpec, tv)), TargetOptions(**_fields(TargetOptions, tv))
-
-    pr = _mapping(doc, d.get("proxy"), "proxy")
-    check_keys(doc, pr, (*_PROXY_KEYS, *_FRACTIONS), "proxy")
-    pv = _section(doc, pr, "proxy", _PROXY_RULES, {**_defaults(DataSpec, ProxySettings), "dataset": DataSpec.name})
-    proxies = pr.get("proxies")
-    if proxies is not None:
-        if not (isinstance(proxies, list) and all(isinstance(x, str) for x in proxies)):
-            raise doc.error("proxy.proxies", "must be a list of proxy names")
-        for i, n in enumerate(proxies):
-            if n not in PROXIES:
-                raise doc.error(f"proxy.proxies[{i}]", f"unknown proxy {n!r}; choose from {', '.join(PROXIES)}")
-        missing = [n for n in needed_for(pv["score"]) if n not in proxies]
-        if missing:
-            raise doc.error("proxy.proxies", f"score {pv['score']!r} needs {', '.join(missing)}")
-    kind, lo, hi, _ = VAL_FRACTION_RULE
-    vf = {k: float(_scalar(doc, pr, k, "proxy", kind, None, lo, hi)) for k in _FRACTIONS if k in pr}
-    try:
-        data = DataSpec(name=pv["dataset"], resolution=pv["resolution"], batch=pv["batch"], seed=seed, **vf)
-    except UserError as e:
-        raise UserError(f"{doc.where('proxy.dataset')}: {e}") from None
-    proxy = ProxySettings(**_fields(ProxySettings, pv), proxies=None if proxies is None else tuple(proxies))
-
-    sp = _mapping(doc, d["space"], "space")
-    check_keys(doc, sp, ("stem", "stages", "head"), "space")
-    stem = _mapping(doc, sp.get("stem"), "space.stem")
-    check_keys(doc, stem, ("channels", "stride", "pool"), "space.stem")
-    stem_channels = _dim(doc, stem.get("channels", 24), "space.stem.channels", int, 1, 4096)
-    stem_stride = _scalar(doc, stem, "stride", "space.stem", int, 2, allowed=(1, 2))
-    stem_pool = _scalar(doc, stem, "pool", "space.stem", bool, True)
-    raw_stages = sp.get("stages")
-    if not isinstance(raw_stages, list) or not raw_stages:
-        raise doc.error("space.stages", "required: a non-empty list of stages")
-    if len(raw_stages) > 8:
-        raise doc.error("space.stages", f"{len(raw_stages)} stages; at most 8")
-    stages = []
-    for i, s in enumerate(raw_stages):
-        p = f"space.stages[{i}]"
-        s = _mapping(doc, s, p)
-        check_keys(doc, s, _STAGE_KEYS, p)
-        for req in ("width", "depth"):
-            if req not in s:
-                raise doc.error(f"{p}.{req}", "required")
-        stages.append(StageSpace(
-            family=_dim(doc, s.get("family", "v2"), f"{p}.family", str, 0, allowed=FAMILIES),
-            width=_dim(doc, s["width"], f"{p}.width", int, 2, 8192),
-            depth=_dim(doc, s["depth"], f"{p}.depth", int, 1, 64),
-            split=_dim(doc, s.get("split", 0.5), f"{p}.split", float, 0.01, 0.99),
-            groups=_dim(doc, s.get("groups", 1), f"{p}.groups", int, 1, 64),
-            kernel=_dim(doc, s.get("kernel", 3), f"{p}.kernel", int, 0, allowed=KERNELS),
-            bottleneck=_dim(doc, s.get("bottleneck", 0.25), f"{p}.bottleneck", float, 0.01, 4.0),
-            stride=_scalar(doc, s, "stride", p, int, 2, allowed=(1, 2)),
-            per_unit_kernel=_scalar(doc, s, "per_unit_kernel", p, bool, False),
-            layout=_scalar(doc, s, "layout", p, str, "torchvision", allowed=LAYOUTS),
-        ))
-    head = _dim(doc, sp.get("head", 1024), "space.head", int, 0, 16384)
-
-    objectives = []
-    raw_obj = d.get("objectives", ["proxy", "latency"])
-    if not isinstance(raw_obj, list) or not raw_obj:
-        raise doc.error("objectives", "must be a non-empty list, e.g. [proxy, latency]")
-    for i, o in enumerate(raw_obj):
-        oname = o if isinstance(o, str) else (o.get("name") if isinstance(o, dict) else None)
-        if oname not in OBJECTIVES:
-            raise doc.error(f"objectives[{i}]", f"unknown objective {oname!r}; choose from {', '.join(OBJECTIVES)}")
-        direction = OBJECTIVES[oname]
-        if isinstance(o, dict):
-            check_keys(doc, o, ("name", "direction"), f"objectives[{i}]")
-            direction = o.get("direction", direction)
-            if direction != OBJECTIVES[oname]:
-                raise doc.error(f"objectives[{i}].direction", f"{oname} is to be {OBJECTIVES[oname]}d")
-        if any(n == oname for n, _ in objectives):
-            raise doc.error(f"objectives[{i}]", f"{oname} is listed twice")
-        objectives.append((oname, direction))
-
-    c = _mapping(doc, d.get("constraints"), "constraints")
-    check_keys(doc, c, CONSTRAINTS, "constraints")
-    constraints = {k: float(_scalar(doc, c, k, "constraints", float, None, 0)) for k in c}
-
-    g = _mapping(doc, d.get("guidelines"), "guidelines")
-    check_keys(doc, g, (*_GUIDELINE_RULES, "settings"), "guidelines")
-    gv = _section(doc, g, "guidelines", _GUIDELINE_RULES, _defaults(GuidelineConfig))
-    gs = _mapping(doc, g.get("settings"), "guidelines.settings")
-    try:
-        settings = GuidelineSettings.from_dict(gs)
-    except UserError as e:
-        raise doc.error("guidelines.settings", str(e)) from None
-    guidelines = GuidelineConfig(**gv, settings=settings)
-
-    sm = d.get("sampler", SamplerSettings.name)
-    sm = {"name": sm} if isinstance(sm, str) else _mapping(doc, sm, "sampler")
-    check_keys(doc, sm, _SAMPLER_RULES, "sampler")
-    sampler = SamplerSettings(**_section(doc, sm, "sampler", _SAMPLER_RULES, _defaults(SamplerSettings)))
-
-    fidelity = parse_fidelity(doc, d)
-
-    space = SearchSpace(
-        name=name, path=doc.source, seed=seed, target=target, target_options=target_options,
-        data=data, proxy=proxy, stem_channels=stem_channels, stem_stride=stem_stride,
-        stem_pool=stem_pool, stages=stages, head=head, objectives=objectives,
-        constraints=constraints, guidelines=guidelines, sampler=sampler, baselines=[],
-        fidelity=fidelity,
-        # The resolved config as YAML keys: written to the run's config.yaml, parsed back by
-        # load_run, and hashed into the space's fingerprint.
-        raw={"name": name, "seed": seed, "target": tv,
-             "proxy": {**{k: pv[k] for k in _PROXY_KEYS if k in pv}, "proxies": proxies,
-                       **{k: getattr(data, k) for k in _FRACTIONS if k in pr}},
-             "space": sp, "objectives": objectives, "constraints": constraints,
-             "guidelines": {**gv, "settings": gs}, "sampler": dataclasses.asdict(sampler)},
-    )
-    b = d.get("baselines", "auto")
-    if b == "auto":
-        space.baselines = [n for n, a in PRESETS.items() if space.contains(a)]
-    elif isinstance(b, list) and all(isinstance(x, str) for x in b):
-        for i, n in enumerate(b):
-            if n not in PRESETS:
-                raise doc.error(f"baselines[{i}]", f"unknown preset {n!r} (see `shufflesearch show --list`)")
-        space.baselines = list(b)
-    elif b in (None, False, []):
-        space.baselines = []
-    else:
-        raise doc.error("baselines", "must be 'auto', a list of preset names, or []")
-    space.raw["baselines"] = space.baselines
-    if fidelity is not None:  # absent under `none`, so a zero-cost space keeps its fingerprint
-        space.raw["fidelity"] = fidelity.to_dict()
+    """A parsed space file → SearchSpace. reader.py reads every section into its typed model,
+    so an error names the key's YAML path, its line and the rule it breaks."""
+    config, given = read_space_config(doc)
+    space = SearchSpace(config, doc.source, given)
+    if config.baselines is None:  # auto: every preset the space can produce
+        auto = tuple(n for n, a in PRESETS.items() if space.contains(a))
+        space.config = dataclasses.replace(config, baselines=auto)
     return space
 
 
