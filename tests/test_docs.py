@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 LANGS = {"python", "console", "bash", "sh", "shell", "", "yaml", "text"}
-MARKERS = {"skip", "space", "space-fragment", "arch", "in-bundle"}
+MARKERS = {"skip", "space", "space-fragment", "arch", "in-bundle", "in-run"}
 SHELL = {"bash", "sh", "shell", ""}
 RUN_CHEAP = {"show", "check", "validate"}  # commands run for real (seconds at most)
 OTHER_COMMANDS = {"createuser", "createdb", "optuna-dashboard", "uptime", "cd"}
@@ -107,6 +107,10 @@ def test_site_builds_strictly_and_offline(tmp_path):
     assert not re.search(r"^(WARNING|ERROR)\b", log, re.M), log
     api = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
     assert "shufflesearch.search.front" in api and "knee" in api  # the docstrings were rendered
+    ref = (tmp_path / "site" / "reference" / "search-space" / "index.html").read_text(encoding="utf-8")
+    assert "yaml-reference" not in ref  # the hook replaced the marker with the generated tables
+    for key in ("check_fraction", "max_seconds", "estimator", "n_startup_trials"):
+        assert f"<code>{key}</code>" in ref, key
     pages = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "site").rglob("*.html"))
     assert "fonts.googleapis.com" not in pages  # theme.font: false, nothing fetched to read it
 
@@ -208,9 +212,27 @@ def bundle(workspace):
     return out
 
 
+@pytest.fixture(scope="module")
+def run_folder(workspace):
+    """A small finished ladder run at runs/v2 (tests/spaces/ladder.yaml, budget 4, one worker)
+    for the examples that read a run."""
+    from shufflesearch.cli import main
+
+    shutil.copy(ROOT / "tests" / "spaces" / "ladder.yaml", workspace / "v2.yaml")
+    cwd = os.getcwd()
+    os.chdir(workspace)
+    try:
+        assert main(["run", "v2.yaml", "--budget", "4", "--workers", "1", "--quiet"]) == 0
+    finally:
+        os.chdir(cwd)
+    return workspace / "runs" / "v2"
+
+
 @pytest.mark.parametrize("block", _of("python"))
 def test_python_example_runs(block, workspace, monkeypatch, request):
     where = workspace
+    if block.marker == "in-run":
+        request.getfixturevalue("run_folder")
     if block.marker == "in-bundle":
         where = request.getfixturevalue("bundle")
         monkeypatch.syspath_prepend(str(where))
