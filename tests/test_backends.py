@@ -16,6 +16,7 @@ from shufflesearch.accuracy.data import DataSpec, load_data
 from shufflesearch.errors import UserError
 from shufflesearch.measure import backends as B
 from shufflesearch.measure.target import TargetSpec
+from shufflesearch.measure.timing import time_rounds
 from shufflesearch.model.arch import Arch, Stage, Stem
 from shufflesearch.model.compile import build
 from shufflesearch.search.space import load_space
@@ -72,11 +73,12 @@ def test_torch_runner_uses_the_spec_threads_and_restores_them():
     before = torch.get_num_threads()
     r = B.make_runner(TINY, TargetSpec(resolution=32, threads=2))
     seen = []
-    real = r._fn
-    r._fn = lambda: (seen.append(torch.get_num_threads()), real())[1]
-    with r.context():
-        r()
-    assert seen == [2] and torch.get_num_threads() == before
+    real = r.fn
+    r.fn = lambda: (seen.append((torch.get_num_threads(), torch.is_inference_mode_enabled())), real())[1]
+    r()  # called alone, the runner fixes its own threads
+    assert seen == [(2, True)] and torch.get_num_threads() == before
+    time_rounds([r], max_rounds=3)  # in the timing loop, the loop fixes them for every call
+    assert len(seen) > 4 and set(seen) == {(2, True)} and torch.get_num_threads() == before
 
 
 def test_module_runner_onnx_matches_torch():
@@ -161,14 +163,12 @@ def _input_scale(path: str) -> float:
 
 
 def test_int8_calibrates_a_batch_larger_than_its_images():
-    # Issue 21 item 5: the search calibrates on 16 images (evaluator.CALIBRATION_IMAGES); at
-    # target.batch 32 they did not fill one batch and nothing could be measured.
-    from shufflesearch.search.evaluator import CALIBRATION_IMAGES
-
-    images = digits_like(CALIBRATION_IMAGES, 3)[:, :, :16, :16].copy()
+    # Issue 21 item 5: 16 calibration images at target.batch 32 did not fill one batch and
+    # nothing could be measured.
+    images = digits_like(16, 3)[:, :, :16, :16].copy()
     images[5] *= 40  # one image with a far wider range: the input's scale must see it
     a = B.make_runner(TINY, TargetSpec(resolution=32, batch=32, backend="onnxruntime-int8"), calibration=images)
-    assert a.info["calibration"]["images"] == CALIBRATION_IMAGES and a().__len__() == 1
+    assert a.info["calibration"]["images"] == 16 and a().__len__() == 1
     b = B.make_runner(TINY, TargetSpec(resolution=32, batch=4, backend="onnxruntime-int8"), calibration=images)
     assert _input_scale(a.info["path"]) == pytest.approx(_input_scale(b.info["path"]), rel=1e-6)
     # batch 10: 16 images are one batch and a wrapped second; image 5 ranks in either way, and
@@ -229,7 +229,7 @@ def test_export_adds_a_verified_int8_model(tmp_path):
     out = tmp_path / "b"
     assert sorted(p.name for p in out.iterdir()) == sorted([*(a for a in ARTEFACTS if a != "model.pt2"), INT8])
     r = res.int8
-    assert r["calibration_images"] == 64 and r["val_images"] == 359  # digits: 1,797 images, 20% held out
+    assert r["calibration_images"] == B.CALIBRATION_IMAGES and r["val_images"] == 359  # digits: 1,797 images, 20% held out
     assert 0.5 <= r["top1_agreement"] <= 1 and r["latency_fp32_ms"] > 0 and r["latency_int8_ms"] > 0
     assert r["acc_fp32"] is not None and 0 <= r["acc_int8"] <= 1  # 10 outputs: digits' classes
     assert r["size_int8_kb"] < r["size_fp32_kb"]
@@ -279,7 +279,7 @@ def test_cli_export_arch_int8(tmp_path, capsys):
                  "--no-pt2", "--int8", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert "model.int8.onnx" in d["files"] and 0 <= d["int8"]["top1_agreement"] <= 1
-    assert d["int8"]["proxy"] == "digits" and d["int8"]["calibration_images"] == 64
+    assert d["int8"]["proxy"] == "digits" and d["int8"]["calibration_images"] == B.CALIBRATION_IMAGES
     assert main(["export-arch", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "c"), "--int8",
                  "--data", "nope"]) == 2
     assert "--data: 'nope' is not" in capsys.readouterr().err
@@ -288,8 +288,8 @@ def test_cli_export_arch_int8(tmp_path, capsys):
 # --- every backend through the timing protocol, the search, the CLI ------------------------------
 
 
-def _calibration() -> torch.Tensor:
-    return load_data(DataSpec(name="digits")).batch("train", 16).x
+def _calibration() -> np.ndarray:
+    return B.calibration_images(load_data(DataSpec(name="digits")))
 
 
 @pytest.mark.parametrize("backend", B.BACKENDS)

@@ -26,6 +26,7 @@ from shufflesearch.measure import drift as D
 from shufflesearch.measure import env as E
 from shufflesearch.measure import protocol as L
 from shufflesearch.measure import target as T
+from shufflesearch.measure import timing as TM
 from shufflesearch.model.arch import Arch, Stage, Stem
 
 TINY = Arch(stages=(Stage("v2", 16, 2), Stage("v2", 32, 2)), stem=Stem(channels=8), head=64, num_classes=10)
@@ -59,7 +60,7 @@ def test_protocol_reports_median_iqr_n_and_fixes_threads(threads: int) -> None:
     before = torch.get_num_threads()
     m = Recorder().train()
     lat = L.measure(m, (1, 3, 16, 16), threads=threads, max_seconds=0.2, lock=False)
-    assert lat.n == len(lat.runs_ms) >= L.MIN_RUNS
+    assert lat.n == len(lat.runs_ms) >= TM.MIN_RUNS
     assert lat.median_ms == pytest.approx(statistics.median(lat.runs_ms), rel=1e-3)
     q = statistics.quantiles(lat.runs_ms, n=4, method="inclusive")
     assert lat.iqr_ms == pytest.approx(q[2] - q[0], rel=1e-3, abs=1e-5)
@@ -81,7 +82,7 @@ def test_protocol_stops_at_the_cap_when_noise_never_settles(monkeypatch) -> None
             return x
 
     lat = L.measure(Noisy(), (1, 1, 1, 1), max_seconds=0.3, lock=False)
-    assert lat.rel_iqr > 0.03 and lat.n >= L.MIN_RUNS
+    assert lat.rel_iqr > 0.03 and lat.n >= TM.MIN_RUNS
     assert sum(lat.runs_ms) / 1e3 < 3.0  # stopped by the cap, not by a runaway loop
 
 
@@ -219,7 +220,7 @@ class FakeMachine:
 @pytest.fixture
 def machine(monkeypatch: pytest.MonkeyPatch) -> FakeMachine:
     m = FakeMachine()
-    monkeypatch.setattr(L, "_window", m)
+    monkeypatch.setattr(L, "window", m)
     return m
 
 
@@ -311,14 +312,14 @@ def test_a_slowdown_for_part_of_a_measurement_moves_the_ratio_far_less_than_the_
 
     hooks = [h for m in (cand, ref) for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
     try:
-        quiet = L._torch_window([cand], spec, max_seconds=5, lock=False, max_rounds=40)
-        loaded = L._torch_window([cand], spec, max_seconds=5, lock=False, max_rounds=40,
+        quiet = L.window([cand], spec, max_seconds=5, lock=False, max_rounds=40)
+        loaded = L.window([cand], spec, max_seconds=5, lock=False, max_rounds=40,
                                  on_round=lambda i: slow.update(on=i >= 10))
     finally:
         for h in hooks:
             h.remove()
     abs_q, abs_l = statistics.median(quiet[1]), statistics.median(loaded[1])
-    r_q, r_l = L.estimate(quiet[1], quiet[0]), L.estimate(loaded[1], loaded[0])
+    r_q, r_l = TM.estimate(quiet[1], quiet[0]), TM.estimate(loaded[1], loaded[0])
     abs_move, ratio_move = abs(abs_l / abs_q - 1), abs(r_l / r_q - 1)
     assert abs_move > 1.0, (abs_q, abs_l)  # the slowdown really happened
     assert ratio_move < abs_move / 5, (r_q, r_l, abs_q, abs_l)
@@ -330,28 +331,28 @@ def test_estimators_on_paired_rounds() -> None:
     # candidate's and the reference's medians fall in different phases (unequal counts).
     r = [5.0] * 12 + [7.5] * 8
     c = [10.0] * 12 + [15.0] * 8
-    assert set(L.ESTIMATORS) == {"median_of_ratios", "ratio_of_minima", "ratio_of_medians"}
-    for name in L.ESTIMATORS:
-        assert L.estimate(c, r, name) == pytest.approx(2.0)
-    assert L.ESTIMATOR in L.ESTIMATORS
-    lo, hi = L.estimate_ci(c, r)
+    assert set(TM.ESTIMATORS) == {"median_of_ratios", "ratio_of_minima", "ratio_of_medians"}
+    for name in TM.ESTIMATORS:
+        assert TM.estimate(c, r, name) == pytest.approx(2.0)
+    assert TM.ESTIMATOR in TM.ESTIMATORS
+    lo, hi = TM.estimate_ci(c, r)
     assert lo <= 2.0 <= hi
     noisy_c = [v * (1 + 0.03 * ((i % 5) - 2)) for i, v in enumerate(c)]
-    lo, hi = L.estimate_ci(noisy_c, r)
+    lo, hi = TM.estimate_ci(noisy_c, r)
     assert lo < 2.0 < hi and hi - lo < 0.2
 
 
 def test_measure_arch_is_relative_and_records_the_reference() -> None:
     spec = T.TargetSpec(resolution=32)
     lat = L.measure_arch(TINY, spec, max_seconds=0.2)
-    assert lat.protocol == T.PROTOCOL_VERSION and lat.estimator == L.ESTIMATOR
+    assert lat.protocol == T.PROTOCOL_VERSION and lat.estimator == TM.ESTIMATOR
     ref = lat.reference
     assert ref["arch"] == T.REFERENCE_ARCH and ref["archid"] == L.reference_archid()
     assert lat.median_ms == pytest.approx(lat.ratio * ref["ms"])
     assert lat.ratio_ci[0] <= lat.ratio <= lat.ratio_ci[1]
-    assert len(lat.runs_ms) == len(lat.ref_runs_ms) == lat.n >= L.MIN_RUNS
+    assert len(lat.runs_ms) == len(lat.ref_runs_ms) == lat.n >= TM.MIN_RUNS
     # the ratio is the chosen estimator over the recorded rounds, nothing else
-    assert lat.ratio == pytest.approx(L.estimate(lat.runs_ms, lat.ref_runs_ms), rel=1e-3)
+    assert lat.ratio == pytest.approx(TM.estimate(lat.runs_ms, lat.ref_runs_ms), rel=1e-3)
 
 
 def test_retime_times_a_set_in_one_window() -> None:
@@ -366,13 +367,13 @@ def test_retime_times_a_set_in_one_window() -> None:
 
 def test_retime_times_a_repeated_architecture_once(monkeypatch: pytest.MonkeyPatch) -> None:
     timed: list[int] = []
-    real = L._window
+    real = L.window
 
     def spy(models, spec, **kw):  # type: ignore[no-untyped-def]
         timed.append(len(models))
         return real(models, spec, **kw)
 
-    monkeypatch.setattr(L, "_window", spy)
+    monkeypatch.setattr(L, "window", spy)
     lats = L.retime([TINY, TINY2, TINY], T.TargetSpec(resolution=32), max_seconds=0.3)
     assert timed == [2]  # one window, two distinct networks besides the reference
     assert lats[0] is not lats[2] and lats[0].to_dict() == lats[2].to_dict() != lats[1].to_dict()
@@ -502,7 +503,7 @@ def test_onnxruntime_backend_in_process() -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     lat = L.measure_arch(TINY, T.TargetSpec(resolution=32, backend="onnxruntime"), max_seconds=0.2)
-    assert lat.n >= L.MIN_RUNS and lat.median_ms > 0
+    assert lat.n >= TM.MIN_RUNS and lat.median_ms > 0
     assert lat.fingerprint["backend"] == "onnxruntime" and "onnxruntime" in lat.fingerprint
     # timed against the reference exported the same way, in this thread, in rounds
     assert lat.ratio is not None and lat.reference["arch"] == T.REFERENCE_ARCH
@@ -515,7 +516,7 @@ def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["latency", str(f), "--resolution", "32", "--max-seconds", "0.1", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert {"median_ms", "iqr_ms", "n", "fingerprint", "ratio", "ratio_ci", "reference", "protocol"} <= set(d)
-    assert d["n"] >= L.MIN_RUNS and d["protocol"] == T.PROTOCOL_VERSION
+    assert d["n"] >= TM.MIN_RUNS and d["protocol"] == T.PROTOCOL_VERSION
     assert d["reference"]["arch"] == T.REFERENCE_ARCH and d["reference"]["ms"] > 0
     assert d["ratio_ci"][0] <= d["ratio"] <= d["ratio_ci"][1]
     assert d["median_ms"] == pytest.approx(d["ratio"] * d["reference"]["ms"])

@@ -33,8 +33,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from ..common.files import atomic_write
 from ..common.settings import check_settings, setting
 from ..errors import UserError
 from ..measure.env import compute_lock
@@ -163,20 +164,6 @@ def latest_checkpoint(ckpt_dir: str | Path) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def train_to_rung(arch: Arch | str, data: ProxyData, settings: FidelitySettings, rung: int,
                   ckpt_dir: str | Path, seed: int = 0, *, lr: float = 0.05,
                   weight_decay: float = 5e-4,
@@ -255,8 +242,8 @@ def _train_to_rung(a: Arch, data: ProxyData, settings: FidelitySettings, rung: i
         val = k == len(settings.rungs) or settings.estimator == "val_acc"
         history.append({"rung": k, "steps": settings.rungs[k - 1],
                         **rung_estimates(trainer, data, val=val), "seconds": dt})
-        _save_atomic({"ident": ident, "trainer": trainer.state_dict(), "history": history},
-                     checkpoint_path(ckpt_dir, k))
+        atomic_write(checkpoint_path(ckpt_dir, k), functools.partial(
+            torch.save, {"ident": ident, "trainer": trainer.state_dict(), "history": history}))
         for old in range(1, k):  # the newer checkpoint is in place: the older ones can go
             with contextlib.suppress(OSError):
                 checkpoint_path(ckpt_dir, old).unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from ..common.settings import SettingError
 from ..common.yamlio import parse_yaml
 from ..errors import UserError
 from ..guidelines.checks import check, format_report, load_calibration
+from ..measure.backends import calibration_images
 from ..measure.cache import LatencyCache
 from ..measure.drift import measure_seeded
 from ..measure.predictor import LatencyTable, build_table, random_archs, table_path, validate
@@ -23,7 +24,6 @@ from ..model.cost import costs, format_costs
 from ..review.export import export_arch
 from ..review.transfer import FILE as TRANSFER_FILE
 from ..review.transfer import format_transfer, parse_backends, transfer
-from ..search.evaluator import CALIBRATION_IMAGES
 from ..search.reader import read_section
 from ..search.space import load_space
 from .output import print_artefacts, print_json
@@ -88,8 +88,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
         raise UserError(f"latency: unexpected argument {args.run!r} (only `latency transfer RUN` takes two)")
     if args.arch in ("build-table", "validate"):
         return _latency_predictor(args, spec)
-    cal = (load_data(DataSpec(name=args.data)).batch("train", CALIBRATION_IMAGES).x
-           if spec.backend == "onnxruntime-int8" else None)
+    cal = calibration_images(load_data(DataSpec(name=args.data))) if spec.backend == "onnxruntime-int8" else None
     lat = measure_seeded(resolve_arch(args.arch), spec, cache=LatencyCache(), remeasure=args.remeasure,
                          max_seconds=args.max_seconds, calibration=cal)
     if args.json:

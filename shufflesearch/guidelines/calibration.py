@@ -23,6 +23,7 @@ import networkx as nx
 import numpy as np
 from scipy.optimize import nnls
 
+from ..common.files import atomic_write
 from ..errors import UserError
 from ..measure.env import cache_dir, fingerprint, fingerprint_id
 from ..model.cost import ELEMENTWISE, node_cost
@@ -92,10 +93,7 @@ def path_for(fid: str) -> Path:
 def save(cal: Calibration) -> Path:
     p = path_for(cal.fingerprint_id)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cal.to_dict(), indent=2))
-    tmp.replace(p)  # atomic: a search reading it never sees half a file
-    return p
+    return atomic_write(p, json.dumps(cal.to_dict(), indent=2))  # a search never reads half
 
 
 def load(fid: str | None = None, threads: int = 1) -> Calibration | None:

@@ -25,11 +25,9 @@ import torch
 from torch import nn
 
 from ..common.stats import kendall_tau  # tau-b; also part of this module's API
-from ..common.threads import torch_threads
-from ..measure.backends import make_module_runner
-from ..measure.env import clock_for, timing_lock
-from ..measure.protocol import ESTIMATOR, _iqr, estimate, time_rounds, torch_runner
+from ..measure.backends import make_module_runner, torch_runner
 from ..measure.target import TargetSpec
+from ..measure.timing import ESTIMATOR, estimate, iqr, time_rounds
 from ..model.units import ConvBN, fold_conv_bn
 from .calibration import calibrate
 
@@ -244,9 +242,7 @@ def run(
             models = [build_stack(r, s) for r in rows]
             costs = [block_costs(r, s) for r in rows]
             runners = [_runner(m, c.in_channels, threads, backend) for m, c in zip(models, costs)]
-            with timing_lock(), torch_threads(threads), torch.inference_mode():
-                times = time_rounds(runners, clock_name=clock_for(threads),
-                                    max_seconds=rounds * len(rows) * max_seconds)
+            times = time_rounds(runners, max_seconds=rounds * len(rows) * max_seconds, lock=True)
             base = statistics.median(times[0])
             if progress is not None:
                 for _ in range(rounds * len(rows)):  # the bar counts rows x rounds, as before
@@ -256,13 +252,13 @@ def run(
                 q = [a / b for a, b in zip(ts, times[0])]
                 ratio = estimate(ts, times[0], ESTIMATOR)
                 out.append(Measured(t, r.label, s, scaled(r, s), c.macs, c.mac, c.ops, ratio * base,
-                                    _iqr(q) / statistics.median(q), r.paper_gpu[k], r.paper_arm[k], ratio))
+                                    iqr(q) / statistics.median(q), r.paper_gpu[k], r.paper_arm[k], ratio))
     return out
 
 
 def _runner(model: nn.Module, c_in: int, threads: int, backend: str) -> Any:
     if backend == "torch":
-        return torch_runner(model, torch.randn(1, c_in, HW, HW))
+        return torch_runner(model, torch.randn(1, c_in, HW, HW), threads)
     cal = np.random.default_rng(0).standard_normal((8, c_in, HW, HW)).astype(np.float32) \
         if backend == "onnxruntime-int8" else None
     return make_module_runner(model, (1, c_in, HW, HW), TargetSpec(threads=threads, backend=backend),

@@ -8,10 +8,11 @@ The search ranks candidates by the latency of what ships. Three runtimes (``BACK
                     weights per output channel, int8 activations calibrated on images the
                     caller passes: the proxy task's training split)
 
-``make_runner(arch, spec)`` returns a ``Runner``: calling it runs ONE forward pass of
-``spec.batch`` images at ``spec.resolution`` on a fixed input, in the calling thread, and
-returns the outputs. The timing protocol calls it; building it (export, quantisation, session)
-is the per-trial set-up cost and is kept out of the timed calls.
+``make_runner(arch, spec)`` returns a ``Runner`` (timing.py): calling it runs ONE forward pass
+of ``spec.batch`` images at ``spec.resolution`` on a fixed input, in the calling thread, and
+returns the outputs. This module only builds runners; every one is timed by the one loop,
+``timing.time_rounds``. Building a runner (export, quantisation, session) is the per-trial
+set-up cost and is kept out of the timed calls.
 
 ONNX Runtime is configured for timing on a shared machine: ``spec.threads`` intra-op threads,
 one inter-op thread, and no spinning (idle ORT workers otherwise spin on the cores that
@@ -33,7 +34,6 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
 import tempfile
 import time
 import warnings
@@ -45,22 +45,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..common.threads import torch_threads
+from ..common.files import atomic_write
 from ..errors import UserError
 from ..model.arch import resolve_arch
 from ..model.compile import build, to_inference
-from .env import cache_dir, clock_for
+from .env import cache_dir
 from .target import BACKENDS, TargetSpec, stable_hash
+from .timing import Runner
 
-__all__ = ["BACKENDS", "Runner", "make_runner", "make_module_runner", "seeded_model", "export_onnx",
-           "quantize_int8", "calibration_fingerprint", "require_onnx", "onnx_session",
-           "time_interleaved", "calibration_array", "INSTALL_HINT"]
+__all__ = ["BACKENDS", "Runner", "make_runner", "make_module_runner", "torch_runner", "fixed_input",
+           "seeded_model", "export_onnx", "quantize_int8", "calibration_images", "calibration_array",
+           "calibration_fingerprint", "require_onnx", "onnx_session", "CALIBRATION_IMAGES",
+           "INSTALL_HINT"]
 
 INSTALL_HINT = 'pip install -e ".[onnx]"'
 OPSET = 17  # ONNX opset of the exports: every op of the inference form exists since 13
 EXPORTER = "torchscript"  # torch.onnx.export(dynamo=False): 4-13x cheaper than dynamo here
 SEED = 0  # the weights of an architecture's cached export
-CALIBRATION_LIMIT = 256  # images a calibration reads at most (ranges settle well before)
+# int8 calibration: one rule (calibration_images), one count. PLACEHOLDER
+CALIBRATION_IMAGES = 64
+CALIBRATION_LIMIT = 256  # a guard on what an iterable of batches is read for, not a choice
 
 
 # --- the optional packages ---------------------------------------------------------------------
@@ -86,41 +90,6 @@ def _check_backend(backend: str) -> None:
 # --- the runner ----------------------------------------------------------------------------------
 
 
-class Runner:
-    """One forward pass per call on a fixed input; ``setup_s`` says what building it cost.
-
-    ``x`` is the input (numpy float32, NCHW); ``info`` records ``export_s``, ``quantize_s``,
-    ``session_s`` and whether the export/quantised model came from the cache."""
-
-    def __init__(self, backend: str, fn: Callable[[], object], x: np.ndarray, threads: int,
-                 info: dict[str, Any]) -> None:
-        self.backend = backend
-        self._fn = fn
-        self.x = x  # (B, 3, R, R) float32
-        self.threads = threads
-        self.info = info
-
-    def __call__(self) -> object:
-        return self._fn()
-
-    def context(self) -> contextlib.AbstractContextManager[None]:
-        """Enter around a timing loop: fixes torch's thread count for the torch backend (ONNX
-        Runtime sessions carry their own) and restores it afterwards."""
-        return torch_threads(self.threads) if self.backend == "torch" else contextlib.nullcontext()
-
-    def outputs(self) -> np.ndarray:
-        """One call's logits as numpy (B, classes), whatever the backend."""
-        with self.context():
-            y = self()
-        if isinstance(y, torch.Tensor):
-            return y.detach().float().numpy()
-        return np.asarray(y[0])  # type: ignore[index]
-
-    @property
-    def setup_s(self) -> float:
-        return sum(v for k, v in self.info.items() if k.endswith("_s"))
-
-
 def seeded_model(arch: Any, num_classes: int | None = None) -> nn.Module:
     """The training form of ``arch`` with weights drawn from a fixed seed (eval mode), without
     touching the caller's RNG: the weights every backend's runner of ``arch`` uses."""
@@ -129,7 +98,8 @@ def seeded_model(arch: Any, num_classes: int | None = None) -> nn.Module:
         return build(arch, num_classes=num_classes).eval()
 
 
-def _fixed_input(shape: tuple[int, ...]) -> np.ndarray:
+def fixed_input(shape: tuple[int, ...]) -> np.ndarray:
+    """The input every runner of ``shape`` is timed on: seeded, not the caller's RNG."""
     return np.random.default_rng(SEED).standard_normal(shape).astype(np.float32)
 
 
@@ -163,24 +133,20 @@ def make_module_runner(module: nn.Module, input_shape: tuple[int, int, int, int]
 
 def _torch_runner(model: nn.Module, spec: TargetSpec,
                   input_shape: tuple[int, ...] | None = None) -> Runner:
-    shape = input_shape or spec.input_shape
-    x_np = _fixed_input(shape)
-    x = torch.from_numpy(x_np.copy())
+    x = torch.from_numpy(fixed_input(input_shape or spec.input_shape))
     if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    n = spec.threads
+    return torch_runner(model, x, spec.threads)
 
-    def run() -> torch.Tensor:
-        # inference_mode is a thread-local guard, cheap per call; the thread count is set by
-        # Runner.context() around a timing loop and only corrected here when it is not.
-        if torch.get_num_threads() != n:
-            with torch_threads(n), torch.inference_mode():
-                return model(x)
-        with torch.inference_mode():
-            return model(x)
 
-    return Runner("torch", run, x_np, n, {})
+def torch_runner(f: Callable[[torch.Tensor], Any], x: torch.Tensor, threads: int = 1,
+                 info: dict[str, Any] | None = None) -> Runner:
+    """A ``Runner`` of any torch callable on the fixed input ``x`` (in the memory format it is
+    to be timed in): a module (put in eval mode), a loaded package, a wrapped function."""
+    if isinstance(f, nn.Module):
+        f = f.eval()
+    return Runner("torch", lambda: f(x), x.detach().numpy(), threads, info or {})
 
 
 # --- ONNX export, cached -----------------------------------------------------------------------
@@ -223,11 +189,10 @@ def quiet_exporters() -> Iterator[None]:
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, *,
                 dynamo: bool = False) -> None:
     """Write ``model`` (eval mode) as ONNX for a fixed ``input_shape``, input ``x``, output
-    ``y``; written to a temporary name first so that a concurrent reader never sees half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    x = torch.from_numpy(_fixed_input(input_shape))
-    try:
+    ``y``; replaced whole (``atomic_write``) so that a concurrent reader never sees half."""
+    x = torch.from_numpy(fixed_input(input_shape))
+
+    def write(tmp: Path) -> None:
         with torch.inference_mode(False), torch.no_grad(), quiet_exporters():
             if dynamo:
                 torch.onnx.export(model.eval(), (x,), str(tmp), dynamo=True, opset_version=18,  # its lowest
@@ -235,10 +200,15 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
             else:
                 torch.onnx.export(model.eval(), (x,), str(tmp), dynamo=False, opset_version=OPSET,
                                   input_names=["x"], output_names=["y"])
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, write)
     except Exception as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"ONNX export failed ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise UserError(f"ONNX export failed ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    return f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def _cached_export(model: nn.Module, shape: tuple[int, ...], key: str | None,
@@ -257,6 +227,15 @@ def _cached_export(model: nn.Module, shape: tuple[int, ...], key: str | None,
 
 
 # --- int8 --------------------------------------------------------------------------------------
+
+
+def calibration_images(data: Any, n: int = CALIBRATION_IMAGES, seed: int = 0) -> np.ndarray:
+    """The images int8 is calibrated on, wherever it is (the search's timing, a re-time, a
+    transfer, an export): ``n`` images of the proxy task's training split, drawn with a fixed
+    ``seed`` (``data`` is an ``accuracy.data.ProxyData``). One draw everywhere means the same
+    fingerprint everywhere, so a quantised model made once is found in the cache by the others."""
+    return calibration_array(data.batch("train", n, seed=seed).x)
+
 
 
 def calibration_array(images: np.ndarray | Iterable[Any], shape: tuple[int, ...] | None = None
@@ -326,18 +305,17 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
             i = next(self.it, None)
             return None if i is None else {name: calibration[i:i + batch]}
 
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
+    def write(tmp: Path) -> None:
         with quiet_exporters():
             quantize_static(str(fp32_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8,
                             nodes_to_exclude=classifier_nodes(onnx.load(str(fp32_path))))
-        os.replace(tmp, out_path)
+
+    try:
+        atomic_write(out_path, write)
     except Exception as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"int8 quantisation failed ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise UserError(f"int8 quantisation failed ({_first_line(e)})") from None
 
 
 def classifier_nodes(model: Any) -> list[str]:
@@ -406,7 +384,7 @@ def _ort_runner(model: nn.Module, spec: TargetSpec, calibration: Any, *, key: st
         sess = onnx_session(path, spec.threads)  # reads the file now: the temp folder may go
         info["session_s"] = time.perf_counter() - t0
         info["path"] = str(path) if key is not None else None
-    x = _fixed_input(shape)
+    x = fixed_input(shape)
     name = sess.get_inputs()[0].name
     feed = {name: x}
 
@@ -414,37 +392,3 @@ def _ort_runner(model: nn.Module, spec: TargetSpec, calibration: Any, *, key: st
         return sess.run(None, feed)
 
     return Runner(spec.backend, run, x, spec.threads, info)
-
-
-# --- side-by-side timing -------------------------------------------------------------------------
-
-
-def time_interleaved(runners: list[Runner], *, seconds: float = 1.0, min_rounds: int = 7
-                     ) -> list[list[float]]:
-    """Per-call ms of each runner over interleaved rounds (a few calls each, order rotating);
-    take ratios per round. Not the search's protocol (protocol.py): a short side-by-side
-    comparison for benches and export reports."""
-    clock = time.thread_time if clock_for(max(r.threads for r in runners)) == "thread_cpu" else time.perf_counter
-    inner = []
-    with contextlib.ExitStack() as stack:
-        for r in runners:
-            stack.enter_context(r.context())
-        for r in runners:  # warm-up: allocation, ORT's first-run kernel selection
-            for _ in range(3):
-                r()
-            t0 = clock()
-            r()
-            inner.append(max(1, int(0.005 / max(clock() - t0, 1e-6))))  # samples of >= ~5 ms
-        out: list[list[float]] = [[] for _ in runners]
-        start = time.perf_counter()
-        k = 0
-        while k < min_rounds or time.perf_counter() - start < seconds:
-            order = list(range(len(runners)))
-            order = order[k % len(order):] + order[:k % len(order)]
-            for i in order:
-                t0 = clock()
-                for _ in range(inner[i]):
-                    runners[i]()
-                out[i].append((clock() - t0) / inner[i] * 1e3)
-            k += 1
-    return out

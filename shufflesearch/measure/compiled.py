@@ -3,7 +3,7 @@
 ``compiled_runner(arch, spec)`` is ``backends.make_runner(arch, spec)`` for ``backend: torch``
 with the inference form compiled ahead of time (``model/compile.py: compile_package``), the
 very function that writes a bundle's model.aoti.pt2, so what is timed here is what
-``export --aoti`` ships. A package is compiled for one input shape and thread count, costs
+``export --aoti`` ships; it is a ``Runner`` like any other, timed by ``timing.time_rounds``. A package is compiled for one input shape and thread count, costs
 tens of seconds (bench/torch_form.py), and is cached in ``cache_dir()/aoti`` under the
 architecture and ``package_tag``, so a search times the eager form per trial and a caller asks
 for this one where it pays: export, a comparison of the deployed forms, a re-time.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import UserError
@@ -26,9 +25,10 @@ from ..model.compile import (
     load_package,
     to_inference,
 )
-from .backends import SEED, Runner, seeded_model
+from .backends import fixed_input, seeded_model, torch_runner
 from .env import cache_dir
 from .target import TargetSpec, stable_hash
+from .timing import Runner
 
 __all__ = ["compiled_runner", "package_tag"]
 
@@ -60,11 +60,4 @@ def compiled_runner(arch: Any, spec: TargetSpec) -> Runner:
     t0 = time.perf_counter()
     fn = load_package(path)
     info["load_s"] = time.perf_counter() - t0
-    x_np = np.random.default_rng(SEED).standard_normal(spec.input_shape).astype(np.float32)
-    x = torch.from_numpy(x_np.copy())
-
-    def run() -> torch.Tensor:
-        with torch.inference_mode():
-            return fn(x)
-
-    return Runner("torch", run, x_np, spec.threads, info)
+    return torch_runner(fn, torch.from_numpy(fixed_input(spec.input_shape)), spec.threads, info)

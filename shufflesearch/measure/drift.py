@@ -13,22 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from .cache import LatencyCache
-from .env import clock_for
-from .protocol import (
-    DRIFT_BOUND,
-    REFERENCE_SEED,
-    ReferenceSchedule,
-    _timing_context,
-    _window,
-    measure_arch,
-    reference_model,
-    time_rounds,
-    torch_runner,
-)
+from .protocol import DRIFT_BOUND, REFERENCE_SEED, ReferenceSchedule, measure_arch, window
 from .target import REFERENCE_ARCH, Latency, TargetSpec
+
+CHECK_REL_IQR = 0.03  # a check of the reference alone stops once its IQR is within 3% of its median
 
 # --- drift ------------------------------------------------------------------------------------------
 
@@ -79,18 +68,9 @@ class DriftMonitor:
     def check(self) -> DriftCheck:
         """Time the reference alone (its own median) and add it to the schedule."""
         before = self.schedule.figure()
-        if self.spec.backend == "torch":
-            x = torch.randn(*self.spec.input_shape)
-            if self.spec.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _timing_context(self.spec.threads, True):
-                runs = time_rounds([torch_runner(reference_model(self.spec), x)],
-                                   clock_name=clock_for(self.spec.threads), max_seconds=self.max_seconds,
-                                   target_rel_ci=0.03)[0]
-            ms = statistics.median(runs)
-        else:  # other backends time the reference in their own window: use a window's figure
-            ms = statistics.median(_window([], self.spec, max_seconds=self.max_seconds, lock=True,
-                                           calibration=self.calibration)[0])
+        runs = window([], self.spec, max_seconds=self.max_seconds, lock=True, calibration=self.calibration,
+                      target_rel_ci=CHECK_REL_IQR)[0]
+        ms = statistics.median(runs)
         self.schedule.add(ms)
         self._since = 0
         return self._record(ms, before)

@@ -25,7 +25,6 @@ sees the models' ratios, not the machine's phases between them.
 from __future__ import annotations
 
 import json
-import os
 import random
 import statistics
 from collections.abc import Iterable
@@ -38,14 +37,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..common.files import atomic_write
 from ..errors import UserError
 from ..model.arch import Arch, ArchError, Stage, Stem
 from ..model.compile import build
 from ..model.cost import node_cost
 from ..model.graph import op_graph
 from .env import cache_dir, fingerprint, fingerprint_id
-from .protocol import _iqr, measure, measure_model
+from .protocol import measure, measure_model
 from .target import TargetSpec
+from .timing import iqr
 
 KINDS = ("stem", "v1", "v1_down", "v2", "v2_down", "head", "classifier")
 JOINT_MIN = 10  # whole-model timings needed to fit the unit model jointly (8 coefficients)
@@ -171,9 +172,7 @@ class LatencyTable:
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.__dict__))
-        os.replace(tmp, path)  # atomic: a reader never sees half a table
+        atomic_write(path, json.dumps(self.__dict__))  # a reader never sees half a table
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
@@ -276,7 +275,7 @@ def build_table(
         t.reference_ms = statistics.median(refs)
         first = lats[0].reference or {}
         t.reference = {"arch": first.get("arch"), "archid": first.get("archid"),
-                       "spread": _iqr(refs) / t.reference_ms, "n": len(refs)}
+                       "spread": iqr(refs) / t.reference_ms, "n": len(refs)}
     ratios, rows, ys = [], [], []
     for a, lat in zip(cal, lats):
         es = unit_entries(a, spec)

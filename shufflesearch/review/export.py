@@ -47,6 +47,7 @@ from ..accuracy.data import load_data
 from ..common.files import prepare_out_dir
 from ..errors import UserError
 from ..measure import backends as B
+from ..measure.timing import time_rounds
 from ..model.arch import Arch, load_arch, resolve_arch
 from ..model.codegen import model_source
 from ..model.compile import (
@@ -58,7 +59,6 @@ from ..model.compile import (
 )
 from .bundle import _BATCH, AOTI, ARTEFACTS, INT8, ExportResult, render_report
 
-_CALIBRATION_IMAGES = 64  # from the proxy task's training split; MinMax ranges settle by then
 _AGREEMENT_IMAGES = 500  # validation images compared at most (digits has 360)
 # model.py may import these and nothing else: "depends only on torch" is checked, not hoped.
 _ALLOWED_IMPORTS = {"__future__", "os", "collections", "typing", "dataclasses", "torch"}
@@ -345,7 +345,7 @@ def _export_aoti(model: torch.nn.Module, path: Path, res: int, batch: int, threa
                 return f(x)
         return B.Runner("torch", run, x.numpy(), threads, {})
 
-    t_ref, t_e, t_a = B.time_interleaved([runner(model), runner(inf), runner(fn)], seconds=1.0)
+    t_ref, t_e, t_a = time_rounds([runner(model), runner(inf), runner(fn)], max_seconds=1.0, target_rel_ci=None)
     return {
         "max_abs_diff": diff, "batch": batch, "resolution": res, "threads": threads,
         "compile_s": compile_s, "size_kb": path.stat().st_size / 1024,
@@ -364,7 +364,7 @@ def _export_int8(fp32: Path, path: Path, x: torch.Tensor, ref: torch.Tensor, sca
     data = load_data(proxy)
     shape = tuple(x.shape[1:])  # (C, H, W): the exported size; proxy images are resized to it
     try:
-        cal = B.calibration_array(data.batch("train", _CALIBRATION_IMAGES, seed=0).x, (1, *shape))
+        cal = B.calibration_array(B.calibration_images(data), (1, *shape))
         B.quantize_int8(fp32, path, cal, batch=16)
         q = B.onnx_session(path, threads=torch.get_num_threads())
         f = B.onnx_session(fp32, threads=torch.get_num_threads())
@@ -390,7 +390,7 @@ def _export_int8(fp32: Path, path: Path, x: torch.Tensor, ref: torch.Tensor, sca
     one = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
     runners = [B.Runner("onnxruntime", (lambda s=s: s.run(None, {s.get_inputs()[0].name: one})), one, 1, {})
                for s in (B.onnx_session(fp32, 1), B.onnx_session(path, 1))]
-    t_f, t_q = B.time_interleaved(runners, seconds=1.0)
+    t_f, t_q = time_rounds(runners, max_seconds=1.0, target_rel_ci=None)
     return {
         "max_abs_diff": diff,
         "proxy": data.spec.name,

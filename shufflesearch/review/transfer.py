@@ -22,10 +22,10 @@ from typing import Any
 from ..accuracy.data import load_data
 from ..common.stats import kendall_tau
 from ..errors import UserError
+from ..measure.backends import calibration_images
 from ..measure.protocol import retime
 from ..measure.target import BACKENDS
 from ..model.arch import Arch
-from ..search.evaluator import CALIBRATION_IMAGES  # int8: calibrated as in the search
 from ..search.front import on_one_reference, pareto_front, shown_front
 from ..search.records import TrialRecord
 from .pareto import load_records
@@ -73,7 +73,7 @@ def transfer(run_path: str | Path, backends: Sequence[str], *, seconds_per_point
     for b in backends:
         if progress is not None:
             progress(f"timing {len(points)} points on {b}")
-        cal = load_data(run.space.data).batch("train", CALIBRATION_IMAGES).x if b == "onnxruntime-int8" else None
+        cal = calibration_images(load_data(run.space.data)) if b == "onnxruntime-int8" else None
         lat[b] = retime(archs, dataclasses.replace(target, backend=b), calibration=cal,
                         max_seconds=seconds_per_point * (len(archs) + 1))
     on_front: dict[str, set[str]] = {}

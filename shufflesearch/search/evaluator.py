@@ -16,6 +16,7 @@ from ..accuracy.proxies import compute_proxies, proxy_score
 from ..common.threads import torch_threads
 from ..errors import UserError
 from ..guidelines.checks import check, load_calibration
+from ..measure import backends
 from ..measure.cache import LatencyCache
 from ..measure.drift import DriftMonitor
 from ..measure.env import compute_lock, fingerprint, fingerprint_id, timing_lock
@@ -28,11 +29,6 @@ from .records import GuidelineSummary, TrialRecord
 from .space import SearchSpace
 
 log = logging.getLogger("shufflesearch.search")
-
-# onnxruntime-int8 calibrates on this many training images: the timed graph (where the QDQ
-# nodes go) does not depend on them, and quantising cost grows with them (README, Runtimes).
-CALIBRATION_IMAGES = 16
-
 
 # --- evaluation -------------------------------------------------------------------------------
 
@@ -57,11 +53,11 @@ def prefilter_table(space: SearchSpace) -> LatencyTable | None:
 
 
 def calibration_images(space: SearchSpace, data: ProxyData | None = None) -> Any:
-    """The images an int8 target is calibrated on (the proxy task's training split); None for
-    the other backends, which need none."""
+    """The images an int8 target is calibrated on (``backends.calibration_images``: the proxy
+    task's training split); None for the other backends, which need none."""
     if space.target.backend != "onnxruntime-int8":
         return None
-    return (data or load_data(space.data)).batch("train", CALIBRATION_IMAGES).x
+    return backends.calibration_images(data or load_data(space.data))
 
 
 class Evaluator:

@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import yaml
 
+from ..common.files import atomic_write
 from ..common.yamlio import Located, parse_yaml
 from ..errors import UserError
 from .space import SearchSpace, parse_space
@@ -89,9 +90,7 @@ def open_run(space: SearchSpace, name: str | None = None, runs_root: str | Path 
         if url.startswith("sqlite:///"):
             _sqlite_wal(Path(url[len("sqlite:///"):]))
         doc = {"fingerprint": fp, "space_file": space.path, "storage": url, "config": space.raw}
-        tmp = cfg.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-        os.replace(tmp, cfg)  # atomic: a crash never leaves half a config
+        atomic_write(cfg, yaml.safe_dump(doc, sort_keys=False))  # a crash never leaves half a config
     run = Run(root, name, url, space)
     st = run.storage()
     study = optuna.create_study(
