@@ -25,15 +25,9 @@ import time
 from shufflesearch.common.stats import kendall_tau
 from shufflesearch.measure.env import fingerprint
 from shufflesearch.measure.predictor import random_archs
-from shufflesearch.measure.protocol import (
-    ESTIMATOR,
-    ESTIMATORS,
-    ReferenceSchedule,
-    estimate,
-    inference_model,
-    measure_model,
-)
+from shufflesearch.measure.protocol import ReferenceSchedule, inference_model, measure_model
 from shufflesearch.measure.target import TargetSpec
+from shufflesearch.measure.timing import ESTIMATOR, ESTIMATORS, estimate
 from shufflesearch.search.space import load_space
 
 

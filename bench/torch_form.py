@@ -3,7 +3,7 @@
 For each preset and batch: the eager reference, the eager inference form (what a search
 times: BN folded, shuffle fused, NHWC) and the compiled inference form (the AOTInductor
 package that ``export --aoti`` writes as model.aoti.pt2, built by the same code) run in
-interleaved rounds in one process, 1 thread, 224x224 (``backends.time_interleaved``). The
+interleaved rounds in one process, 1 thread, 224x224 (``timing.time_rounds``). The
 speed-up is the reference's time over the form's, taken per round; printed is its median
 with a distribution-free 95% interval of the median (order statistics of the rounds). The
 compile time of each package is printed too: it is paid once per architecture and shape.
@@ -30,6 +30,7 @@ import torch
 from shufflesearch.measure import backends as B
 from shufflesearch.measure.compiled import compiled_runner
 from shufflesearch.measure.target import TargetSpec
+from shufflesearch.measure.timing import Runner, time_rounds
 from shufflesearch.model.arch import preset
 
 PRESETS = "shufflenet_v2_x0_5,shufflenet_v2_x1_0,shufflenet_v2_x1_5"
@@ -49,16 +50,9 @@ def median_ci(xs: list[float]) -> tuple[float, float, float]:
     return statistics.median(s), s[lo], s[hi]
 
 
-def reference_runner(name: str, spec: TargetSpec) -> B.Runner:
+def reference_runner(name: str, spec: TargetSpec) -> Runner:
     model = B.seeded_model(preset(name))  # the training form, eval mode, NCHW
-    x_np = np.random.default_rng(0).standard_normal(spec.input_shape).astype(np.float32)
-    x = torch.from_numpy(x_np)
-
-    def run() -> torch.Tensor:
-        with torch.inference_mode():
-            return model(x)
-
-    return B.Runner("torch", run, x_np, spec.threads, {})
+    return B.torch_runner(model, torch.from_numpy(B.fixed_input(spec.input_shape)), spec.threads)
 
 
 def main() -> None:
@@ -82,7 +76,8 @@ def main() -> None:
                 scale = float(np.abs(ref.outputs()).max())
                 for r in (eager, aoti):  # the forms compute what the reference does
                     assert np.abs(r.outputs() - ref.outputs()).max() <= 1e-3 * scale
-                t_ref, t_e, t_a = B.time_interleaved([ref, eager, aoti], seconds=args.seconds, min_rounds=15)
+                t_ref, t_e, t_a = time_rounds([ref, eager, aoti], max_seconds=args.seconds, min_rounds=15,
+                                              target_rel_ci=None)
                 e = median_ci([r / x for r, x in zip(t_ref, t_e)])
                 a = median_ci([r / x for r, x in zip(t_ref, t_a)])
                 print(f"{name:<20} {b:>5} {statistics.median(t_ref):>8.2f} {statistics.median(t_e):>8.2f} "

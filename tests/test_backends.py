@@ -180,6 +180,24 @@ def test_int8_calibrates_a_batch_larger_than_its_images():
     assert _input_scale(c.info["path"]) == pytest.approx(_input_scale(d.info["path"]), rel=1e-6)
 
 
+def test_int8_calibrates_everywhere_on_one_draw_of_the_training_split(tmp_path):
+    from shufflesearch.search.evaluator import calibration_images as search_images
+
+    space = load_space(_tiny_space(tmp_path, "onnxruntime-int8"))
+    data = load_data(space.data)
+    x = B.calibration_images(data)
+    assert x.dtype == np.float32 and x.shape == (B.CALIBRATION_IMAGES, *data.split("train").x.shape[1:])
+    train = {img.tobytes() for img in data.split("train").x.numpy()}
+    assert all(img.tobytes() in train for img in x)  # the training split, never what is scored
+    assert len({img.tobytes() for img in x}) > B.CALIBRATION_IMAGES // 2  # a draw, not one image
+    # one draw: the same images every time and for every caller (the search's, the CLI's,
+    # a transfer's), so a quantised model is made once and found in the cache by the others
+    again = B.calibration_images(load_data(space.data))
+    assert np.array_equal(x, again) and np.array_equal(x, search_images(space))
+    assert not np.array_equal(x, B.calibration_images(data, seed=1))
+    assert len(B.calibration_images(data, 8)) == 8
+
+
 def test_int8_without_calibration_is_an_error():
     with pytest.raises(UserError, match="calibration"):
         B.make_runner(TINY, TargetSpec(resolution=32, backend="onnxruntime-int8"))

@@ -1,8 +1,9 @@
 """Latency on this machine: what is timed, how, and what is remembered.
 
 Owns: the target spec and Latency record (target), the environment fingerprint, cache folder
-and cross-process locks (env), the timing protocol (protocol), the latency cache (cache), the
-drift monitor (drift), the per-unit latency predictor (predictor), the runtimes (backends)
-and the torch backend's compiled form (compiled).
+and cross-process locks (env), the one timing loop, its Runner and estimators (timing), the
+timing protocol relative to a reference (protocol), the latency cache (cache), the drift
+monitor (drift), the per-unit latency predictor (predictor), the runtimes and the int8
+calibration rule (backends) and the torch backend's compiled form (compiled).
 May import: common, model and errors.
 """

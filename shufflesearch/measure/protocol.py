@@ -23,9 +23,10 @@ noisy environments", 2016). So a measurement:
 
 Backends plug in as ``timing.Runner``s, zero-argument callables that run one forward pass,
 built by ``backends.make_runner``/``make_module_runner``; every backend is timed by the same
-rounds, in this thread, against the reference built for the same backend. ORT sessions run without spinning, and with one
-intra-op thread every kernel runs on the calling thread, so the thread-CPU clock times them as
-it times torch (a child process is not needed; bench/backends.py times them side by side).
+rounds, in this thread, against the reference built for the same backend. ORT sessions run
+without spinning, and with one intra-op thread every kernel runs on the calling thread, so the
+thread-CPU clock times them as it times torch (a child process is not needed;
+bench/backends.py times them side by side).
 int8 needs calibration images, which the caller passes (``backends.calibration_images``).
 """
 
