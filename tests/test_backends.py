@@ -163,7 +163,7 @@ def _input_scale(path: str) -> float:
 
 
 def test_int8_calibrates_a_batch_larger_than_its_images():
-    # Issue 21 item 5: 16 calibration images at target.batch 32 did not fill one batch and
+    # 16 calibration images at target.batch 32 once did not fill one batch, and
     # nothing could be measured.
     images = digits_like(16, 3)[:, :, :16, :16].copy()
     images[5] *= 40  # one image with a far wider range: the input's scale must see it
