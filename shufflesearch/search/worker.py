@@ -28,8 +28,8 @@ from .objective import (
     optuna_constraints,
 )
 from .records import TrialRecord
-from .runfolder import GRACE_S, HEARTBEAT_S, Run, _setup_log, claim, claims, open_run, trial_state
-from .space import SearchSpace, load_space
+from .runfolder import GRACE_S, HEARTBEAT_S, Run, claim, claims, trial_state
+from .space import SearchSpace
 
 log = logging.getLogger("shufflesearch.search")
 
@@ -321,10 +321,3 @@ def work(run: Run, budget: int, stop_event: Any = None, worker: int = 0) -> int:
             failures = 0
     return 0
 
-
-def _worker_main(space_path: str, name: str, runs_root: str, storage: str | None, budget: int,
-                 worker: int) -> int:
-    space = load_space(space_path)
-    run = open_run(space, name, runs_root, storage)
-    _setup_log(run)
-    return work(run, budget, worker=worker)
