@@ -157,9 +157,10 @@ def ladder_run(arch: Arch | str, data: ProxyData, rungs: Sequence[int], seed: in
     out = []
     for k, steps in enumerate(rungs, 1):
         t0 = time.perf_counter()
-        trainer.run(steps)
-        out.append({"rung": k, "steps": steps, **rung_estimates(trainer, data),
-                    "seconds": time.perf_counter() - t0})
+        with compute_lock():  # never train or score while a search on this machine times
+            trainer.run(steps)
+            out.append({"rung": k, "steps": steps, **rung_estimates(trainer, data),
+                        "seconds": time.perf_counter() - t0})
     return out
 
 

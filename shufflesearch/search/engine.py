@@ -13,6 +13,10 @@ trial is evaluated only while it holds one of the budget's slots, claimed in the
 storage (worker.py), so the count is exact under any interleaving of workers, retries and
 kills. Crashed workers' trials go stale through Optuna's heartbeat, are failed and retried,
 and their slots pass on.
+
+Workers: ``workers`` processes on this machine (``"auto"``: one per usable core) share the
+study; one runs in this process, more are spawned (below). They train side by side, and each
+latency is timed alone: the timing lock (measure/env.py) pauses the others' training.
 """
 
 from __future__ import annotations
