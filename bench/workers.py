@@ -5,8 +5,8 @@ The same search (a fresh run folder and latency cache each time) runs with --wor
 with --workers K, alternately for --rounds rounds, so load changes on the machine hit both.
 For each it prints the search phase's wall time (first search trial started to last one
 finished; baselines and end-of-run steps left out), the trials per minute, and from the lock
-trace (SHUFFLESEARCH_LOCK_TRACE) the time spent timing and what the timings waited for the
-lock. Nothing is asserted: the ratio depends on the machine, on what else runs, and on how
+trace (SHUFFLESEARCH_LOCK_TRACE) the time spent timing, what the timings waited for the lock,
+and how much of the training ran side by side in two or more workers. Nothing is asserted: the ratio depends on the machine, on what else runs, and on how
 much of a trial is timing (docs: "What this costs").
 
     python bench/workers.py [--space tests/spaces/ladder.yaml] [--budget 12] [--workers auto]
@@ -37,6 +37,18 @@ def lock_holds(trace: Path) -> list[tuple[str, float, float, float]]:
     return out
 
 
+def side_by_side(holds: list[tuple[str, float, float, float]]) -> float:
+    """Seconds during which two or more processes trained (held the compute lock) at once."""
+    edges = sorted([(g, 1) for k, _, g, _ in holds if k == "compute"]
+                   + [(r, -1) for k, _, _, r in holds if k == "compute"])
+    busy, last, both = 0, 0.0, 0.0
+    for t, d in edges:
+        if busy >= 2:
+            both += t - last
+        busy, last = busy + d, t
+    return both
+
+
 def one_run(space: str, budget: int, workers: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         root = Path(tmp)
@@ -53,9 +65,12 @@ def one_run(space: str, budget: int, workers: int) -> dict[str, float]:
                   and not t.user_attrs.get("baseline")]
         start = min(t.datetime_start for t in trials)
         end = max(t.datetime_complete for t in trials)
-        timings = [h for h in lock_holds(root / "trace") if h[0] == "timing"]
+        holds = lock_holds(root / "trace")
+        timings = [h for h in holds if h[0] == "timing"]
     return {"wall": wall, "search": (end - start).total_seconds(), "trials": len(trials),
             "timed": sum(r - g for _, _, g, r in timings),
+            "trained": sum(r - g for k, _, g, r in holds if k == "compute"),
+            "side_by_side": side_by_side(holds),
             "wait_median": statistics.median([g - a for _, a, g, _ in timings]) if timings else 0.0,
             "wait_max": max([g - a for _, a, g, _ in timings], default=0.0)}
 
@@ -80,7 +95,8 @@ def main() -> None:
         med = {key: statistics.median(r[key] for r in rs) for key in rs[0]}
         print(f"  {w:2d} worker(s): search phase {med['search']:6.1f} s ({60 * med['trials'] / med['search']:5.1f} "
               f"trials/min), whole command {med['wall']:6.1f} s; timing {med['timed']:5.1f} s, a timing "
-              f"waited {med['wait_median']:.3f} s (median), {med['wait_max']:.3f} s (max)")
+              f"waited {med['wait_median']:.3f} s (median), {med['wait_max']:.3f} s (max); trained "
+              f"{med['trained']:5.1f} s, {med['side_by_side']:5.1f} s of it side by side")
     one = statistics.median(r["search"] for r in res[1])
     many = statistics.median(r["search"] for r in res[k])
     print(f"  speed-up of the search phase with {k} workers: {one / many:.2f}x")
