@@ -59,7 +59,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fault-bench-"))
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "SHUFFLESEARCH_CACHE_DIR": str(tmp / "cache")}
     env.pop("SHUFFLESEARCH_FAULT", None)
-    cmd = [sys.executable, "-m", "shufflesearch.cli", "run", a.space, "--budget", str(budget),
+    cmd = [sys.executable, "-m", "shufflesearch.cli", "run", a.space, "--budget", str(budget), "--workers", "1",
            "--runs", str(tmp / "runs"), "--name", "tiny", "--quiet"]
     db = tmp / "runs" / "tiny" / "study.db"
     before: dict[int, tuple[list[float], str]] = {}
@@ -139,7 +139,7 @@ def end_steps(repeats: int, tmp: Path, env: dict[str, str]) -> bool:
             # 2nd heartbeat, 4 s in, with results of the step stored before the kill
             for hit in (1,) if st == "retime" else (3,):
                 name = f"e{r}{st}{hit}"
-                cmd = [sys.executable, "-m", "shufflesearch.cli", "run", str(space), "--budget", "3",
+                cmd = [sys.executable, "-m", "shufflesearch.cli", "run", str(space), "--budget", "3", "--workers", "1",
                        "--runs", str(tmp / "ends"), "--name", name, "--quiet"]
                 rc = subprocess.run(cmd, env={**env, "SHUFFLESEARCH_FAULT": f"{st}:{hit}"},
                                     stderr=subprocess.DEVNULL).returncode

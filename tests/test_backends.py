@@ -346,7 +346,7 @@ def test_run_times_trials_on_the_space_backend(tmp_path, backend):
     from shufflesearch.review.pareto import load_records
 
     space = _tiny_space(tmp_path, backend)
-    assert main(["run", str(space), "--budget", "2", "--name", "b", "--runs", str(tmp_path / "runs"), "--quiet"]) == 0
+    assert main(["run", str(space), "--budget", "2", "--workers", "1", "--name", "b", "--runs", str(tmp_path / "runs"), "--quiet"]) == 0
     _, records = load_records(tmp_path / "runs" / "b")
     done = [r for r in records if r.state == "COMPLETE"]
     assert len(done) == 2
@@ -370,7 +370,7 @@ def test_latency_transfer_and_report(tmp_path, capsys):
 
     # Two baselines make at least two points whatever the front.
     space = _tiny_space(tmp_path, "torch", "[shufflenet_v2_x0_5, shufflenet_v1_g3_x0_5]")
-    assert main(["run", str(space), "--budget", "3", "--name", "t", "--runs", str(tmp_path / "runs"), "--quiet"]) == 0
+    assert main(["run", str(space), "--budget", "3", "--workers", "1", "--name", "t", "--runs", str(tmp_path / "runs"), "--quiet"]) == 0
     run = tmp_path / "runs" / "t"
     capsys.readouterr()
     assert main(["latency", "transfer", str(run), "--backends", "torch,onnxruntime-int8", "--json"]) == 0

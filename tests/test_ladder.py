@@ -167,14 +167,14 @@ def check_review(root: Path, out: Path, capsys) -> None:
 
 
 def test_ladder_one_worker(tmp_path, capsys):
-    run = search(LADDER, BUDGET, runs_root=tmp_path / "runs", quiet=True)
+    run = search(LADDER, BUDGET, runs_root=tmp_path / "runs", workers=1, quiet=True)
     check_ladder(run.root, BUDGET)
     decisions, _ = check_promotions(_records(run.root)[1], load_space(LADDER).fidelity.eta)
     assert decisions >= BUDGET  # every search trial decides once at rung 1, at least
     check_review(run.root, tmp_path, capsys)
     # Re-running the finished run trains nothing and re-checks nothing.
     before = study_attr(run.load_study(), "check_runs")
-    search(LADDER, BUDGET, runs_root=tmp_path / "runs", quiet=True)
+    search(LADDER, BUDGET, runs_root=tmp_path / "runs", workers=1, quiet=True)
     assert study_attr(run.load_study(), "check_runs") == before
     check_ladder(run.root, BUDGET)
 
@@ -194,7 +194,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def test_kill_9_after_a_rung_checkpoint_resumes_and_trains_nothing_twice(tmp_path):
     args = [sys.executable, "-m", "shufflesearch.cli", "run", str(LADDER), "--budget", str(BUDGET),
-            "--runs", str(tmp_path / "runs"), "--quiet"]
+            "--workers", "1", "--runs", str(tmp_path / "runs"), "--quiet"]
     root = tmp_path / "runs" / "ladder"
     # The 8th rung checkpoint of the process: past the baselines' 6, inside a search trial.
     r = subprocess.run(args, capture_output=True, text=True, timeout=600,
@@ -225,7 +225,7 @@ def test_infeasible_trials_never_train(tmp_path):
     text = LADDER.read_text() + "constraints: {macs_m: 0.9}\n"
     space = tmp_path / "ladder.yaml"
     space.write_text(text)
-    run = search(space, 4, runs_root=tmp_path / "runs", quiet=True)
+    run = search(space, 4, runs_root=tmp_path / "runs", workers=1, quiet=True)
     _, recs = _records(run.root)
     bad = [r for r in recs if r.state == "COMPLETE" and not r.feasible]
     assert bad, "the constraint should rule some trials out"
@@ -243,7 +243,7 @@ def test_fidelity_none_is_the_zero_cost_search(tmp_path):
     (tmp_path / "none.yaml").write_text(text)
     s2 = load_space(tmp_path / "none.yaml")
     assert s2.fidelity is None and "fidelity" not in s2.raw
-    run = search(TINY, 3, runs_root=tmp_path / "runs", quiet=True)
+    run = search(TINY, 3, runs_root=tmp_path / "runs", workers=1, quiet=True)
     _, recs = _records(run.root)
     for r in recs:
         assert r.rung is None and r.rungs is None and r.at_top
@@ -301,7 +301,7 @@ def test_two_machines_share_one_postgresql_ladder(tmp_path):
         c.execute(sa.text(f"CREATE DATABASE {db}"))
     storage = base.set(database=db).render_as_string(hide_password=False)
     try:
-        args = ["run", str(LADDER), "--budget", str(BUDGET), "--name", "lpg", "--storage", storage, "--quiet"]
+        args = ["run", str(LADDER), "--budget", str(BUDGET), "--workers", "1", "--name", "lpg", "--storage", storage, "--quiet"]
         procs = [subprocess.Popen([sys.executable, "-m", "shufflesearch.cli", *args, "--runs",
                                    str(tmp_path / f"m{i}")], env=_env(tmp_path), stderr=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True) for i in range(2)]

@@ -124,7 +124,7 @@ CRASH_POINTS = {
 
 @pytest.mark.parametrize("point", sorted(CRASH_POINTS))
 def test_kill_9_at_a_named_point_then_rerun(tmp_path, point, capsys):
-    args = ["run", str(TINY), "--budget", str(BUDGET), "--runs", str(tmp_path / "runs"), "--quiet"]
+    args = ["run", str(TINY), "--budget", str(BUDGET), "--workers", "1", "--runs", str(tmp_path / "runs"), "--quiet"]
     root = tmp_path / "runs" / "tiny"
     r = _cli(args, _env(tmp_path, SHUFFLESEARCH_FAULT=f"{point}:2"))
     assert r.returncode == -9, r.stderr  # died by SIGKILL, not by an error
@@ -148,7 +148,7 @@ def test_kill_9_at_a_named_point_then_rerun(tmp_path, point, capsys):
 def test_repeated_kills_at_every_point_lose_nothing(tmp_path):
     """One run folder survives a kill at each point in turn (including the retries of earlier
     victims), then one clean run completes it."""
-    args = ["run", str(TINY), "--budget", "5", "--runs", str(tmp_path / "runs"), "--quiet"]
+    args = ["run", str(TINY), "--budget", "5", "--workers", "1", "--runs", str(tmp_path / "runs"), "--quiet"]
     root = tmp_path / "runs" / "tiny"
     before: dict[int, tuple[list[float], str]] = {}
     for fault in ("latency:1", "proxies:1", "storage:1"):
@@ -191,7 +191,7 @@ def test_trials_that_raise_fail_with_their_reason_and_the_search_goes_on(tmp_pat
 
     monkeypatch.setattr(evaluator_mod, "build", build)
     monkeypatch.setattr(evaluator_mod, "compute_proxies", compute_proxies)
-    run = search(TINY, 3, runs_root=tmp_path, quiet=True)
+    run = search(TINY, 3, runs_root=tmp_path, workers=1, quiet=True)
     _, study = load_run(run.root)
     assert len(_search(study)) == 3
     reasons = [t.user_attrs.get("fail_reason", "") for t in study.get_trials(states=(TrialState.FAIL,))]
@@ -211,7 +211,7 @@ def test_a_search_where_every_trial_fails_stops_with_a_clear_error(tmp_path, mon
 
     monkeypatch.setattr(evaluator_mod, "build", build)
     with pytest.raises(UserError, match=f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed"):
-        search(TINY, 3, runs_root=tmp_path, quiet=True)
+        search(TINY, 3, runs_root=tmp_path, workers=1, quiet=True)
     _, study = load_run(tmp_path / "tiny")
     fails = study.get_trials(states=(TrialState.FAIL,))
     assert len(fails) == MAX_CONSECUTIVE_FAILURES
@@ -271,7 +271,8 @@ def fresh_pg_db():
 def test_two_processes_share_one_postgresql_study(tmp_path, fresh_pg_db):
     url = fresh_pg_db
     name = "tiny-pg"
-    args = ["run", str(TINY), "--budget", "5", "--name", name, "--storage", url, "--quiet"]
+    args = ["run", str(TINY), "--budget", "5", "--workers", "1", "--name", name, "--storage", url,
+            "--quiet"]
     env = _env(tmp_path)
     procs = [subprocess.Popen([sys.executable, "-m", "shufflesearch.cli", *args, "--runs", str(tmp_path / f"m{i}")],
                               env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -625,7 +626,7 @@ def test_kill_9_during_an_end_of_run_step_then_rerun_completes_it(tmp_path, faul
     space = tmp_path / "space.yaml"
     space.write_text(text)
     env = _env(tmp_path)
-    args = ["run", str(space), "--budget", "2", "--runs", str(tmp_path / "runs"), "--name", "s", "--quiet"]
+    args = ["run", str(space), "--budget", "2", "--workers", "1", "--runs", str(tmp_path / "runs"), "--name", "s", "--quiet"]
     r = _cli(args, {**env, "SHUFFLESEARCH_FAULT": fault})
     assert r.returncode == -9, r.stderr
     root = tmp_path / "runs" / "s"

@@ -185,7 +185,7 @@ def test_short_training_picks_the_whole_feasible_front():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    assert main(["run", str(HERE / "spaces" / "review.yaml"), "--budget", "3", "--runs", str(root),
+    assert main(["run", str(HERE / "spaces" / "review.yaml"), "--budget", "3", "--workers", "1", "--runs", str(root),
                  "--quiet"]) == 0
     return root / "review"
 

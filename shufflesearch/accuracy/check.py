@@ -36,10 +36,10 @@ def check_training(arch: Arch | str, data: ProxyData, steps: int, seeds: Sequenc
     for s in seeds:
         model = fresh_model(resolve_arch(arch), data, s)
         t0 = time.perf_counter()
-        with compute_lock():  # never train while another worker times a candidate
+        with compute_lock():  # never train or score while another worker times a candidate
             h = train_model(model, data, steps=steps, lr=lr, seed=s, device=device)
-        seconds += time.perf_counter() - t0
-        accs.append(evaluate(model, data, "check"))
+            seconds += time.perf_counter() - t0
+            accs.append(evaluate(model, data, "check"))
         losses.append(h["train_loss_sum"])
     return {"val_acc": accs, "train_loss_sum": losses, "split": "check", "seeds": list(seeds),
             "steps": steps, "seconds": seconds}

@@ -129,9 +129,10 @@ def ladder_run(arch: Arch | str, data: ProxyData, rungs: Sequence[int], seed: in
     out = []
     for k, steps in enumerate(rungs, 1):
         t0 = time.perf_counter()
-        trainer.run(steps)
-        out.append({"rung": k, "steps": steps, **rung_estimates(trainer, data),
-                    "seconds": time.perf_counter() - t0})
+        with compute_lock():  # never train or score while a search on this machine times
+            trainer.run(steps)
+            out.append({"rung": k, "steps": steps, **rung_estimates(trainer, data),
+                        "seconds": time.perf_counter() - t0})
     return out
 
 
@@ -231,17 +232,17 @@ def _train_to_rung(a: Arch, data: ProxyData, settings: FidelitySettings, rung: i
     spent = 0.0
     for k in range(start + 1, rung + 1):
         t0 = time.perf_counter()
-        with compute_lock():  # never train while another worker times a candidate
+        with compute_lock():  # never train or score while another worker times a candidate
             trainer.run(settings.rungs[k - 1])
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            # val_acc where something reads it: the top rung (the front, the check's comparison)
+            # and every rung when promotions rank by it.
+            val = k == len(settings.rungs) or settings.estimator == "val_acc"
+            estimates = rung_estimates(trainer, data, val=val)
         spent += dt
-        # val_acc where something reads it: the top rung (the front, the check's comparison)
-        # and every rung when promotions rank by it.
-        val = k == len(settings.rungs) or settings.estimator == "val_acc"
-        history.append({"rung": k, "steps": settings.rungs[k - 1],
-                        **rung_estimates(trainer, data, val=val), "seconds": dt})
+        history.append({"rung": k, "steps": settings.rungs[k - 1], **estimates, "seconds": dt})
         atomic_write(checkpoint_path(ckpt_dir, k), functools.partial(
             torch.save, {"ident": ident, "trainer": trainer.state_dict(), "history": history}))
         for old in range(1, k):  # the newer checkpoint is in place: the older ones can go

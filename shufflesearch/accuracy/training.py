@@ -9,8 +9,9 @@ validation accuracy taken after every epoch. The output folder holds
     metrics.json   per-epoch loss and accuracy, final figures, the settings that produced them
 
 so that ``shufflesearch export-arch OUT/arch.yaml --weights OUT/weights.pt`` bundles the
-trained network. Training holds the shared compute lock (latency.py) for its whole duration,
-so a search on the same machine never times a candidate while this competes for the cores.
+trained network. Training holds the shared compute lock (measure/env.py) and steps aside
+between steps while a search on the same machine times a candidate, so the two never compete
+for the cores.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tqdm import tqdm
 from ..common.files import prepare_out_dir
 from ..common.threads import torch_threads
 from ..errors import UserError
-from ..measure.env import compute_lock
+from ..measure.env import compute_lock, compute_pause
 from ..model.arch import Arch
 from ..model.compile import build
 from .data import DataSpec, ProxyData, load_data
@@ -355,6 +356,7 @@ class Trainer:
                         self.opt.step()
                         self.sched.step()
                         step += 1
+                        compute_pause()  # a latency timing waiting elsewhere goes first
                         if on_step is None:
                             pending.append(loss.detach())
                         else:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..common.stats import bootstrap_ci, kendall_tau, spearman_rho
 from ..errors import UserError
+from ..measure.env import compute_lock
 from ..model.arch import Arch, resolve_arch
 from ..model.cost import costs
 from .check import check_seeds, check_training, noise_ceiling
@@ -170,7 +171,8 @@ def _validation_row(a: Arch, data: ProxyData, names: list[str], key: dict[str, A
     """One architecture's row: its proxies, its ladder (with ``rungs``) and its ground truth."""
     steps, lr = key["steps"], key["lr"]
     t0 = time.perf_counter()
-    sc = compute_proxies(a, data, names)
+    with compute_lock():  # never score or train while a search on this machine times
+        sc = compute_proxies(a, data, names)
     zc = time.perf_counter() - t0
     ladder = ([ladder_run(a, data, rungs, seed=s, lr=lr, device=device) for s in range(ladder_seeds)]
               if rungs is not None else None)
@@ -179,7 +181,8 @@ def _validation_row(a: Arch, data: ProxyData, names: list[str], key: dict[str, A
         for r in runs:
             r["val_acc"], r["train_loss_sum"] = r["val_acc"][0], r["train_loss_sum"][0]
     else:
-        runs = [short_train(a, data, steps=steps, lr=lr, seed=s, device=device) for s in truth_seeds]
+        with compute_lock():
+            runs = [short_train(a, data, steps=steps, lr=lr, seed=s, device=device) for s in truth_seeds]
     return {
         "archid": a.archid,
         "arch": a.to_dict(),

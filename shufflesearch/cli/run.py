@@ -16,7 +16,7 @@ from ..accuracy.fidelity import FidelitySettings
 from ..accuracy.validation import format_report as format_validation
 from ..accuracy.validation import plot_report, validate_proxies, validation_set
 from ..common.settings import SettingError
-from ..common.threads import torch_threads
+from ..common.threads import check_workers, torch_threads
 from ..common.yamlio import read_yaml
 from ..errors import UserError
 from ..guidelines.calibration import save
@@ -37,14 +37,17 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, default=200, help="completed search trials to reach (default 200)")
     p.add_argument("--name", help="run name: the folder runs/NAME (default: the space file's stem)")
     p.add_argument("--runs", default="runs", help="where run folders live (default runs/)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--workers", default="auto",
+                   help="worker processes on this machine: auto (default: one per usable core, at "
+                        "most one per trial still to run) or a number >= 1")
     p.add_argument("--storage", help="an RDB URL (e.g. postgresql://...) shared by many machines")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    workers = check_workers(args.workers, "--workers")
     run = search(args.space, args.budget, name=args.name, runs_root=args.runs,
-                 storage=args.storage, workers=args.workers, quiet=args.quiet)
+                 storage=args.storage, workers=workers, quiet=args.quiet)
     if run.space.fidelity is not None:  # the run's self-check, printed even when --quiet
         print(describe_check(study_attr(run.load_study(), "check")))
     if not args.quiet:

@@ -13,22 +13,33 @@ trial is evaluated only while it holds one of the budget's slots, claimed in the
 storage (worker.py), so the count is exact under any interleaving of workers, retries and
 kills. Crashed workers' trials go stale through Optuna's heartbeat, are failed and retried,
 and their slots pass on.
+
+Workers: ``workers`` processes on this machine (``"auto"``: one per usable core) share the
+study; one runs in this process, more are spawned (below). They train side by side, and each
+latency is timed alone: the timing lock (measure/env.py) pauses the others' training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
+import os
+import signal
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from ..common.threads import train_threads
+from ..common.threads import Workers, check_workers, resolve_workers, train_threads, usable_cores
 from ..errors import UserError
 from ..model.arch import ArchError
 from .baselines import evaluate_baselines, short_train_front
@@ -38,10 +49,10 @@ from .ladder import apply_estimator, chosen_estimator, prune_checkpoints, run_ch
 from .progress import Progress
 from .records import completed
 from .retime import records_with_retime, retime_run
-from .runfolder import Run, _setup_log, open_run
+from .runfolder import Run, open_run, setup_log
 from .space import SearchSpace, load_space
-from .storage import run_step, set_study_attr, study_attr
-from .worker import _worker_main, work
+from .storage import fail_own_running, run_step, search_trials, set_study_attr, study_attr
+from .worker import work
 
 log = logging.getLogger("shufflesearch.search")
 
@@ -63,49 +74,43 @@ def check_buildable(space: SearchSpace, path: str | Path, tries: int = 50) -> No
 
 
 def search(space_path: str | Path, budget: int, name: str | None = None, runs_root: str | Path = "runs",
-           storage: str | None = None, workers: int = 1, quiet: bool = False) -> Run:
-    """`shufflesearch run`: resume or start the run, and work until the budget is reached."""
+           storage: str | None = None, workers: Workers = "auto", quiet: bool = False) -> Run:
+    """`shufflesearch run`: resume or start the run, and work until the budget is reached.
+
+    ``workers``: worker processes on this machine, an int >= 1 or ``"auto"`` (one per usable
+    core, at most one per trial still to run: common.threads.resolve_workers). One worker runs
+    in this process; more are spawned, and this process shows their progress."""
     if budget < 0:
         raise UserError(f"--budget must be >= 0, got {budget}")
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
+    asked = check_workers(workers)
     space = load_space(space_path)
     check_buildable(space, space_path)
     prefilter_table(space)  # a missing table is refused before any folder is made
     run = open_run(space, name, runs_root, storage)
-    _setup_log(run)
+    setup_log(run)
     if space.fidelity is not None and space.guidelines.mode == "penalize":
         msg = ("guidelines.mode: penalize has no effect with a fidelity ladder (the accuracy figure "
                "is the top rung's estimate, never penalised); use constrain to act on the penalty")
         log.warning("%s", msg)
         if not quiet:
             print(f"warning: {msg}", flush=True)
-    log.info("run %s: budget %d, workers %d, training threads %d, storage %s", run.name, budget,
-             workers, train_threads(), run.storage_url)
+    n = resolve_workers(asked, todo=_todo(run, budget))
+    _record_launch(run, budget, asked, n)
+    log.info("run %s: budget %d, workers %d (asked %s, %d usable cores), training threads %d, "
+             "storage %s", run.name, budget, n, asked, usable_cores(), train_threads(), run.storage_url)
     with Progress(run, budget, quiet=quiet) as progress:
-        evaluate_baselines(run)  # once, before any worker starts
-        if workers == 1:
-            th = threading.Thread(target=progress.poll_forever, daemon=True)
-            th.start()
-            work(run, budget)
-        else:
-            ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=_worker_main,
-                                 args=(str(space_path), run.name, str(runs_root), storage, budget, i))
-                     for i in range(workers)]
-            for p in procs:
-                p.start()
-            try:
-                while any(p.is_alive() for p in procs):
-                    progress.poll()
-                    time.sleep(1.0)
-            except KeyboardInterrupt:
-                for p in procs:
-                    p.terminate()
-                raise
-            bad = [p.exitcode for p in procs if p.exitcode]
-            if bad:
-                raise UserError(f"{len(bad)} worker(s) exited with an error; see {run.root / 'run.log'}")
+        try:
+            evaluate_baselines(run)  # once, before any worker starts
+            if n == 1:
+                th = threading.Thread(target=progress.poll_forever, daemon=True)
+                th.start()
+                work(run, budget)
+            else:
+                _run_workers(run, n, (str(space_path), run.name, str(runs_root), storage, budget),
+                             progress)
+        except KeyboardInterrupt:
+            _fail_interrupted(run)
+            raise
         progress.poll()
     say = None if quiet else (lambda m: print(f"run {run.name}: {m}", flush=True))
     # The self-check first: under `estimator: auto` it picks the estimator the front is drawn
@@ -153,3 +158,161 @@ def _check(run: Run, quiet: bool) -> None:
         set_study_attr(run.load_study(), "check", {"skipped": "check.top: 0 in the space", "top": 0})
         return
     run_check(run, quiet=quiet)
+
+
+# --- worker processes ----------------------------------------------------------------------------
+#
+# K > 1 workers are spawned processes that share the study; this process shows one progress
+# display for all of them and waits. Ctrl-C (SIGINT from the terminal to the whole process group,
+# or to this process alone) reaches every worker once: each fails its trial as "interrupted by the
+# user" and exits, as a single worker would; workers that do not stop within STOP_GRACE_S are
+# terminated (their trials go stale and are retried). A worker whose parent is gone (killed)
+# interrupts itself the same way, so no worker outlives the command that started it.
+
+STOP_GRACE_S = 20.0  # how long interrupted workers get to store their trials' ends
+LAUNCHES_KEPT = 50  # launches of a run remembered in its study (user attr ``launches``)
+
+
+def _todo(run: Run, budget: int) -> int:
+    """Search trials still to complete before the study holds ``budget``."""
+    return max(0, budget - len(search_trials(run.load_study(), (TrialState.COMPLETE,))))
+
+
+def _record_launch(run: Run, budget: int, asked: Workers, n: int) -> None:
+    """What this launch ran with, appended to the study's ``launches`` (the latest last): a
+    record for the reader, not a claim, so two machines starting in the same instant may keep
+    one entry of the two."""
+    study = run.load_study()
+    entry = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+             "host": socket.gethostname(), "pid": os.getpid(), "budget": budget, "workers": n,
+             "workers_asked": asked, "usable_cores": usable_cores(), "train_threads": train_threads()}
+    set_study_attr(study, "launches", [*(study_attr(study, "launches") or []), entry][-LAUNCHES_KEPT:])
+
+
+def _run_workers(run: Run, n: int, args: tuple[Any, ...], progress: Progress) -> None:
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch or SQLite state
+    procs = [ctx.Process(target=_worker_process, args=(*args, i, os.getpid()), name=f"worker {i}")
+             for i in range(n)]
+    for p in procs:
+        p.start()
+    interrupt = _Interrupt()
+    main_thread = threading.current_thread() is threading.main_thread()  # (signals need it)
+    old = signal.signal(signal.SIGINT, interrupt) if main_thread else None
+    try:
+        while any(p.is_alive() for p in procs):
+            if interrupt.requested:  # a KeyboardInterrupt that Python swallowed
+                raise KeyboardInterrupt
+            progress.poll()
+            mp_connection.wait([p.sentinel for p in procs if p.is_alive()], timeout=1.0)
+    except KeyboardInterrupt:
+        if main_thread:
+            signal.signal(signal.SIGINT, old)  # a second Ctrl-C cuts the wait short
+        _stop_workers(procs)
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, old)
+    bad = [f"worker {i} (exit code {p.exitcode})" for i, p in enumerate(procs) if p.exitcode]
+    if bad:
+        raise UserError(f"{', '.join(bad)} ended with an error; see {run.root / 'run.log'}")
+
+
+def _stop_workers(procs: list[Any]) -> None:
+    """Interrupt every live worker, give them STOP_GRACE_S to end their trials, then terminate."""
+    log.info("interrupted: stopping %d workers", sum(p.is_alive() for p in procs))
+    for p in procs:
+        if p.is_alive():
+            with contextlib.suppress(OSError):  # it ended meanwhile
+                os.kill(p.pid, signal.SIGINT)  # a worker takes the first SIGINT only
+    deadline = time.monotonic() + STOP_GRACE_S
+    try:
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+        pass
+    for p in procs:
+        if p.is_alive():
+            log.warning("%s did not stop within %.0f s; terminated", p.name, STOP_GRACE_S)
+            p.terminate()
+            p.join(5.0)
+
+
+def _fail_interrupted(run: Run) -> None:
+    """Fail the trials this process was running when Ctrl-C came. An interrupt inside a trial's
+    evaluation fails it there (worker.py); one that lands around it (sampling, taking a slot,
+    storing) would leave the trial RUNNING until its heartbeat went stale."""
+    with contextlib.suppress(Exception):  # the storage may be what was interrupted
+        fail_own_running(run.load_study(), "interrupted by the user")
+
+
+class _Interrupt:
+    """SIGINT in a spawned worker, or in the process that waits for the workers. The first
+    raises KeyboardInterrupt and is remembered, so that the loop stops at its next turn also
+    when the exception was swallowed (Python ignores one raised inside a garbage-collector
+    callback); later ones are ignored, so the clean-up runs to its end."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.requested:
+            self.requested = True
+            raise KeyboardInterrupt
+
+    def is_set(self) -> bool:  # work()'s stop_event
+        return self.requested
+
+
+def _unraisable(u: Any) -> None:
+    """A worker's KeyboardInterrupt swallowed by Python (raised inside a garbage-collector
+    callback) is not news on the terminal: _Interrupt remembers it and the worker stops."""
+    if not isinstance(u.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(u)
+
+
+def _watch_parent(parent: int) -> None:
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        log.warning("the run's main process is gone: this worker stops")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, daemon=True, name="parent watch").start()
+
+
+def _worker_process(space_path: str, name: str, runs_root: str, storage: str | None, budget: int,
+                    worker: int, parent: int) -> None:
+    """One spawned worker: log lines tagged with its number, nothing on the terminal but an
+    error; exit code 0 when the study holds the budget, 130 when interrupted, 2 on bad input."""
+    interrupt = _Interrupt()
+    signal.signal(signal.SIGINT, interrupt)
+    sys.unraisablehook = _unraisable
+    _watch_parent(parent)
+    run = None
+    code = 0
+    try:
+        space = load_space(space_path)
+        run = open_run(space, name, runs_root, storage)
+        setup_log(run, worker=worker)
+        work(run, budget, stop_event=interrupt, worker=worker)
+    except KeyboardInterrupt:
+        pass  # below, as when work() saw the request between trials
+    except UserError as e:
+        log.error("worker %d: %s", worker, e)
+        print(f"error: worker {worker}: {e}", file=sys.stderr, flush=True)
+        code = 2
+    except BaseException:
+        log.exception("worker %d failed", worker)
+        raise
+    if interrupt.requested:
+        if run is not None:
+            _fail_interrupted(run)
+        log.info("worker %d interrupted", worker)
+        code = 130
+    # Everything is stored (storage commits, checkpoints renamed into place, logs flushed): skip
+    # the interpreter's teardown of torch and the rest, seconds on a busy machine, which the
+    # parent would wait for before the end-of-run steps.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

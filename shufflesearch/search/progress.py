@@ -40,6 +40,7 @@ class Progress:
         self._stop = threading.Event()
         self._study = None
         self._last_line = 0.0
+        self._shown = -1  # trials done at the last plain line
 
     def __enter__(self) -> Progress:
         if not self.quiet:
@@ -69,8 +70,9 @@ class Progress:
             self.bar.n = min(done, self.budget)
             self.bar.set_postfix_str(f"front {n_front} | {best} | failed {failed}", refresh=False)
             self.bar.refresh()
-        elif time.monotonic() - self._last_line > 10 or done >= self.budget:
-            self._last_line = time.monotonic()
+        elif time.monotonic() - self._last_line > 10 or (done >= self.budget and done != self._shown):
+            # (the last line once: the workers' wrap-up is polled too, and it holds no news)
+            self._last_line, self._shown = time.monotonic(), done
             print(f"[{self.run.name}] {done}/{self.budget} trials, front {n_front}, {best}, failed {failed}",
                   file=sys.stderr, flush=True)
 

@@ -137,9 +137,10 @@ def _space_from_config(doc: dict, root: Path) -> SearchSpace:
     return parse_space(Located(raw, {}, str(root / "config.yaml")))
 
 
-def _setup_log(run: Run) -> None:
+def setup_log(run: Run, worker: int | None = None) -> None:
     """Log to this run's run.log: a process that runs several searches (the Python API, the
-    tests) must not keep writing into the first run's file."""
+    tests) must not keep writing into the first run's file. A spawned worker's lines carry its
+    number (``w1``) after the pid."""
     path = (run.root / "run.log").resolve()
     root = logging.getLogger("shufflesearch")
     for x in list(root.handlers):
@@ -149,6 +150,7 @@ def _setup_log(run: Run) -> None:
             root.removeHandler(x)
             x.close()
     h = logging.FileHandler(path)
-    h.setFormatter(logging.Formatter(f"%(asctime)s pid{os.getpid()} %(levelname)s %(message)s"))
+    who = f"pid{os.getpid()}" + ("" if worker is None else f" w{worker}")
+    h.setFormatter(logging.Formatter(f"%(asctime)s {who} %(levelname)s %(message)s"))
     root.addHandler(h)
     root.setLevel(logging.INFO)

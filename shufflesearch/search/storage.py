@@ -48,6 +48,7 @@ PER_TRIAL_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
 # Study user attributes: name -> what it holds.
 STUDY_ATTRS = {
     "space_fingerprint": "the search space's fingerprint (runfolder.open_run)",
+    "launches": "each launch of the run: time, host, budget, workers asked and resolved (engine)",
     "objectives": "the objective names, in Optuna's order",
     "latency_limit": "the latency_ms limit on the ratio yardstick (objective.latency_limit)",
     "retime": "the end-of-run side-by-side re-timing (retime.py)",
@@ -190,6 +191,16 @@ def is_final(t: FrozenTrial) -> bool:
 def started_by_worker(t: FrozenTrial) -> bool:
     """A worker marked this trial (``mark_started``), not a retry copying the mark."""
     return (t.system_attrs.get(_WORKER) or {}).get("trial_id") == t._trial_id
+
+
+def fail_own_running(study: optuna.Study, reason: str) -> None:
+    """Fail the RUNNING trials that this process marked as started, with ``reason`` (a worker
+    interrupted around a trial's evaluation, whose heartbeat would otherwise have to go stale)."""
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        mark = t.system_attrs.get(_WORKER) or {}
+        if started_by_worker(t) and all(mark.get(k) == v for k, v in me.items()):
+            end_trial(study, t._trial_id, TrialState.FAIL, reason=reason)
 
 
 # --- writing trials -----------------------------------------------------------------------------

@@ -25,8 +25,8 @@ from .objective import (
     optuna_constraints,
 )
 from .records import TrialRecord
-from .runfolder import Run, _setup_log, open_run
-from .space import SearchSpace, load_space
+from .runfolder import Run
+from .space import SearchSpace
 from .storage import (
     GRACE_S,
     PER_TRIAL_CONSTRAINTS,
@@ -299,10 +299,3 @@ def work(run: Run, budget: int, stop_event: Any = None, worker: int = 0) -> int:
             failures = 0
     return 0
 
-
-def _worker_main(space_path: str, name: str, runs_root: str, storage: str | None, budget: int,
-                 worker: int) -> int:
-    space = load_space(space_path)
-    run = open_run(space, name, runs_root, storage)
-    _setup_log(run)
-    return work(run, budget, worker=worker)
