@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -226,91 +226,111 @@ def _integral(x: float) -> bool:
     return abs(x - round(x)) < 1e-9
 
 
+def _err(path: str, msg: str) -> NoReturn:
+    raise ArchError(f"{path}: {msg}")
+
+
 def validate(a: Arch) -> None:
     """Raise ArchError naming the first field that breaks a rule of construction."""
-
-    def err(path: str, msg: str) -> None:
-        raise ArchError(f"{path}: {msg}")
-
-    if a.in_channels < 1:
-        err("in_channels", f"must be >= 1, got {a.in_channels}")
-    if a.num_classes < 1:
-        err("num_classes", f"must be >= 1, got {a.num_classes}")
-    if a.head < 0:
-        err("head", f"must be >= 0 (0 means no final conv), got {a.head}")
-    if a.stem.channels < 1:
-        err("stem.channels", f"must be >= 1, got {a.stem.channels}")
-    if a.stem.stride not in (1, 2):
-        err("stem.stride", f"must be 1 or 2, got {a.stem.stride}")
-    if not a.stages:
-        err("stages", "at least one stage is required")
+    _validate_whole(a)
     c_in = a.stem.channels
     for i, s in enumerate(a.stages):
         p = f"stages[{i}]"
-        if s.family not in FAMILIES:
-            err(f"{p}.family", f"must be one of {', '.join(FAMILIES)}, got {s.family!r}")
-        if s.channels < 1:
-            err(f"{p}.channels", f"must be >= 1, got {s.channels}")
-        if s.depth < 1:
-            err(f"{p}.depth", f"must be >= 1, got {s.depth}")
-        if s.stride not in (1, 2):
-            err(f"{p}.stride", f"must be 1 or 2, got {s.stride}")
-        ks = s.kernels()
-        if len(ks) != s.depth:
-            err(f"{p}.kernel", f"gives {len(ks)} kernels for {s.depth} units")
-        for j, k in enumerate(ks):
-            if k not in KERNELS:
-                at = f"{p}.kernel" if isinstance(s.kernel, int) else f"{p}.kernel[{j}]"
-                err(at, f"must be one of {KERNELS}, got {k}")
-        c = s.channels
+        _validate_stage(p, s)
         if s.family == "v2":
-            if s.layout not in LAYOUTS:
-                err(f"{p}.layout", f"must be one of {', '.join(LAYOUTS)}, got {s.layout!r}")
-            if not 0 < s.split < 1:
-                err(f"{p}.split", f"must lie strictly between 0 and 1, got {s.split}")
-            if s.groups != 1:
-                err(f"{p}.groups", "v2 units have no grouped 1x1 convs; must be 1")
-            if c % 2:
-                err(f"{p}.channels", f"{c} must be even (the channel shuffle uses 2 groups)")
-            branch = c * s.split
-            if not _integral(branch):
-                err(f"{p}.split", f"{s.split} of {c} channels is {branch:g}, not a whole number")
-            if s.depth > 1 and not 0 < round(branch) < c:
-                err(f"{p}.split", f"{s.split} of {c} channels leaves one side empty")
-            if s.layout == "megvii" and c - c_in < 1:
-                err(
-                    f"{p}.channels",
-                    f"{c} must exceed the input width {c_in} in the megvii layout "
-                    "(the main branch emits channels - input)",
-                )
-            if s.layout == "torchvision" and not 0 < round(branch) < c:
-                err(f"{p}.split", f"{s.split} of {c} channels leaves one side empty")
+            _validate_v2(p, s, c_in)
         else:
-            g = s.groups
-            if g < 1:
-                err(f"{p}.groups", f"must be >= 1, got {g}")
-            if s.split != 0.5:
-                err(f"{p}.split", "v1 units do not split channels; leave it at 0.5")
-            if c % g:
-                err(f"{p}.groups", f"{g} does not divide {c}")
-            mid = c * s.bottleneck
-            if not _integral(mid) or mid < 1:
-                err(f"{p}.bottleneck", f"{s.bottleneck} of {c} channels is {mid:g}, not a whole number >= 1")
-            mid = round(mid)
-            if mid % g:
-                err(f"{p}.groups", f"{g} does not divide the bottleneck width {mid}")
-            if i > 0 and c_in % g:  # the very first 1x1 (on the stem's output) is ungrouped
-                err(f"{p}.groups", f"{g} does not divide the stage's input width {c_in}")
-            if s.stride == 2 or c != c_in:
-                if c - c_in < 1:
-                    err(
-                        f"{p}.channels",
-                        f"{c} must exceed the input width {c_in} (a v1 downsampling unit "
-                        "concatenates its input with channels - input new ones)",
-                    )
-                if (c - c_in) % g:
-                    err(f"{p}.groups", f"{g} does not divide channels - input = {c - c_in}")
-        c_in = c
+            _validate_v1(i, p, s, c_in)
+        c_in = s.channels
+
+
+def _validate_whole(a: Arch) -> None:
+    """The fields outside the stages, and that there are stages."""
+    if a.in_channels < 1:
+        _err("in_channels", f"must be >= 1, got {a.in_channels}")
+    if a.num_classes < 1:
+        _err("num_classes", f"must be >= 1, got {a.num_classes}")
+    if a.head < 0:
+        _err("head", f"must be >= 0 (0 means no final conv), got {a.head}")
+    if a.stem.channels < 1:
+        _err("stem.channels", f"must be >= 1, got {a.stem.channels}")
+    if a.stem.stride not in (1, 2):
+        _err("stem.stride", f"must be 1 or 2, got {a.stem.stride}")
+    if not a.stages:
+        _err("stages", "at least one stage is required")
+
+
+def _validate_stage(p: str, s: Stage) -> None:
+    """The rules every family shares: family, widths, depth, stride, kernels."""
+    if s.family not in FAMILIES:
+        _err(f"{p}.family", f"must be one of {', '.join(FAMILIES)}, got {s.family!r}")
+    if s.channels < 1:
+        _err(f"{p}.channels", f"must be >= 1, got {s.channels}")
+    if s.depth < 1:
+        _err(f"{p}.depth", f"must be >= 1, got {s.depth}")
+    if s.stride not in (1, 2):
+        _err(f"{p}.stride", f"must be 1 or 2, got {s.stride}")
+    ks = s.kernels()
+    if len(ks) != s.depth:
+        _err(f"{p}.kernel", f"gives {len(ks)} kernels for {s.depth} units")
+    for j, k in enumerate(ks):
+        if k not in KERNELS:
+            at = f"{p}.kernel" if isinstance(s.kernel, int) else f"{p}.kernel[{j}]"
+            _err(at, f"must be one of {KERNELS}, got {k}")
+
+
+def _validate_v2(p: str, s: Stage, c_in: int) -> None:
+    """A V2 stage: a channel split into two whole, non-empty branches, no grouped 1x1s."""
+    c = s.channels
+    if s.layout not in LAYOUTS:
+        _err(f"{p}.layout", f"must be one of {', '.join(LAYOUTS)}, got {s.layout!r}")
+    if not 0 < s.split < 1:
+        _err(f"{p}.split", f"must lie strictly between 0 and 1, got {s.split}")
+    if s.groups != 1:
+        _err(f"{p}.groups", "v2 units have no grouped 1x1 convs; must be 1")
+    if c % 2:
+        _err(f"{p}.channels", f"{c} must be even (the channel shuffle uses 2 groups)")
+    branch = c * s.split
+    if not _integral(branch):
+        _err(f"{p}.split", f"{s.split} of {c} channels is {branch:g}, not a whole number")
+    if s.depth > 1 and not 0 < round(branch) < c:
+        _err(f"{p}.split", f"{s.split} of {c} channels leaves one side empty")
+    if s.layout == "megvii" and c - c_in < 1:
+        _err(
+            f"{p}.channels",
+            f"{c} must exceed the input width {c_in} in the megvii layout "
+            "(the main branch emits channels - input)",
+        )
+    if s.layout == "torchvision" and not 0 < round(branch) < c:
+        _err(f"{p}.split", f"{s.split} of {c} channels leaves one side empty")
+
+
+def _validate_v1(i: int, p: str, s: Stage, c_in: int) -> None:
+    """A V1 stage: groups that divide every grouped 1x1's input and output widths."""
+    c, g = s.channels, s.groups
+    if g < 1:
+        _err(f"{p}.groups", f"must be >= 1, got {g}")
+    if s.split != 0.5:
+        _err(f"{p}.split", "v1 units do not split channels; leave it at 0.5")
+    if c % g:
+        _err(f"{p}.groups", f"{g} does not divide {c}")
+    mid = c * s.bottleneck
+    if not _integral(mid) or mid < 1:
+        _err(f"{p}.bottleneck", f"{s.bottleneck} of {c} channels is {mid:g}, not a whole number >= 1")
+    mid = round(mid)
+    if mid % g:
+        _err(f"{p}.groups", f"{g} does not divide the bottleneck width {mid}")
+    if i > 0 and c_in % g:  # the very first 1x1 (on the stem's output) is ungrouped
+        _err(f"{p}.groups", f"{g} does not divide the stage's input width {c_in}")
+    if s.stride == 2 or c != c_in:
+        if c - c_in < 1:
+            _err(
+                f"{p}.channels",
+                f"{c} must exceed the input width {c_in} (a v1 downsampling unit "
+                "concatenates its input with channels - input new ones)",
+            )
+        if (c - c_in) % g:
+            _err(f"{p}.groups", f"{g} does not divide channels - input = {c - c_in}")
 
 
 # --- presets ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ ARTEFACTS = ("arch.yaml", "model.py", "weights.pt", "model.pt2", "model.onnx", "
 INT8 = "model.int8.onnx"  # optional (int8=True): not part of the default bundle
 AOTI = "model.aoti.pt2"  # optional (aoti=True): the compiled inference form (tens of seconds)
 _MAX_FINDINGS = 15  # rows of guideline findings in report.md
-_BATCH = 2  # verification batch: 2 so that the dynamic batch dimension is exercised
+VERIFY_BATCH = 2  # verification batch: 2 so that the dynamic batch dimension is exercised
 
 
 @dataclass
@@ -188,7 +188,7 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
         "",
         f"Written by shufflesearch {version} on {time.strftime('%Y-%m-%d %H:%M:%S')}. Every file was "
         f"checked against the compiled training form (eval mode) on a seeded random batch of "
-        f"{_BATCH} at {res}x{res}; its outputs reach {result.output_scale:.3g} in absolute value"
+        f"{VERIFY_BATCH} at {res}x{res}; its outputs reach {result.output_scale:.3g} in absolute value"
         + (" (fresh weights: logits are tiny, so are the diffs)." if not trained else "."),
         "",
         "| file | what | check |",

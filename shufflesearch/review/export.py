@@ -57,7 +57,7 @@ from ..model.compile import (
     load_package,
     to_inference,
 )
-from .bundle import _BATCH, AOTI, ARTEFACTS, INT8, ExportResult, render_report
+from .bundle import AOTI, ARTEFACTS, INT8, VERIFY_BATCH, ExportResult, render_report
 
 _AGREEMENT_IMAGES = 500  # validation images compared at most (digits has 360)
 # model.py may import these and nothing else: "depends only on torch" is checked, not hoped.
@@ -151,7 +151,7 @@ def _export_into(
         _load_weights(model, state_dict)
     model.eval()
     params = sum(p.numel() for p in model.parameters())
-    x = torch.randn(_BATCH, arch.in_channels, res, res, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(VERIFY_BATCH, arch.in_channels, res, res, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(x)  # (B, classes): the reference every artefact is compared with
     scale = ref.abs().max().item() + 1e-30
