@@ -171,3 +171,30 @@ def test_check_split_is_apart_from_validation():
     assert set(tr).isdisjoint(va) and set(tr).isdisjoint(ck) and set(va).isdisjoint(ck)
     with pytest.raises(UserError, match="check_fraction"):
         DataSpec(val_fraction=0.5, check_fraction=0.45)
+
+
+
+def test_the_packaged_subset_is_drawn_per_class_and_reproducibly(tmp_path, capsys):
+    from shufflesearch.accuracy import make_fashion
+
+    # As many training images per class as the package draws, in 2x2 images whose first two
+    # pixels spell the image's index, so a drawn image names the training image it came from.
+    n = make_fashion.PER_CLASS
+    y = np.tile(np.arange(10), n).astype(np.uint8)
+    idx = np.arange(10 * n)
+    x = np.stack([idx // 256, idx % 256, idx * 0, idx * 0], axis=1).astype(np.uint8).reshape(-1, 2, 2)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", x, 0x08)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", y, 0x08)
+    xs, ys = make_fashion.make_subset(tmp_path, per_class=3, seed=1)
+    assert xs.shape == (30, 2, 2) and np.bincount(ys).tolist() == [3] * 10
+    src = xs[:, 0, 0].astype(int) * 256 + xs[:, 0, 1]
+    assert (y[src] == ys).all() and len(set(src.tolist())) == 30  # labels kept, none drawn twice
+    again = make_fashion.make_subset(tmp_path, per_class=3, seed=1)
+    assert (again[0] == xs).all() and (again[1] == ys).all()
+    assert not (make_fashion.make_subset(tmp_path, per_class=3, seed=2)[0] == xs).all()
+    out = tmp_path / "fashion.npz"
+    assert make_fashion.main([str(tmp_path), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"{out}: {10 * n} images, ")
+    with np.load(out) as z:
+        assert np.bincount(z["y"]).tolist() == [n] * 10 and z["x"].shape == (10 * n, 2, 2)
+        assert z["classes"].tolist() == list(make_fashion.CLASSES)

@@ -93,3 +93,14 @@ def test_prepare_out_dir_refuses_a_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a directory"):
         F.prepare_out_dir(tmp_path / "f")
     assert F.prepare_out_dir(tmp_path / "new" / "dir").is_dir()
+
+
+def test_a_folder_that_cannot_be_made_is_named_in_the_callers_error(tmp_path: Path) -> None:
+    class OutError(UserError):
+        pass
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutError, match=r"--out .*f/sub: cannot write there \("):
+        F.prepare_out_dir(tmp_path / "f" / "sub", OutError)
+    out = F.prepare_out_dir(tmp_path / "d")
+    assert list(out.iterdir()) == []  # the write probe is gone

@@ -232,3 +232,187 @@ def test_the_door_checker_sees_every_use() -> None:
     found = {u.split(": ", 1)[1] for u in _storage_uses("model.arch", src)}
     assert found == {"from optuna.storages._cached_storage import ...", "._storage", "._trial_id",
                      ".set_user_attr", ".user_attrs"}, found
+
+
+# --- every module is exercised by a test ------------------------------------------------------
+# A test file that imports a module (``import shufflesearch.x.y``, ``from shufflesearch.x import
+# y``, ``from shufflesearch.x.y import z``) counts for it; packages' __init__ and __main__ modules
+# are exempt (they re-export or start what the other modules hold).
+
+TESTS = PKG.parent / "tests"
+
+
+def _test_imports(source: str) -> set[str]:
+    """The package's modules (dotted, package-relative) a test file's source imports."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out |= {a.name.removeprefix("shufflesearch.") for a in node.names
+                    if a.name.startswith("shufflesearch.")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and (
+                node.module == "shufflesearch" or node.module.startswith("shufflesearch.")):
+            base = node.module.removeprefix("shufflesearch").lstrip(".")
+            for a in node.names:
+                sub = f"{base}.{a.name}" if base else a.name
+                out.add(sub if sub in MODULES else base)
+    return out - {""}
+
+
+def _untested(test_sources: list[str]) -> list[str]:
+    seen = set().union(*map(_test_imports, test_sources))
+    return [m for m, f in MODULES.items() if f.name not in ("__init__.py", "__main__.py") and m not in seen]
+
+
+def test_every_module_is_imported_by_a_test() -> None:
+    untested = _untested([f.read_text() for f in sorted(TESTS.rglob("*.py"))])
+    assert not untested, ("modules no test file imports (add a test that calls them and checks "
+                          "the result):\n" + "\n".join(untested))
+
+
+def test_the_test_import_checker_sees_every_form() -> None:
+    src = ("import shufflesearch.search.ladder\nimport shufflesearch.common.stats as st\n"
+           "from shufflesearch.review import bundle\nfrom shufflesearch.model.arch import Arch\n"
+           "from shufflesearch import errors\ndef f():\n    from shufflesearch.common.files import prepare_out_dir\n"
+           "import os.path\nfrom pathlib import Path\n")
+    assert _test_imports(src) == {"search.ladder", "common.stats", "review.bundle", "model.arch", "errors",
+                                  "common.files"}
+    left = _untested([src])
+    assert "search.objective" in left and "model.arch" not in left
+    assert "model" not in left and "cli.__main__" not in left  # __init__ and __main__ are exempt
+
+
+# --- names with a leading underscore stay in their module -------------------------------------
+# `from .x import _name` (or `x._name` on an imported package module) reaches into another
+# module's private parts. Where that is right after all, the import line says why with a
+# `# private: <why>` comment; the package keeps at most MAX_PRIVATE of those.
+
+PRIVATE_MARK = "# private:"
+MAX_PRIVATE = 5
+ALL_STAGES = (*ORDER, *sorted(EXEMPT))
+
+
+def _rel(mod: str) -> str:
+    """A module's file as the repository names it (shufflesearch/cli/__init__.py)."""
+    return MODULES[mod].relative_to(PKG.parent).as_posix()
+
+
+def _private_uses(mod: str, source: str | None = None) -> list[tuple[int, str, bool]]:
+    """(line, name, explained?) for every private name of another package module that ``mod``
+    imports or reads as a module attribute."""
+    text = MODULES[mod].read_text() if source is None else source
+    lines = text.splitlines()
+    out = []
+    modules: set[str] = set()  # local names bound to package modules
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not name.startswith("__")
+
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        targets = _resolve(mod, MODULES[mod], node)
+        if not targets:
+            continue
+        for a in node.names:
+            local = a.asname or a.name.split(".")[0]
+            if isinstance(node, ast.ImportFrom) and private(a.name):
+                line = getattr(a, "lineno", node.lineno)
+                out.append((line, a.name, PRIVATE_MARK in lines[line - 1]))
+            elif any(t.endswith(a.name) for t in targets if t in MODULES):
+                modules.add(local)
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and private(node.attr) and isinstance(node.value, ast.Name)
+                and node.value.id in modules):
+            out.append((node.lineno, f"{node.value.id}.{node.attr}", PRIVATE_MARK in lines[node.lineno - 1]))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("stage", ALL_STAGES)
+def test_private_names_stay_in_their_module(stage: str) -> None:
+    bad = [f"{_rel(m)}:{line}: {name}" for m in _owned(stage) for line, name, ok in _private_uses(m) if not ok]
+    assert not bad, ("private names used outside their module (make them public, or say why on the "
+                     f"import line with '{PRIVATE_MARK} <why>'):\n" + "\n".join(bad))
+
+
+def test_few_private_names_cross_modules() -> None:
+    excused = [f"{_rel(m)}:{line}: {name}" for m in MODULES for line, name, ok in _private_uses(m) if ok]
+    assert len(excused) <= MAX_PRIVATE, (f"more than {MAX_PRIVATE} private names cross modules, even "
+                                         "with a reason:\n" + "\n".join(excused))
+
+
+def test_the_private_name_checker_sees_every_form() -> None:
+    src = ("from ..measure.protocol import estimate, _iqr\nfrom . import cost\n"
+           "from .specs import (\n    unit_specs,\n    _widths,  # private: why\n)\n"
+           "from ..common import stats as s\nimport torch\nfrom .graph import __doc__\n"
+           "x = cost._node(1) + s._ok + torch._C + self._y\n")
+    found = {(name, ok) for _, name, ok in _private_uses("model.arch", src)}
+    assert found == {("_iqr", False), ("_widths", True), ("cost._node", False), ("s._ok", False)}, found
+
+
+# --- an exception's text is not cut -------------------------------------------------------------
+# `str(e).splitlines()[0]` (or .split("\n"), .partition("\n")) on a caught exception edits a
+# message after it was raised; the raising site makes the message one line instead.
+
+CUTS = {"splitlines", "split", "partition"}
+
+
+def _cut_messages(source: str) -> list[int]:
+    """Lines where an ``except ... as e`` body cuts the text of ``e`` into lines."""
+    out = []
+    for h in ast.walk(ast.parse(source)):
+        if not (isinstance(h, ast.ExceptHandler) and h.name):
+            continue
+        for node in ast.walk(ast.Module(body=h.body, type_ignores=[])):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in CUTS):
+                continue
+            if node.func.attr != "splitlines" and not (
+                    node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "\n"):
+                continue
+            if any(isinstance(n, ast.Name) and n.id == h.name for n in ast.walk(node.func.value)):
+                out.append(node.lineno)
+    return sorted(set(out))
+
+
+@pytest.mark.parametrize("stage", ALL_STAGES)
+def test_exception_messages_are_not_cut(stage: str) -> None:
+    bad = [f"{_rel(m)}:{line}: {MODULES[m].read_text().splitlines()[line - 1].strip()}"
+           for m in _owned(stage) for line in _cut_messages(MODULES[m].read_text())]
+    assert not bad, ("an exception's text cut after it was raised (make the raising site's message "
+                     "one line):\n" + "\n".join(bad))
+
+
+def test_the_cut_checker_sees_every_form() -> None:
+    src = ("try:\n    f()\nexcept OSError as e:\n    a = str(e).splitlines()[0]\n"
+           "    b = e.args[0].split('\\n')[0]\n    c = f'{e}'.partition('\\n')[0]\n"
+           "    d = other.splitlines()\n    g = str(e).split(',')\nexcept ValueError:\n    h = x.splitlines()\n"
+           "text.splitlines()\n")
+    assert _cut_messages(src) == [4, 5, 6]
+
+
+# --- functions fit on a screen ------------------------------------------------------------------
+
+MAX_FUNCTION_LINES = 80
+
+
+def _long_functions(source: str) -> list[tuple[str, int, int]]:
+    """(name, line, length) of each function over MAX_FUNCTION_LINES (def line to last line)."""
+    return [(n.name, n.lineno, n.end_lineno - n.lineno + 1) for n in ast.walk(ast.parse(source))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
+
+
+@pytest.mark.parametrize("stage", ALL_STAGES)
+def test_functions_are_short(stage: str) -> None:
+    long = [f"{_rel(m)}:{line}: {name} ({n} lines)" for m in _owned(stage)
+            for name, line, n in _long_functions(MODULES[m].read_text())]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n" + "\n".join(long)
+
+
+def test_the_length_checker_counts_the_whole_function() -> None:
+    def fn(name: str, body_lines: int, indent: str = "") -> str:
+        return f"{indent}def {name}():\n" + f"{indent}    x = 1\n" * body_lines
+
+    src = fn("ok", MAX_FUNCTION_LINES - 1) + "class A:\n" + fn("long", MAX_FUNCTION_LINES, "    ")
+    assert _long_functions(src) == [("long", MAX_FUNCTION_LINES + 2, MAX_FUNCTION_LINES + 1)]
