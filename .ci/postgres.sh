@@ -1,6 +1,6 @@
 # Sourced by .ci/run: install Debian's PostgreSQL when missing, start a throwaway server on
 # 127.0.0.1 in a temp dir, create a user and a database for the tests, and export its URL as
-# SHUFFLESEARCH_TEST_PG, a psycopg2 URL as SQLAlchemy >= 2.1 defaults to psycopg 3 (tests/test_reliability.py fails without it when CI=true).
+# SHUFFLESEARCH_TEST_PG, a psycopg2 URL as SQLAlchemy >= 2.1 defaults to psycopg 3 (tests/search/test_reliability.py fails without it when CI=true).
 # Usable by hand too: `source .ci/postgres.sh` (stop: pg_ctl -D "$SHUFFLESEARCH_PG_DIR/data" stop).
 _pg_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

@@ -10,7 +10,7 @@ compile time of each package is printed too: it is paid once per architecture an
 
 The reference is the training form in eval mode: torchvision's ShuffleNetV2 module for
 module (conv, BN and ReLU modules; concat, then the view-transpose shuffle), with the same
-logits (tests/test_compile.py, where torchvision imports). torchvision itself does not import
+logits (tests/model/test_compile.py, where torchvision imports). torchvision itself does not import
 beside this torch build. Nothing is asserted; the load average is printed before and after.
 
     python bench/torch_form.py [--presets a,b] [--batches 1,8] [--seconds 10]

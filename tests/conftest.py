@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+SPACES = ROOT / "tests" / "spaces"  # the small search spaces the tests run
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -30,4 +31,4 @@ def random_archs():
     """50 distinct valid random architectures from tests/spaces/random_archs.yaml."""
     from shufflesearch.search.space import load_space
 
-    return load_space(HERE / "spaces" / "random_archs.yaml").sample_random(50, seed=1)
+    return load_space(SPACES / "random_archs.yaml").sample_random(50, seed=1)

@@ -281,6 +281,40 @@ def test_the_test_import_checker_sees_every_form() -> None:
     assert "model" not in left and "cli.__main__" not in left  # __init__ and __main__ are exempt
 
 
+# --- the tests mirror the package ----------------------------------------------------------------
+# A test file sits in the folder of the stage it tests (tests/search/test_ladder.py); only the
+# checks that read the whole repository sit at the top.
+
+TOP_LEVEL_TESTS = {"test_layout.py", "test_docs.py"}
+
+
+def _misplaced(test_files: list[str]) -> list[str]:
+    """The test files (paths relative to tests/) outside a stage folder, or in a folder that is
+    no stage."""
+    out = []
+    for f in test_files:
+        parts = f.split("/")
+        if parts[-1].startswith("test_") and not (
+                (len(parts) == 1 and parts[0] in TOP_LEVEL_TESTS) or (len(parts) == 2 and parts[0] in ORDER)):
+            out.append(f)
+    return out
+
+
+def test_test_files_sit_in_the_folder_of_their_stage() -> None:
+    files = [f.relative_to(TESTS).as_posix() for f in sorted(TESTS.rglob("test_*.py"))]
+    bad = _misplaced(files)
+    assert not bad, (f"test files outside tests/STAGE/ (STAGE one of {', '.join(ORDER)}):\n"
+                     + "\n".join(bad))
+    for d in {f.parent for f in TESTS.rglob("test_*.py")} | {TESTS}:
+        assert (d / "__init__.py").exists(), f"{d.relative_to(TESTS.parent)} is not a package"
+
+
+def test_the_mirror_checker_sees_a_misplaced_file() -> None:
+    assert _misplaced(["test_layout.py", "search/test_ladder.py", "conftest.py", "search/helpers.py",
+                       "test_ladder.py", "spaces/test_x.py", "search/deep/test_y.py"]) == [
+        "test_ladder.py", "spaces/test_x.py", "search/deep/test_y.py"]
+
+
 # --- names with a leading underscore stay in their module -------------------------------------
 # `from .x import _name` (or `x._name` on an imported package module) reaches into another
 # module's private parts. Where that is right after all, the import line says why with a

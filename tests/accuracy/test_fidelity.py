@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +31,7 @@ from shufflesearch.search.promotion import (
     should_promote,
 )
 from shufflesearch.search.reader import read_section
+from tests.conftest import ROOT
 
 STEM = Stem(channels=8, stride=1, pool=False)
 TINY = [
@@ -143,7 +143,7 @@ def test_killed_rung_restarts_cleanly(data, tmp_path, monkeypatch):
 KILL_SCRIPT = """
 import os, signal, sys, torch
 from shufflesearch.accuracy.fidelity import train_to_rung
-from tests.test_fidelity import TINY, RUNGS, tiny_data
+from tests.accuracy.test_fidelity import TINY, RUNGS, tiny_data
 torch.set_num_threads(1)
 d = tiny_data()
 def die(h):
@@ -155,9 +155,9 @@ train_to_rung(TINY[2], d, RUNGS, 3, sys.argv[1], seed=0, on_rung=die)
 
 def test_kill_minus_nine_between_rungs_resumes_from_the_checkpoint(data, tmp_path):
     torch.set_num_threads(1)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path)], env=env,
-                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+                       cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == -signal.SIGKILL, p.stderr
     assert (tmp_path / "rung2.pt").exists() and not (tmp_path / "rung3.pt").exists()
     r3 = train_to_rung(TINY[2], data, RUNGS, 3, tmp_path, seed=0)

@@ -17,9 +17,9 @@ import pytest
 from shufflesearch.cli import main
 from shufflesearch.model.arch import preset
 from shufflesearch.search.engine import search
+from tests.conftest import SPACES
 
-HERE = Path(__file__).parent
-TINY = HERE / "spaces" / "tiny.yaml"
+TINY = SPACES / "tiny.yaml"
 S = TINY.read_text()
 V1 = preset("shufflenet_v1_g3_x1_0").to_yaml()
 

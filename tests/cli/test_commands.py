@@ -17,8 +17,9 @@ from shufflesearch.cli import run as cli_run
 from shufflesearch.errors import UserError
 from shufflesearch.search.runfolder import open_run
 from shufflesearch.search.space import load_space
+from tests.conftest import SPACES
 
-TINY = Path(__file__).parent / "spaces" / "tiny.yaml"
+TINY = SPACES / "tiny.yaml"
 
 
 def parse(*argv: str):

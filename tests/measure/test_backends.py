@@ -20,9 +20,9 @@ from shufflesearch.measure.timing import time_rounds
 from shufflesearch.model.arch import Arch, Stage, Stem
 from shufflesearch.model.compile import build
 from shufflesearch.search.space import load_space
-from tests.test_export import random_state
+from tests.conftest import SPACES
+from tests.review.test_export import random_state
 
-HERE = Path(__file__).parent
 # Two small stages, one of each family, so both unit kinds go through the exporter.
 TINY = Arch(stages=(Stage("v2", 24, 2), Stage("v1", 48, 1, groups=2)), stem=Stem(channels=8), head=64,
             num_classes=10)
@@ -222,7 +222,7 @@ def test_target_and_space_accept_the_three_backends(tmp_path):
         assert TargetSpec(backend=b).backend == b
     with pytest.raises(UserError, match="target.backend: must be one of torch, onnxruntime, onnxruntime-int8"):
         TargetSpec(backend="int8")
-    text = (HERE / "spaces" / "tiny.yaml").read_text()
+    text = (SPACES / "tiny.yaml").read_text()
     assert "threads: 1," in text
     for b in B.BACKENDS:
         (tmp_path / f"{b}.yaml").write_text(text.replace("threads: 1,", f"threads: 1, backend: {b},"))
@@ -334,7 +334,7 @@ def test_int8_timing_without_calibration_is_one_line():
 
 
 def _tiny_space(tmp_path: Path, backend: str, baselines: str = "[]") -> Path:
-    text = (HERE / "spaces" / "tiny.yaml").read_text().replace("threads: 1,", f"threads: 1, backend: {backend},")
+    text = (SPACES / "tiny.yaml").read_text().replace("threads: 1,", f"threads: 1, backend: {backend},")
     p = tmp_path / f"{backend}.yaml"
     p.write_text(text.replace("baselines: []", f"baselines: {baselines}"))
     return p

@@ -28,6 +28,7 @@ from shufflesearch.measure import protocol as L
 from shufflesearch.measure import target as T
 from shufflesearch.measure import timing as TM
 from shufflesearch.model.arch import Arch, Stage, Stem
+from tests.conftest import ROOT
 
 TINY = Arch(stages=(Stage("v2", 16, 2), Stage("v2", 32, 2)), stem=Stem(channels=8), head=64, num_classes=10)
 
@@ -276,11 +277,11 @@ def test_cache_is_shared_by_processes() -> None:
     cache = C.LatencyCache()
     L.measure_arch(TINY, T.TargetSpec(resolution=32), cache=cache, max_seconds=0.05)
     code = (
-        "from shufflesearch.measure import cache as C, protocol as L, target as T; from tests.test_latency import TINY; "
+        "from shufflesearch.measure import cache as C, protocol as L, target as T; from tests.measure.test_latency import TINY; "
         "print(L.measure_arch(TINY, T.TargetSpec(resolution=32), cache=C.LatencyCache()).cached)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).parents[1], env=os.environ.copy())
+                         cwd=ROOT, env=os.environ.copy())
     assert out.stdout.strip() == "True", out.stderr
 
 

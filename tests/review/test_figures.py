@@ -1,5 +1,5 @@
 """review/figures.py: what each plot of the report draws, from hand-made records (the page that
-embeds them is tested in tests/test_report.py)."""
+embeds them is tested in tests/review/test_report.py)."""
 
 from __future__ import annotations
 

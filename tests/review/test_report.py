@@ -30,8 +30,7 @@ from shufflesearch.search.records import (
     TrialRecord,
     latency_from_dict,
 )
-
-HERE = Path(__file__).parent
+from tests.conftest import ROOT, SPACES
 
 
 def rec(trial: int, proxy: float, lat: float, **kw) -> TrialRecord:
@@ -185,7 +184,7 @@ def test_short_training_picks_the_whole_feasible_front():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    assert main(["run", str(HERE / "spaces" / "review.yaml"), "--budget", "3", "--workers", "1", "--runs", str(root),
+    assert main(["run", str(SPACES / "review.yaml"), "--budget", "3", "--workers", "1", "--runs", str(root),
                  "--quiet"]) == 0
     return root / "review"
 
@@ -620,7 +619,7 @@ def synthetic_records(n: int = 200, n_archs: int = 40) -> list[TrialRecord]:
     from shufflesearch.search.space import load_space
 
     rng = random.Random(0)
-    archs = load_space(HERE.parent / "search_spaces" / "v2.yaml").sample_random(n_archs, seed=0)
+    archs = load_space(ROOT / "search_spaces" / "v2.yaml").sample_random(n_archs, seed=0)
     recs = []
     for t in range(n):
         arch = PRESETS[BASELINES[t]] if t < 3 else archs[t % n_archs]

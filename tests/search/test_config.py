@@ -5,7 +5,6 @@ rendered from the same models."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -20,11 +19,10 @@ from shufflesearch.measure.target import TargetSpec
 from shufflesearch.search.config import LISTED, SpaceConfig, entries, join, model_of, yaml_reference
 from shufflesearch.search.reader import read_section
 from shufflesearch.search.space import load_space, parse_space
+from tests.conftest import ROOT, SPACES
 
-HERE = Path(__file__).parent
-ROOT = HERE.parent
-TINY = HERE / "spaces" / "tiny.yaml"
-SPACES = sorted((ROOT / "search_spaces").glob("*.yaml")) + sorted((HERE / "spaces").glob("*.yaml"))
+TINY = SPACES / "tiny.yaml"
+SPACE_FILES = sorted((ROOT / "search_spaces").glob("*.yaml")) + sorted(SPACES.glob("*.yaml"))
 
 # Fingerprints of these files as the previous reader computed them (its hand-built resolved
 # config, before the typed models): run folders made then compare them when they resume.
@@ -89,7 +87,7 @@ def test_variants_keep_their_fingerprint(tmp_path, name, old, new, fp):
     assert space.fingerprint() == fp and _reloaded(space.raw) == fp
 
 
-@pytest.mark.parametrize("f", SPACES, ids=lambda f: f.stem)
+@pytest.mark.parametrize("f", SPACE_FILES, ids=lambda f: f.stem)
 def test_the_resolved_config_lists_only_given_and_listed_keys(f):
     # What keeps a new key from changing an existing run's fingerprint: a key the file leaves
     # out is written only when LISTED (the first releases' keys) names it.
@@ -164,7 +162,7 @@ def test_the_reference_lists_every_key_the_reader_accepts():
     assert "| `channels_last` | bool | `true` |" in ref
     # What the shipped files write is in it (a searchable key's list items and range keys
     # belong to the key).
-    for f in SPACES:
+    for f in SPACE_FILES:
         for p in load_yaml(f).lines:
             p = re.sub(r"\[\d+\]", "[i]", p)
             p = re.sub(r"(\[i\]|\.low|\.high|\.step)$", "", p)

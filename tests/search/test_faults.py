@@ -1,5 +1,5 @@
 """search/faults.py: a fault point kills only where and when SHUFFLESEARCH_FAULT says. The kill
-itself is caught here (os.kill replaced); tests/test_reliability.py lets it happen for real."""
+itself is caught here (os.kill replaced); tests/search/test_reliability.py lets it happen for real."""
 
 from __future__ import annotations
 

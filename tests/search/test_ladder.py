@@ -22,10 +22,10 @@ from shufflesearch.search.promotion import promotion_quota, should_promote
 from shufflesearch.search.runfolder import load_run
 from shufflesearch.search.space import load_space
 from shufflesearch.search.storage import read_record, read_records, study_attr
+from tests.conftest import ROOT, SPACES
 
-HERE = Path(__file__).parent
-LADDER = HERE / "spaces" / "ladder.yaml"
-TINY = HERE / "spaces" / "tiny.yaml"
+LADDER = SPACES / "ladder.yaml"
+TINY = SPACES / "tiny.yaml"
 BUDGET = 5
 
 
@@ -252,7 +252,7 @@ def test_fidelity_none_is_the_zero_cost_search(tmp_path):
 
 
 def test_shipped_spaces_have_the_ladder_on():
-    for f in sorted((HERE.parent / "search_spaces").glob("*.yaml")):
+    for f in sorted((ROOT / "search_spaces").glob("*.yaml")):
         fs = load_space(f).fidelity
         assert fs is not None and len(fs.rungs) >= 2 and fs.check.seeds >= 2, f
 

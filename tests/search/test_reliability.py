@@ -23,9 +23,9 @@ from shufflesearch import UserError
 from shufflesearch.search.engine import search
 from shufflesearch.search.runfolder import load_run
 from shufflesearch.search.worker import MAX_CONSECUTIVE_FAILURES
+from tests.conftest import SPACES
 
-HERE = Path(__file__).parent
-TINY = HERE / "spaces" / "tiny.yaml"
+TINY = SPACES / "tiny.yaml"
 BUDGET = 4
 
 
@@ -522,7 +522,7 @@ def test_a_baseline_the_prefilter_rejects_is_recorded_and_the_run_goes_on(tmp_pa
     from shufflesearch.measure.cache import LatencyCache
     from shufflesearch.measure.drift import DriftMonitor
     from shufflesearch.search.space import load_space
-    from tests.test_search import _table_for_tiny
+    from tests.search.test_search import _table_for_tiny
 
     monkeypatch.setenv("SHUFFLESEARCH_CACHE_DIR", str(tmp_path / "cache"))
     text = TINY.read_text().replace("max_seconds: 0.1}", "max_seconds: 0.1, prefilter: 0.2}")
@@ -622,7 +622,7 @@ def test_kill_9_during_an_end_of_run_step_then_rerun_completes_it(tmp_path, faul
     text = TINY.read_text().replace("baselines: []", "baselines: [shufflenet_v2_x0_5]")
     text = text.replace("batch: 16}", "batch: 16, short_train_top_k: 2, short_train_steps: 400}")
     if step == "check":
-        text = (HERE / "spaces" / "ladder.yaml").read_text().replace("top: 3", "top: 0")
+        text = (SPACES / "ladder.yaml").read_text().replace("top: 3", "top: 0")
     space = tmp_path / "space.yaml"
     space.write_text(text)
     env = _env(tmp_path)

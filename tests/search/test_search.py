@@ -20,9 +20,9 @@ from shufflesearch.search.engine import search
 from shufflesearch.search.runfolder import load_run
 from shufflesearch.search.space import load_space
 from shufflesearch.search.storage import read_record, search_trials, study_attr
+from tests.conftest import ROOT, SPACES
 
-HERE = Path(__file__).parent
-TINY = HERE / "spaces" / "tiny.yaml"
+TINY = SPACES / "tiny.yaml"
 
 
 def _search_trials(study: optuna.Study, state=TrialState.COMPLETE):
@@ -187,7 +187,7 @@ def test_cli_validate_and_run_errors_exit_2_without_traceback(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")
 
 
-@pytest.mark.parametrize("f", sorted((HERE.parent / "search_spaces").glob("*.yaml")))
+@pytest.mark.parametrize("f", sorted((ROOT / "search_spaces").glob("*.yaml")))
 def test_shipped_spaces_validate_and_sample(f):
     space = load_space(f)
     archs = space.sample_random(10, seed=0)
@@ -200,7 +200,7 @@ def test_baselines_encode_to_params_that_sample_back_to_them():
     import optuna
 
     for f in ("v2", "v1", "mixed"):
-        space = load_space(HERE.parent / "search_spaces" / f"{f}.yaml")
+        space = load_space(ROOT / "search_spaces" / f"{f}.yaml")
         for name, arch in space.baseline_archs().items():
             if not space.contains(arch):
                 continue
@@ -346,7 +346,7 @@ def test_trial_params_decode_to_the_built_architecture(name):
     """200 random samples: rebuilding from trial.params gives the same archid, and every width
     parameter holds the width that was built (before, 82 of 200 v2 samples recorded a width the
     repair had changed, e.g. 92 -> 88 at split 0.375)."""
-    space = load_space(HERE.parent / "search_spaces" / f"{name}.yaml")
+    space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     n = 0
@@ -370,7 +370,7 @@ def test_trial_params_decode_to_the_built_architecture(name):
 def test_width_params_offer_only_valid_widths():
     # v2.yaml stage 0: widths 24..256 step 4; split 0.375 of a width is whole only for multiples
     # of 8, so the width is sampled on the step-8 sub-grid; split 0.5 keeps the whole grid.
-    space = load_space(HERE.parent / "search_spaces" / "v2.yaml")
+    space = load_space(ROOT / "search_spaces" / "v2.yaml")
     stem = Arch.from_dict({"stages": [{"family": "v2", "channels": 48, "depth": 2}]}).stem
     from shufflesearch.model.arch import Stage
 

@@ -29,9 +29,9 @@ from shufflesearch.common.threads import (
 from shufflesearch.measure.env import LOCK_TRACE_ENV, timing_lock
 from shufflesearch.search.engine import search
 from shufflesearch.search.runfolder import load_run
+from tests.conftest import SPACES
 
-HERE = Path(__file__).parent
-TINY = HERE / "spaces" / "tiny.yaml"
+TINY = SPACES / "tiny.yaml"
 WORKER_MARK = "shufflesearch:worker"  # the system attr naming the process that runs a trial
 
 
