@@ -4,6 +4,11 @@ function-level and TYPE_CHECKING ones included).
 The order of the stages, each importing only from itself and the stages before it:
     common < model < measure < guidelines < accuracy < search < review < cli
 (errors.py and the package's __init__.py sit outside the order; nothing imports review or cli).
+
+Below the import rules, read off the source the same way: one door to the run's storage, every
+module imported by a test and every test file in its stage's folder, private names kept in
+their module, no function over 80 lines, no exception text cut into lines. Each checker has a
+guard test that runs it over a small source breaking its rule.
 """
 
 from __future__ import annotations
