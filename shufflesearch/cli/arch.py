@@ -64,8 +64,9 @@ def _add_latency(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--backend", default="torch", choices=list(BACKENDS), help="runtime timed (default torch)")
-    p.add_argument("--backends", default=",".join(BACKENDS),
-                   help="transfer: comma-separated runtimes (default all three)")
+    p.add_argument("--backends", default=",".join(b for b in BACKENDS if b != "executorch"),
+                   help="transfer: comma-separated runtimes (default torch and the two onnxruntime "
+                        "ones; executorch lowers every point first, tens of seconds each)")
     p.add_argument("--data", default="digits",
                    help="onnxruntime-int8: calibration images from this proxy task's training split (default digits)")
     p.add_argument("--max-seconds", type=float, default=1.0,
@@ -170,6 +171,9 @@ def _add_export_arch(p: argparse.ArgumentParser) -> None:
                         "batch 1 at --resolution, 1 thread (tens of seconds)")
     p.add_argument("--int8", action="store_true",
                    help="also write model.int8.onnx, calibrated on --data's training split")
+    p.add_argument("--executorch", action="store_true",
+                   help="also write model.pte, the ExecuTorch program (XNNPACK) for batch 1 at "
+                        "--resolution, 1 thread (tens of seconds; needs the [executorch] extra)")
     p.add_argument("--data", default="digits", help="--int8: proxy task, digits, folder:PATH or npz:PATH (default digits)")
     p.add_argument("--latency", action="store_true",
                    help="measure latency (batch 1, 1 thread, at --resolution) for report.md")
@@ -196,7 +200,7 @@ def cmd_export_arch(args: argparse.Namespace) -> int:
         info = {"latency": lat.to_dict()}
     res = export_arch(arch, args.out, state_dict=args.weights, info=info, resolution=args.resolution,
                       onnx=args.onnx, torch_export=not args.no_pt2, log=None if quiet else log,
-                      int8=args.int8, proxy=proxy, aoti=args.aoti)
+                      int8=args.int8, proxy=proxy, aoti=args.aoti, executorch=args.executorch)
     if args.json:
         print_json(res.to_dict())
         return 0

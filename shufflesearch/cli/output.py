@@ -19,6 +19,8 @@ def print_artefacts(res: Any) -> None:
             note += f", top-1 agreement with model.onnx {100 * res.int8['top1_agreement']:.1f}%"
         if name == "model.aoti.pt2":
             note += f", x{res.aoti['aoti_speedup']:.2f} the eager training form's speed"
+        if name == "model.pte":
+            note += f", x{res.executorch['ratio']:.2f} torch's latency here"
         print(f"  {path.name:<11} {note}")
     for name, why in res.skipped.items():
         print(f"  {name:<11} skipped: {why}")

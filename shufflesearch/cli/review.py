@@ -118,6 +118,9 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aoti", action="store_true",
                    help="also write model.aoti.pt2, the inference form compiled by AOTInductor for "
                         "the run's target (batch, resolution, threads; tens of seconds)")
+    p.add_argument("--executorch", action="store_true",
+                   help="also write model.pte, the ExecuTorch program (XNNPACK) for the run's target "
+                        "(batch, resolution, threads; tens of seconds; needs the [executorch] extra)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -141,7 +144,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                       resolution=run.space.target.resolution, onnx=args.onnx,
                       channels_last=run.space.target.channels_last,
                       log=None if quiet else log, int8=args.int8, proxy=run.space.data,
-                      aoti=args.aoti, batch=run.space.target.batch, threads=run.space.target.threads)
+                      aoti=args.aoti, batch=run.space.target.batch, threads=run.space.target.threads,
+                      executorch=args.executorch)
     if args.json:
         print_json({"trial": rec.trial, **res.to_dict()})
         return 0

@@ -1,12 +1,13 @@
 """The runtimes a latency figure can be taken on, each as a zero-argument callable.
 
-The search ranks candidates by the latency of what ships. Three runtimes (``BACKENDS``):
+The search ranks candidates by the latency of what ships. Four runtimes (``BACKENDS``):
 
   torch             the inference form (BN folded, shuffle fused) under ``inference_mode``
   onnxruntime       the inference form exported to ONNX, run by ONNX Runtime (CPU provider)
   onnxruntime-int8  the same ONNX file after static post-training quantisation (QDQ, int8
                     weights per output channel, int8 activations calibrated on images the
                     caller passes: the proxy task's training split)
+  executorch        the inference form lowered to XNNPACK, run by ExecuTorch (executorch.py)
 
 ``make_runner(arch, spec)`` returns a ``Runner`` (timing.py): calling it runs ONE forward pass
 of ``spec.batch`` images at ``spec.resolution`` on a fixed input, in the calling thread, and
@@ -49,6 +50,7 @@ from ..common.files import atomic_write
 from ..errors import UserError
 from ..model.arch import resolve_arch
 from ..model.compile import build, to_inference
+from . import executorch
 from .env import cache_dir
 from .target import BACKENDS, TargetSpec, stable_hash
 from .timing import Runner
@@ -117,6 +119,8 @@ def make_runner(arch: Any, spec: TargetSpec, *,
     run the inference form (ONNX: as model.onnx; 2-3x cheaper to export than the training form)."""
     _check_backend(spec.backend)
     arch = resolve_arch(arch)
+    if spec.backend == "executorch":  # the NCHW form: XNNPACK's passes reject channels_last
+        return make_module_runner(to_inference(seeded_model(arch), False), spec.input_shape, spec, key=arch.archid)
     model = to_inference(seeded_model(arch))
     if spec.backend == "torch":
         return _torch_runner(model, spec)
@@ -134,6 +138,8 @@ def make_module_runner(module: nn.Module, input_shape: tuple[int, int, int, int]
                       channels_last=spec.channels_last, backend=spec.backend)
     if spec.backend == "torch":
         return _torch_runner(module.eval(), spec, input_shape)
+    if spec.backend == "executorch":
+        return Runner(spec.backend, *executorch.prepare(module.eval(), input_shape, spec.threads, key))
     return _ort_runner(module.eval(), spec, calibration, key=key, input_shape=input_shape)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.metadata
 import os
 import platform
 import threading
@@ -49,7 +50,18 @@ def fingerprint(threads: int = 1, backend: str = "torch") -> dict:
             fp["onnxruntime"] = onnxruntime.__version__
         except ImportError:
             fp["onnxruntime"] = None
+    if backend == "executorch":
+        fp["executorch"] = package_version("executorch")
     return fp
+
+
+def package_version(name: str) -> str | None:
+    """An installed distribution's version, read from its metadata without importing it
+    (importing ExecuTorch costs seconds); None when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def fingerprint_id(fp: dict) -> str:

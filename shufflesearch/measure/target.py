@@ -19,7 +19,7 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")  # measure/backends.py runs each
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "executorch")  # measure/backends.py runs each
 # Every figure is a ratio to this network, timed in the same window on the same target spec
 # (same backend, memory format, threads): a fixed yardstick the machine's slow phases hit alike.
 REFERENCE_ARCH = "shufflenet_v2_x0_5"
@@ -41,7 +41,8 @@ class TargetSpec:
                            "onnxruntime's intra_op_num_threads)")
     channels_last: bool = setting(False, doc="NHWC memory format for the input and the weights")
     backend: str = setting("torch", choices=BACKENDS, doc="the runtime latency is measured "
-                           "on: torch (the inference form), onnxruntime or onnxruntime-int8")
+                           "on: torch (the inference form), onnxruntime, onnxruntime-int8 or "
+                           "executorch (XNNPACK)")
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -17,6 +17,7 @@ from ..model.cost import costs, format_costs
 ARTEFACTS = ("arch.yaml", "model.py", "weights.pt", "model.pt2", "model.onnx", "report.md")
 INT8 = "model.int8.onnx"  # optional (int8=True): not part of the default bundle
 AOTI = "model.aoti.pt2"  # optional (aoti=True): the compiled inference form (tens of seconds)
+PTE = "model.pte"  # optional (executorch=True): the ExecuTorch program, lowered to XNNPACK
 _MAX_FINDINGS = 15  # rows of guideline findings in report.md
 VERIFY_BATCH = 2  # verification batch: 2 so that the dynamic batch dimension is exercised
 
@@ -33,6 +34,7 @@ class ExportResult:
     int8: dict[str, Any] = field(default_factory=dict)  # agreement, accuracies, latencies (int8=True)
     channels_last: bool = True  # memory format of the exported inference form (the target's)
     aoti: dict[str, Any] = field(default_factory=dict)  # shape, compile time, latencies (aoti=True)
+    executorch: dict[str, Any] = field(default_factory=dict)  # shape, lowering, latencies (model.pte)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,7 @@ class ExportResult:
             "channels_last": self.channels_last,
             **({"int8": self.int8} if self.int8 else {}),
             **({"aoti": self.aoti} if self.aoti else {}),
+            **({"executorch": self.executorch} if self.executorch else {}),
         }
 
 
@@ -93,6 +96,31 @@ def _int8_lines(r: Mapping[str, Any], arch: Arch, res: int) -> list[str]:
         lines += ["", f"Accuracy is n/a: the classifier has {arch.num_classes} outputs, not the proxy "
                      "task's classes (export weights trained with `shufflesearch train`)."]
     return lines
+
+
+def _pte_lines(r: Mapping[str, Any]) -> list[str]:
+    n = r["delegated_nodes"] + r["portable_nodes"]
+    return [
+        f"`{PTE}`: the inference form (NCHW) captured by `torch.export` and lowered by ExecuTorch "
+        f"{r['executorch']} with the XNNPACK partitioner for input ({r['batch']}, 3, {r['resolution']}, "
+        f"{r['resolution']}); it runs only that shape. XNNPACK runs {r['delegated_nodes']} of its "
+        f"{n} ops, ExecuTorch's portable kernels the rest. Lowering took {r['lower_s']:.0f} s; "
+        f"the file is {r['size_kb']:.0f} KB.",
+        "",
+        "Run it with ExecuTorch's runtime: in Python, `executorch.runtime.Runtime.get()"
+        ".load_program(\"model.pte\").load_method(\"forward\").execute([x])`; on Android or iOS, "
+        "ExecuTorch's `Module` API with the XNNPACK backend linked in.",
+        "",
+        "| form | latency (ms) | ratio to torch |",
+        "|---|---|---|",
+        f"| inference form, torch eager, {r['torch_form']} (what a `torch` search times) | "
+        f"{r['torch_ms']:.3f} | x1.00 |",
+        f"| {PTE}, ExecuTorch + XNNPACK | {r['executorch_ms']:.3f} | x{r['ratio']:.2f} |",
+        "",
+        f"Medians over interleaved rounds on this machine when exporting, {r['threads']} thread(s); "
+        "the ratio is the median of the per-round ratios. A phone runs the XNNPACK kernels, not "
+        "torch's: time model.pte there for the figure that ships.",
+    ]
 
 
 # --- report.md --------------------------------------------------------------------------------
@@ -181,6 +209,7 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
         "model.onnx": "the inference form as ONNX, dynamic batch; input `input`, output `logits`",
         INT8: "model.onnx quantised to int8 (QDQ, per-channel weights), same input and output",
         AOTI: "AOTInductor package of the inference form, one fixed input shape (see below)",
+        PTE: "ExecuTorch program (XNNPACK) of the inference form, one fixed input shape (see below)",
         "report.md": "this file",
     }
     lines = [
@@ -194,7 +223,7 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
         "| file | what | check |",
         "|---|---|---|",
     ]
-    for art in ARTEFACTS + tuple(a for a in (INT8, AOTI) if a in result.files):
+    for art in ARTEFACTS + tuple(a for a in (INT8, AOTI, PTE) if a in result.files):
         if art in result.skipped:
             lines.append(f"| {art} | skipped | {result.skipped[art]} |")
             continue
@@ -209,6 +238,10 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
             a = result.aoti
             check = (f"loaded, run on a batch of {a['batch']} at {a['resolution']}x{a['resolution']}; "
                      f"max abs diff {result.max_abs_diff[art]:.3g}")
+        elif art == PTE:
+            a = result.executorch
+            check = (f"loaded by the ExecuTorch runtime, run on a batch of {a['batch']} at "
+                     f"{a['resolution']}x{a['resolution']}; max abs diff {result.max_abs_diff[art]:.3g}")
         elif art in result.max_abs_diff:
             tool = "onnxruntime" if art == "model.onnx" else "saved, loaded, run"
             check = f"{tool}; max abs diff {result.max_abs_diff[art]:.3g}"
@@ -225,6 +258,8 @@ def render_report(arch: Arch, result: ExportResult, info: Mapping[str, Any], res
         lines += ["", "## int8 (ONNX Runtime)", "", *_int8_lines(result.int8, arch, res)]
     if result.aoti:
         lines += ["", "## Compiled form (AOTInductor)", "", *_aoti_lines(result.aoti)]
+    if result.executorch:
+        lines += ["", "## Mobile runtime (ExecuTorch, XNNPACK)", "", *_pte_lines(result.executorch)]
     lines += ["", "## Latency", ""]
     lines += _latency_summary(info)
     lat = info.get("latency")

@@ -10,6 +10,8 @@
     model.aoti.pt2   (with ``aoti=True``) the inference form compiled by AOTInductor for one
                  input shape: the torch backend's compiled form, built by the same code;
                  its latency beside the eager forms goes into report.md
+    model.pte    (with ``executorch=True``) the inference form lowered to XNNPACK for ExecuTorch,
+                 for one input shape (pte.py); its latency beside torch's goes into report.md
     model.int8.onnx  (with ``int8=True``) model.onnx statically quantised to int8 (QDQ,
                  per-channel weights) on the proxy task's training split; its top-1
                  agreement with model.onnx on the validation split, both latencies and both
@@ -57,7 +59,8 @@ from ..model.compile import (
     load_package,
     to_inference,
 )
-from .bundle import AOTI, ARTEFACTS, INT8, VERIFY_BATCH, ExportResult, render_report
+from .bundle import AOTI, ARTEFACTS, INT8, PTE, VERIFY_BATCH, ExportResult, render_report
+from .pte import export_pte
 
 _AGREEMENT_IMAGES = 500  # validation images compared at most (digits has 360)
 # model.py may import these and nothing else: "depends only on torch" is checked, not hoped.
@@ -88,6 +91,7 @@ def export_arch(
     aoti: bool = False,
     batch: int = 1,
     threads: int = 1,
+    executorch: bool = False,
 ) -> ExportResult:
     """Write and verify the bundle of ``arch`` (an Arch, preset name or arch file) in ``out_dir``.
 
@@ -107,6 +111,8 @@ def export_arch(
     (``batch``, 3, ``resolution``, ``resolution``) and ``threads`` threads (pass the target's),
     checked against the training form on a batch of that shape and timed beside the eager
     forms. Compiling takes tens of seconds.
+    ``executorch``: also write model.pte, the ExecuTorch program (XNNPACK) for the same fixed
+    shape, run in ExecuTorch's runtime against the training form and timed beside torch.
     """
     say = log or (lambda _msg: None)
     arch = resolve_arch(arch)
@@ -123,14 +129,15 @@ def export_arch(
     try:
         try:
             result = _export_into(arch, stage, out, state_dict, info or {}, resolution, onnx, torch_export, say,
-                                  int8, proxy, channels_last, (batch, threads) if aoti else None)
+                                  int8, proxy, channels_last, (batch, threads) if aoti else None,
+                                  (batch, threads) if executorch else None)
         except BaseException:
             if created:  # a failed export leaves the disk as it found it
                 shutil.rmtree(stage, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     out.rmdir()
             raise
-        for old in ARTEFACTS + ("model.onnx.data", INT8, AOTI):  # no stale files from an earlier export
+        for old in ARTEFACTS + ("model.onnx.data", INT8, AOTI, PTE):  # no stale files from an earlier export
             (out / old).unlink(missing_ok=True)
         for f in stage.iterdir():
             f.replace(out / f.name)
@@ -144,6 +151,7 @@ def _export_into(
     arch: Arch, d: Path, out: Path, state_dict: Any, info: dict[str, Any], res: int,
     onnx: bool | None, torch_export: bool, say: Callable[[str], None], int8: bool = False,
     proxy: Any = None, channels_last: bool = True, aoti: tuple[int, int] | None = None,
+    pte: tuple[int, int] | None = None,
 ) -> ExportResult:
     model = build(arch)
     trained = state_dict is not None
@@ -211,6 +219,15 @@ def _export_into(
         result.aoti = _export_aoti(model, d / AOTI, res, *aoti)
         result.max_abs_diff[AOTI] = result.aoti.pop("max_abs_diff")
         result.files[AOTI] = d / AOTI
+
+    if pte is not None:
+        say(f"{PTE} (lowering to XNNPACK for ExecuTorch: tens of seconds)")
+        try:
+            y, ref_pte, result.executorch = export_pte(model, d / PTE, res, *pte, channels_last)
+        except UserError as e:
+            raise ExportError(f"{PTE}: {e}" if not str(e).startswith(PTE) else str(e)) from None
+        result.max_abs_diff[PTE] = _max_diff(y, ref_pte, PTE, _FOLDED_TOL * (ref_pte.abs().max().item() + 1e-30))
+        result.files[PTE] = d / PTE
 
     say("report.md")
     (d / "report.md").write_text(render_report(arch, result, info, res, trained, __version__))

@@ -6,7 +6,8 @@ run's front and its baselines on each runtime asked for, side by side (``protoco
 all points and that runtime's own reference interleaved in one window), and reports per
 runtime each point's ratio to the reference and its ms, the Kendall tau between runtimes'
 rankings of the points, and which points stay non-dominated on (proxy, latency) there. The
-proxy score is the run's: only latency changes with the runtime.
+proxy score is the run's: only latency changes with the runtime. ExecuTorch (XNNPACK) lowers
+each point before its window (tens of seconds each, cached by archid for the next time).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def transfer(run_path: str | Path, backends: Sequence[str], *, seconds_per_point
     lat: dict[str, list[Any]] = {}
     for b in backends:
         if progress is not None:
-            progress(f"timing {len(points)} points on {b}")
+            progress(f"timing {len(points)} points on {b}" + (" (lowering the uncached ones to XNNPACK "
+                     "first: tens of seconds each)" if b == "executorch" else ""))
         cal = calibration_images(load_data(run.space.data)) if b == "onnxruntime-int8" else None
         lat[b] = retime(archs, dataclasses.replace(target, backend=b), calibration=cal,
                         max_seconds=seconds_per_point * (len(archs) + 1))
