@@ -25,7 +25,7 @@ MAX_LINES = 450
 # Heavy optional packages a function may import where it uses them, so that `import
 # shufflesearch` (and every command that does not need them) stays light.
 HEAVY = {"onnx", "onnxruntime", "onnxscript", "matplotlib", "optuna", "sklearn", "PIL", "scipy",
-         "psycopg2"}
+         "psycopg2", "executorch"}
 LAZY_MARK = "# lazy:"
 
 

@@ -217,7 +217,7 @@ def test_missing_package_is_one_line(hidden, backend, monkeypatch):
 
 
 def test_target_and_space_accept_the_three_backends(tmp_path):
-    assert B.BACKENDS == ("torch", "onnxruntime", "onnxruntime-int8")
+    assert B.BACKENDS == ("torch", "onnxruntime", "onnxruntime-int8", "executorch")
     for b in B.BACKENDS:
         assert TargetSpec(backend=b).backend == b
     with pytest.raises(UserError, match="target.backend: must be one of torch, onnxruntime, onnxruntime-int8"):
