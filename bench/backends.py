@@ -45,6 +45,8 @@ from shufflesearch.model.arch import Arch, preset
 from shufflesearch.model.compile import build, to_inference
 from shufflesearch.review.export import export_arch
 
+# The torch and ONNX Runtime backends; executorch's lowering has its own bench (bench/executorch_backend.py).
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 PRESETS = "shufflenet_v2_x0_5,shufflenet_v2_x1_0,shufflenet_v2_x1_5,shufflenet_v1_g3_x1_0"
 
 
@@ -163,7 +165,7 @@ def main() -> None:
                   f"{'cached setup':>12} {'total':>6} {'/torch':>7}")
             for n in names:
                 base = None
-                for be, k in [(b, len(cal)) for b in B.BACKENDS] + [("onnxruntime-int8", args.other_calibration)]:
+                for be, k in [(b, len(cal)) for b in BACKENDS] + [("onnxruntime-int8", args.other_calibration)]:
                     images = B.calibration_images(data, k)
                     first = trial_cost(n, be, images, 1.0)
                     again = trial_cost(n, be, images, 1.0)  # the export (and int8 model) now cached
@@ -178,7 +180,7 @@ def main() -> None:
             print(f"{'preset':<24} {'torch':>7} {'ort':>7} {'int8':>7} {'ort/torch':>9} {'int8/ort':>8} "
                   f"{'int8/torch':>10} {'rounds':>6}")
             for n in names:
-                rs = [B.make_runner(n, TargetSpec(backend=be), calibration=cal) for be in B.BACKENDS]
+                rs = [B.make_runner(n, TargetSpec(backend=be), calibration=cal) for be in BACKENDS]
                 t, o, q = time_rounds(rs, max_seconds=args.seconds, target_rel_ci=None)
 
                 def ratio(a: list[float], b: list[float]) -> float:
