@@ -21,6 +21,7 @@ from shufflesearch.errors import UserError
 from shufflesearch.measure import backends as B
 from shufflesearch.measure import executorch as ET
 from shufflesearch.measure.env import package_version
+from shufflesearch.measure.protocol import reference_archid
 from shufflesearch.measure.target import TargetSpec
 from shufflesearch.model.arch import Arch, Stage, Stem
 from shufflesearch.model.compile import build
@@ -60,11 +61,14 @@ def test_runner_matches_the_training_form_and_its_program_is_cached(lowerings):
 
 @pytest.fixture(scope="module")
 def et_run(tmp_path_factory) -> Path:
-    """A tiny search timed on executorch, with V2 0.5x (the reference) as its baseline."""
+    """A tiny search timed on executorch, with V2 0.5x as its baseline: at 1000 classes it is
+    the reference itself, so its program is lowered once for both."""
     tmp = tmp_path_factory.mktemp("et")
     text = (HERE / "spaces" / "tiny.yaml").read_text()
+    assert "num_classes: 10," in text and "threads: 1," in text and "baselines: []" in text
     space = tmp / "et.yaml"
     space.write_text(text.replace("threads: 1,", "threads: 1, backend: executorch,")
+                     .replace("num_classes: 10,", "num_classes: 1000,")
                      .replace("baselines: []", "baselines: [shufflenet_v2_x0_5]"))
     assert main(["run", str(space), "--budget", "2", "--name", "et", "--runs", str(tmp / "runs"), "--quiet"]) == 0
     return tmp / "runs" / "et"
@@ -86,6 +90,7 @@ def test_transfer_to_executorch_reuses_the_run_programs(et_run, capsys, lowering
                  "--max-seconds", "0.3"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert lowerings == []  # every point (and the reference) was lowered by the run already
+    assert reference_archid() in {p["archid"] for p in d["points"]}  # the baseline is the reference
     assert d["backends"] == ["torch", "executorch"] and set(d["kendall_tau"]) == {"torch~executorch"}
     assert -1 <= d["kendall_tau"]["torch~executorch"] <= 1
     assert d["fingerprint"]["executorch"]["backend"] == "executorch"
