@@ -6,24 +6,26 @@ the latencies compare, and whether a front found on torch survives on ExecuTorch
    ``make_runner`` spends lowering (wall, and this process's CPU time, which the other users
    of a shared machine inflate less), then the same call again with the program cached.
    Importing ExecuTorch (once per process) is timed apart.
-2. Latency: six runners (two presets; torch's inference form NCHW, as a default target times
-   it, and NHWC, with ``channels_last: true``; ExecuTorch) timed in interleaved rounds for
+2. Latency: six runners (two presets; torch's inference form in NHWC, as a search space times
+   it by default, and in NCHW, as ``channels_last: false`` does; ExecuTorch) timed in interleaved rounds for
    --seconds; per round the ratio executorch/torch of each preset, and 1x/0.5x on each
    runtime; medians with 95% bootstrap intervals over the rounds.
 3. A small run (--budget trials of a narrow V2 space at --resolution, V2 0.5x as its baseline,
-   timed on torch), then ``latency transfer RUN --backends torch,executorch``: Kendall tau
+   timed on torch in the space's default NHWC), then ``latency transfer RUN --backends torch,executorch``: Kendall tau
    between the runtimes' rankings of the front and baselines, and how many front points stay
    non-dominated on ExecuTorch. A front holds few points, so every completed architecture of
    the run is also re-timed side by side on both runtimes (``protocol.retime``) for a tau
    over all of them, with a 95% bootstrap interval over the architectures.
 
 Everything uses one thread; the load average before and after is printed. Usage:
-    python bench/executorch_backend.py [--resolution 224] [--seconds 5] [--budget 10] [--runs DIR]
+    python bench/executorch_backend.py [--parts 1,2,3] [--resolution 224] [--seconds 5]
+                                       [--budget 10] [--runs DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -127,7 +129,6 @@ def transfer_run(res: int, budget: int, runs: Path, seconds: float) -> None:
     # The CLI as users run it: the search, then the transfer (its programs cached in part 1 or here).
     from shufflesearch.cli import main
     from shufflesearch.measure.protocol import retime
-    from shufflesearch.model.arch import Arch
     from shufflesearch.review.pareto import load_records
     from shufflesearch.review.transfer import format_transfer, transfer
 
@@ -144,11 +145,11 @@ def transfer_run(res: int, budget: int, runs: Path, seconds: float) -> None:
     print(f"transfer: {time.perf_counter() - t0:.0f} s, {len(d['points'])} points")
     print(format_transfer(d))
 
-    _, records = load_records(runs / "et-small")
-    archs = list({r.archid: Arch.from_dict(r.arch) for r in records if r.complete}.values())
+    run, records = load_records(runs / "et-small")
+    archs = list({r.archid: r.arch for r in records if r.complete}.values())
     t0 = time.perf_counter()
-    lat = {b: retime(archs, TargetSpec(resolution=res, backend=b), max_seconds=seconds * (len(archs) + 1))
-           for b in ("torch", "executorch")}
+    lat = {b: retime(archs, dataclasses.replace(run.space.target, backend=b),
+                     max_seconds=seconds * (len(archs) + 1)) for b in ("torch", "executorch")}
     ratios = {b: np.array([la.ratio for la in lat[b]]) for b in lat}
     ci = bootstrap_ci(kendall_tau, ratios["torch"], ratios["executorch"], n_boot=1000)
     print(f"all {len(archs)} completed architectures re-timed on both ({time.perf_counter() - t0:.0f} s): "
@@ -160,16 +161,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--seconds", type=float, default=5.0, help="part 2's timing window")
-    ap.add_argument("--budget", type=int, default=10, help="part 3's search trials (0: skip part 3)")
+    ap.add_argument("--parts", default="1,2,3", help="which parts to run (2 needs 1)")
+    ap.add_argument("--budget", type=int, default=10, help="part 3's search trials")
     ap.add_argument("--runs", help="folder for part 3's run (default: a temporary one)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, executorch {package_version('executorch')}; {load()}")
     with tempfile.TemporaryDirectory(prefix="bench-executorch-") as tmp:
         os.environ["SHUFFLESEARCH_CACHE_DIR"] = tmp  # an empty cache: part 1 pays every lowering
-        et = export_cost(args.resolution)
-        latency(args.resolution, et, args.seconds)
-        if args.budget > 0:
+        parts = {int(p) for p in args.parts.split(",")}
+        if 1 in parts:
+            et = export_cost(args.resolution)
+            if 2 in parts:
+                latency(args.resolution, et, args.seconds)
+        if 3 in parts:
             runs = Path(args.runs) if args.runs else Path(tmp) / "runs"
             runs.mkdir(parents=True, exist_ok=True)
             transfer_run(args.resolution, args.budget, runs, seconds=1.0)

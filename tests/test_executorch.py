@@ -79,9 +79,9 @@ def test_search_times_trials_on_executorch(et_run):
     done = [r for r in records if r.state == "COMPLETE"]
     assert len(done) >= 3  # two search trials and the baseline
     for r in done:
-        fp = r.latency["fingerprint"]
+        fp = r.latency.fingerprint
         assert fp["backend"] == "executorch" and fp["executorch"] == package_version("executorch")
-        assert r.latency["ratio"] > 0 and r.latency_ms == pytest.approx(r.latency["ratio"] * r.latency["reference"]["ms"])
+        assert r.latency.ratio > 0 and r.latency_ms == pytest.approx(r.latency.ratio * r.latency.reference["ms"])
 
 
 def test_transfer_to_executorch_reuses_the_run_programs(et_run, capsys, lowerings):
@@ -118,8 +118,7 @@ def test_export_writes_a_pte_that_executorch_runs(et_run, tmp_path, capsys):
     # Checked here with ExecuTorch's public runtime API and weights.pt, not with export.py's code.
     from executorch.runtime import Runtime
 
-    arch = Arch.from_dict(trial.arch)
-    model = build(arch)
+    model = build(trial.arch)
     model.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():

@@ -20,7 +20,7 @@ def print_artefacts(res: Any) -> None:
         if name == "model.aoti.pt2":
             note += f", x{res.aoti['aoti_speedup']:.2f} the eager training form's speed"
         if name == "model.pte":
-            note += f", x{res.executorch['ratio']:.2f} torch's latency here"
+            note += f", x{res.executorch['latency_ratio']:.2f} torch's latency here"
         print(f"  {path.name:<11} {note}")
     for name, why in res.skipped.items():
         print(f"  {name:<11} skipped: {why}")

@@ -115,7 +115,7 @@ def _pte_lines(r: Mapping[str, Any]) -> list[str]:
         "|---|---|---|",
         f"| inference form, torch eager, {r['torch_form']} (what a `torch` search times) | "
         f"{r['torch_ms']:.3f} | x1.00 |",
-        f"| {PTE}, ExecuTorch + XNNPACK | {r['executorch_ms']:.3f} | x{r['ratio']:.2f} |",
+        f"| {PTE}, ExecuTorch + XNNPACK | {r['executorch_ms']:.3f} | x{r['latency_ratio']:.2f} |",
         "",
         f"Medians over interleaved rounds on this machine when exporting, {r['threads']} thread(s); "
         "the ratio is the median of the per-round ratios. A phone runs the XNNPACK kernels, not "

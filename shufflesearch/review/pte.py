@@ -53,6 +53,6 @@ def export_pte(model: torch.nn.Module, path: Path, res: int, batch: int, threads
         "delegated_nodes": low["delegated_nodes"], "portable_nodes": low["portable_nodes"],
         "size_kb": low["size_kb"], "executorch": package_version("executorch"),
         "torch_ms": statistics.median(t_torch), "executorch_ms": statistics.median(t_et),
-        "ratio": statistics.median(e / t for t, e in zip(t_torch, t_et)),
+        "latency_ratio": statistics.median(e / t for t, e in zip(t_torch, t_et)),  # executorch / torch
         "torch_form": "NHWC" if channels_last else "NCHW",
     }

@@ -220,7 +220,7 @@ def test_target_and_space_accept_the_three_backends(tmp_path):
     assert B.BACKENDS == ("torch", "onnxruntime", "onnxruntime-int8", "executorch")
     for b in B.BACKENDS:
         assert TargetSpec(backend=b).backend == b
-    with pytest.raises(UserError, match="target.backend: must be one of torch, onnxruntime, onnxruntime-int8"):
+    with pytest.raises(UserError, match="backend: must be one of torch, onnxruntime, onnxruntime-int8, executorch"):
         TargetSpec(backend="int8")
     text = (SPACES / "tiny.yaml").read_text()
     assert "threads: 1," in text
