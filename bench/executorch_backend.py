@@ -40,6 +40,7 @@ from shufflesearch.measure import backends as B
 from shufflesearch.measure import executorch as ET
 from shufflesearch.measure.env import package_version
 from shufflesearch.measure.target import TargetSpec
+from shufflesearch.measure.timing import time_rounds
 from shufflesearch.model.arch import preset
 from shufflesearch.model.compile import to_inference
 
@@ -97,22 +98,15 @@ def export_cost(res: int) -> dict[str, B.Runner]:
 def torch_runner(name: str, res: int, channels_last: bool) -> B.Runner:
     """The torch backend's figure: the seeded inference form in the target's memory format."""
     model = to_inference(B.seeded_model(preset(name)), channels_last=channels_last)
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, res, res)).astype(np.float32))
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-
-    def run() -> torch.Tensor:
-        with torch.inference_mode():
-            return model(x)
-
-    return B.Runner("torch", run, x.numpy(), 1, {})
+    x = torch.from_numpy(B.fixed_input((1, 3, res, res)))
+    return B.torch_runner(model, x.contiguous(memory_format=torch.channels_last) if channels_last else x)
 
 
 def latency(res: int, et: dict[str, B.Runner], seconds: float) -> None:
     print(f"\n2. latency at {res}x{res}, batch 1, 1 thread: median ms over interleaved rounds of "
           f"{seconds:.0f} s; ratios with 95% CIs")
     rs = [r for n in PRESETS for r in (torch_runner(n, res, False), torch_runner(n, res, True), et[n])]
-    t = dict(zip([(n, f) for n in PRESETS for f in ("nchw", "nhwc", "et")], B.time_interleaved(rs, seconds=seconds)))
+    t = dict(zip([(n, f) for n in PRESETS for f in ("nchw", "nhwc", "et")], time_rounds(rs, max_seconds=seconds, target_rel_ci=None)))
     print(f"{'preset':<22} {'torch NCHW':>10} {'torch NHWC':>10} {'executorch':>10} "
           f"{'executorch/torch NCHW':>24} {'executorch/torch NHWC':>24}")
     for n in PRESETS:

@@ -70,7 +70,8 @@ def et_run(tmp_path_factory) -> Path:
     space.write_text(text.replace("threads: 1,", "threads: 1, backend: executorch,")
                      .replace("num_classes: 10,", "num_classes: 1000,")
                      .replace("baselines: []", "baselines: [shufflenet_v2_x0_5]"))
-    assert main(["run", str(space), "--budget", "2", "--name", "et", "--runs", str(tmp / "runs"), "--quiet"]) == 0
+    assert main(["run", str(space), "--budget", "2", "--name", "et", "--runs", str(tmp / "runs"), "--workers", "1",
+                 "--quiet"]) == 0
     return tmp / "runs" / "et"
 
 
@@ -145,8 +146,9 @@ def test_missing_package_is_one_line(monkeypatch, tmp_path):
         export_arch(TINY, tmp_path / "b", resolution=32, onnx=False, torch_export=False, executorch=True)
     assert "\n" not in str(e.value) and str(e.value).startswith("model.pte") and hint in str(e.value)
     assert not (tmp_path / "b").exists()  # a failed export leaves nothing behind
-    # A search says so once, before its first trial, instead of failing every trial.
+    # A search says so once, before it makes its folder, instead of failing every trial.
     space = tmp_path / "et.yaml"
     space.write_text((HERE / "spaces" / "tiny.yaml").read_text().replace("threads: 1,", "threads: 1, backend: executorch,"))
     assert main(["run", str(space), "--budget", "2", "--name", "x", "--runs", str(tmp_path / "runs"), "--quiet"]) == 2
+    assert not (tmp_path / "runs" / "x").exists()
     B.make_runner(TINY, TargetSpec(resolution=32))  # torch needs none of it

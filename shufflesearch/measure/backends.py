@@ -139,7 +139,7 @@ def make_module_runner(module: nn.Module, input_shape: tuple[int, int, int, int]
     if spec.backend == "torch":
         return _torch_runner(module.eval(), spec, input_shape)
     if spec.backend == "executorch":
-        return Runner(spec.backend, *executorch.prepare(module.eval(), input_shape, spec.threads, key))
+        return Runner(spec.backend, *executorch.prepare(module.eval(), fixed_input(input_shape), spec.threads, key))
     return _ort_runner(module.eval(), spec, calibration, key=key, input_shape=input_shape)
 
 

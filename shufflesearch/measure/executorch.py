@@ -28,6 +28,7 @@ Three things this module owns:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sys
 import time
@@ -41,8 +42,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..common.files import atomic_write
 from ..errors import UserError
-from .env import cache_dir, package_version
+from .env import cache_dir, compute_lock, package_version
 from .target import stable_hash
 
 __all__ = ["INSTALL_HINT", "LOWERING", "require_executorch", "program_tag",
@@ -52,7 +54,6 @@ INSTALL_HINT = 'pip install -e ".[executorch]"'
 # What a .pte depends on besides the architecture and the shape; bump "version" when lower()
 # changes what it builds (part of the cache key).
 LOWERING = {"partitioner": "xnnpack", "form": "inference, NCHW", "dtype": "float32", "version": 1}
-SEED = 0  # the fixed input's seed (backends.py feeds the other runtimes the same one)
 
 
 # --- the optional package ----------------------------------------------------------------------
@@ -99,17 +100,13 @@ def program_tag() -> str:
 # --- lowering ------------------------------------------------------------------------------------
 
 
-def fixed_input(shape: tuple[int, ...]) -> np.ndarray:
-    return np.random.default_rng(SEED).standard_normal(shape).astype(np.float32)
-
-
 def lower(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[bytes, dict[str, Any]]:
     """The ``.pte`` bytes of ``module`` (eval, NCHW) for one ``input_shape``, and what the
     lowering did: ``lower_s`` and how many graph nodes XNNPACK took (``delegated_nodes``) and
     left to ExecuTorch's portable kernels (``portable_nodes``)."""
     et = require_executorch()
     module = module.eval().to(memory_format=torch.contiguous_format)
-    x = torch.from_numpy(fixed_input(input_shape))
+    x = torch.zeros(input_shape)  # an example for the fixed shape: its values do not matter
     t0 = time.perf_counter()
     try:
         with torch.no_grad(), quiet():
@@ -138,27 +135,40 @@ def _program_dir() -> Path:
     return d
 
 
+@contextlib.contextmanager
+def _one_lowering(path: Path | None) -> Iterator[None]:
+    """Held while ``path`` is looked up and, if missing, lowered: the workers of a run that
+    all start on the same reference lower it once, the others wait and read it."""
+    if path is None:
+        yield
+        return
+    with open(path.with_name(f".{path.name}.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def cached_program(module: nn.Module, shape: tuple[int, ...], key: str | None
                    ) -> tuple[bytes, dict[str, Any]]:
     """The program of ``module`` (named by ``key``, e.g. an archid) for ``shape``: read from
-    the cache, else lowered and written there (to a temporary name first, so that a
-    concurrent reader never sees half). ``key=None``: lowered afresh, not cached."""
+    the cache, else lowered and written there (whole: ``atomic_write``). ``key=None``: lowered
+    afresh, not cached. Lowering holds the compute lock: its tens of seconds of CPU never
+    overlap another process's timing window."""
     info: dict[str, Any] = {"export_cached": False, "path": None}
     path = None
     if key is not None:
         b, _, h, w = shape
         path = _program_dir() / f"{key}_b{b}_{h}x{w}_{program_tag()}.pte"
         info["path"] = str(path)
-        if path.is_file():
+    with _one_lowering(path):
+        if path is not None and path.is_file():
             info.update(export_cached=True, export_s=0.0)
             return path.read_bytes(), info
-    t0 = time.perf_counter()
-    data, _ = lower(module, shape)
-    info["export_s"] = time.perf_counter() - t0
-    if path is not None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        t0 = time.perf_counter()
+        with compute_lock():
+            data, _ = lower(module, shape)
+        info["export_s"] = time.perf_counter() - t0
+        if path is not None:
+            atomic_write(path, data)
     return data, info
 
 
@@ -190,15 +200,15 @@ class Program:
         self.forward = self.module.forward
 
 
-def prepare(module: nn.Module, shape: tuple[int, ...], threads: int, key: str | None
+def prepare(module: nn.Module, x_np: np.ndarray, threads: int, key: str | None
             ) -> tuple[Callable[[], list[torch.Tensor]], np.ndarray, int, dict[str, Any]]:
-    """(call, input, threads, info) of ``module`` (eval, NCHW) lowered for ``shape``: the
-    parts of a ``backends.Runner``. ``info``: export_s, export_cached, path, session_s."""
-    data, info = cached_program(module, tuple(shape), key)
+    """(call, input, threads, info) of ``module`` (eval, NCHW) lowered for the shape of the
+    fixed input ``x_np`` (float32, NCHW): the parts of a ``timing.Runner``. ``info``:
+    export_s, export_cached, path, session_s."""
+    data, info = cached_program(module, tuple(x_np.shape), key)
     t0 = time.perf_counter()
     prog = Program(data, threads)
     info["session_s"] = time.perf_counter() - t0
-    x_np = fixed_input(tuple(shape))
     x = (torch.from_numpy(x_np.copy()),)
     rt = require_executorch().runtime
 

@@ -17,6 +17,7 @@ import torch
 from ..measure import backends as B
 from ..measure import executorch as ET
 from ..measure.env import package_version
+from ..measure.timing import time_rounds
 from ..model.compile import to_inference
 
 PTE = "model.pte"
@@ -40,14 +41,9 @@ def export_pte(model: torch.nn.Module, path: Path, res: int, batch: int, threads
 
     inf = to_inference(model, channels_last=channels_last)
     x_t = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-    def run_torch() -> torch.Tensor:
-        with torch.inference_mode():
-            return inf(x_t)
-
-    runners = [B.Runner("torch", run_torch, x.numpy(), threads, {}),
+    runners = [B.torch_runner(inf, x_t, threads),
                B.Runner("executorch", lambda: prog.forward((x,)), x.numpy(), threads, {})]
-    t_torch, t_et = B.time_interleaved(runners, seconds=1.0)
+    t_torch, t_et = time_rounds(runners, max_seconds=1.0, target_rel_ci=None)
     return y, ref, {
         "batch": batch, "resolution": res, "threads": threads, "lower_s": low["lower_s"],
         "delegated_nodes": low["delegated_nodes"], "portable_nodes": low["portable_nodes"],

@@ -41,6 +41,7 @@ from optuna.trial import TrialState
 
 from ..common.threads import Workers, check_workers, resolve_workers, train_threads, usable_cores
 from ..errors import UserError
+from ..measure.executorch import require_executorch
 from ..model.arch import ArchError
 from .baselines import evaluate_baselines, short_train_front
 from .evaluator import prefilter_table
@@ -86,6 +87,8 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
     space = load_space(space_path)
     check_buildable(space, space_path)
     prefilter_table(space)  # a missing table is refused before any folder is made
+    if space.target.backend == "executorch":  # so is a missing package, once, not per trial
+        require_executorch()
     run = open_run(space, name, runs_root, storage)
     setup_log(run)
     if space.fidelity is not None and space.guidelines.mode == "penalize":

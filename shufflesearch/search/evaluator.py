@@ -20,7 +20,6 @@ from ..measure import backends
 from ..measure.cache import LatencyCache
 from ..measure.drift import DriftMonitor
 from ..measure.env import compute_lock, fingerprint, fingerprint_id, timing_lock
-from ..measure.executorch import require_executorch
 from ..measure.predictor import LatencyTable, table_path
 from ..model.arch import Arch
 from ..model.compile import build
@@ -72,8 +71,6 @@ class Evaluator:
         self.limit = limit
         self.run_root = run_root  # where a ladder keeps its rung checkpoints (rungs/)
         self.spec = space.target
-        if self.spec.backend == "executorch":  # missing: one line now, not one failed trial each
-            require_executorch()
         self.cache = LatencyCache()
         self.data = load_data(space.data)
         calibration = calibration_images(space, self.data)
