@@ -4,6 +4,7 @@ Owns: the target spec and Latency record (target), the environment fingerprint, 
 and cross-process locks (env), the one timing loop, its Runner and estimators (timing), the
 timing protocol relative to a reference (protocol), the latency cache (cache), the drift
 monitor (drift), the per-unit latency predictor (predictor), the runtimes and the int8
-calibration rule (backends) and the torch backend's compiled form (compiled).
+calibration rule (backends), the torch backend's compiled form (compiled) and the ExecuTorch
+backend's lowering and program cache (executorch).
 May import: common, model and errors.
 """

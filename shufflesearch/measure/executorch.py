@@ -115,9 +115,15 @@ def lower(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[bytes, dict[
             nodes = _delegation(edge.exported_program().graph_module)
             data = edge.to_executorch().buffer
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"ExecuTorch lowering failed ({e.__class__.__name__}: {first})") from None
+        raise UserError(f"ExecuTorch lowering failed ({_headline(e)})") from None
     return data, {"lower_s": time.perf_counter() - t0, **nodes, "size_kb": len(data) / 1024}
+
+
+def _headline(e: Exception) -> str:
+    """The type and first line of an error from ExecuTorch's passes, whose messages run to
+    many lines (graph dumps): a one-line UserError quotes this much of it."""
+    text = str(e).strip()
+    return f"{e.__class__.__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _delegation(gm: torch.fx.GraphModule) -> dict[str, int]:

@@ -220,19 +220,27 @@ def _export_into(
         result.max_abs_diff[AOTI] = result.aoti.pop("max_abs_diff")
         result.files[AOTI] = d / AOTI
 
-    if pte is not None:
-        say(f"{PTE} (lowering to XNNPACK for ExecuTorch: tens of seconds)")
-        try:
-            y, ref_pte, result.executorch = export_pte(model, d / PTE, res, *pte, channels_last)
-        except UserError as e:
-            raise ExportError(f"{PTE}: {e}" if not str(e).startswith(PTE) else str(e)) from None
-        result.max_abs_diff[PTE] = _max_diff(y, ref_pte, PTE, _FOLDED_TOL * (ref_pte.abs().max().item() + 1e-30))
-        result.files[PTE] = d / PTE
+    _add_pte(result, model, d / PTE, res, pte, channels_last, say)
 
     say("report.md")
     (d / "report.md").write_text(render_report(arch, result, info, res, trained, __version__))
     result.files["report.md"] = d / "report.md"
     return result
+
+
+def _add_pte(result: ExportResult, model: torch.nn.Module, path: Path, res: int,
+             pte: tuple[int, int] | None, channels_last: bool, say: Callable[[str], None]) -> None:
+    """model.pte (``pte``: batch and threads; None: not asked for), its outputs checked against
+    the training form's on a batch of its one shape (pte.py)."""
+    if pte is None:
+        return
+    say(f"{PTE} (lowering to XNNPACK for ExecuTorch: tens of seconds)")
+    try:
+        y, ref, result.executorch = export_pte(model, path, res, *pte, channels_last)
+    except UserError as e:
+        raise ExportError(str(e) if str(e).startswith(PTE) else f"{PTE}: {e}") from None
+    result.max_abs_diff[PTE] = _max_diff(y, ref, PTE, _FOLDED_TOL * (ref.abs().max().item() + 1e-30))
+    result.files[PTE] = path
 
 
 def _load_weights(model: torch.nn.Module, state_dict: Any) -> None:

@@ -27,8 +27,8 @@ from shufflesearch.model.arch import Arch, Stage, Stem
 from shufflesearch.model.compile import build
 from shufflesearch.review.export import ExportError, export_arch
 from shufflesearch.review.pareto import load_records
+from tests.conftest import SPACES
 
-HERE = Path(__file__).parent
 # One V2 and one V1 stage (a group conv, a channel shuffle), so both unit kinds are lowered.
 TINY = Arch(stages=(Stage("v2", 24, 2), Stage("v1", 48, 1, groups=2)), stem=Stem(channels=8), head=64,
             num_classes=13)  # a class count no other test's network has: an archid of its own
@@ -64,7 +64,7 @@ def et_run(tmp_path_factory) -> Path:
     """A tiny search timed on executorch, with V2 0.5x as its baseline: at 1000 classes it is
     the reference itself, so its program is lowered once for both."""
     tmp = tmp_path_factory.mktemp("et")
-    text = (HERE / "spaces" / "tiny.yaml").read_text()
+    text = (SPACES / "tiny.yaml").read_text()
     assert "num_classes: 10," in text and "threads: 1," in text and "baselines: []" in text
     space = tmp / "et.yaml"
     space.write_text(text.replace("threads: 1,", "threads: 1, backend: executorch,")
@@ -148,7 +148,7 @@ def test_missing_package_is_one_line(monkeypatch, tmp_path):
     assert not (tmp_path / "b").exists()  # a failed export leaves nothing behind
     # A search says so once, before it makes its folder, instead of failing every trial.
     space = tmp_path / "et.yaml"
-    space.write_text((HERE / "spaces" / "tiny.yaml").read_text().replace("threads: 1,", "threads: 1, backend: executorch,"))
+    space.write_text((SPACES / "tiny.yaml").read_text().replace("threads: 1,", "threads: 1, backend: executorch,"))
     assert main(["run", str(space), "--budget", "2", "--name", "x", "--runs", str(tmp_path / "runs"), "--quiet"]) == 2
     assert not (tmp_path / "runs" / "x").exists()
     B.make_runner(TINY, TargetSpec(resolution=32))  # torch needs none of it
