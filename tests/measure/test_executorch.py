@@ -4,7 +4,7 @@ search, a transfer and an export run on it; model.pte runs in ExecuTorch's own r
 checked here independently of export.py; a missing package is one clear line.
 
 Lowering costs seconds per network, so one small run (budget 2, 32x32) serves several tests
-and the reference's program (V2 0.5x, also the run's baseline) is lowered once per session."""
+and the reference's program (V2 0.5x, also the run's baseline) is lowered once per pytest run."""
 
 from __future__ import annotations
 
