@@ -35,7 +35,7 @@ SHELL = {"bash", "sh", "shell", ""}
 RUN_CHEAP = {"show", "check", "validate"}  # commands run for real (seconds at most)
 OTHER_COMMANDS = {"createuser", "createdb", "optuna-dashboard", "uptime", "cd"}
 STAGES = ("common", "model", "measure", "guidelines", "accuracy", "search", "review", "cli", "errors")
-FILE_EXT = {"py", "pt", "pt2", "onnx", "yaml", "yml", "json", "jsonl", "md", "db", "html", "png",
+FILE_EXT = {"py", "pt", "pt2", "pte", "onnx", "yaml", "yml", "json", "jsonl", "md", "db", "html", "png",
             "npz", "log", "csv"}
 
 
