@@ -3,20 +3,22 @@
 The public API. Its functions take an ``Arch``, a preset name or an arch file: the name or path
 is resolved here, at the edge, and the stages below only ever see an ``Arch``.
 
-Layout (one subpackage per pipeline stage; imports point down this list, see README.md):
+Layout (one subpackage per pipeline stage, each exporting its public types in ``__all__``;
+imports point down this list, see docs/layout.md):
 common < model < measure < guidelines < accuracy < search < review < cli.
 """
 
 from __future__ import annotations
 
 import importlib
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import torch
 
-from .errors import UserError
+from .errors import Deprecated, UserError
 from .model import compile as _compile
 from .model import cost as _cost
 from .model.arch import PRESETS, Arch, ArchError, Stage, Stem, load_arch, preset, resolve_arch
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PRESETS",
-    "check",
+    "guideline_report",
     "compute_proxies",
     "export_arch",
     "load_space",
@@ -69,7 +71,8 @@ def _stage(module: str) -> Any:
     return importlib.import_module(module, __name__)
 
 
-def check(arch_or_graph: Any, resolution: int = 224, settings: Any = None, calibration: Any = None) -> Any:
+def guideline_report(arch_or_graph: Any, resolution: int = 224, settings: Any = None,
+                     calibration: Any = None) -> Any:
     """G1-G4 findings and penalties (a GuidelineReport) of an Arch, preset, arch file or OpGraph."""
     g = arch_or_graph if isinstance(arch_or_graph, nx.DiGraph) else resolve_arch(arch_or_graph)
     return _stage(".guidelines.checks").check(g, resolution, settings, calibration)
@@ -97,6 +100,10 @@ _LAZY = {"run_search": (".search.engine", "search"), "load_space": (".search.spa
 
 
 def __getattr__(name: str) -> Any:  # PEP 562
+    if name == "check":  # the old name of guideline_report ("check" is the run's self-check)
+        warnings.warn("shufflesearch.check is now shufflesearch.guideline_report; the old name goes "
+                      "in the next release", Deprecated, stacklevel=2)
+        return guideline_report
     if name in _LAZY:
         module, attr = _LAZY[name]
         return getattr(_stage(module), attr)

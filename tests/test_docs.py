@@ -32,7 +32,8 @@ PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 LANGS = {"python", "console", "bash", "sh", "shell", "", "yaml", "text"}
 MARKERS = {"skip", "space", "space-fragment", "arch", "in-bundle", "in-run"}
 SHELL = {"bash", "sh", "shell", ""}
-RUN_CHEAP = {"show", "check", "validate"}  # commands run for real (seconds at most)
+# Commands run for real (seconds at most), new spellings and old; `guidelines bench` is not one.
+RUN_CHEAP = {"show", "guidelines", "space", "check", "validate"}
 OTHER_COMMANDS = {"createuser", "createdb", "optuna-dashboard", "uptime", "cd"}
 STAGES = ("common", "model", "measure", "guidelines", "accuracy", "search", "review", "cli", "errors")
 FILE_EXT = {"py", "pt", "pt2", "pte", "onnx", "yaml", "yml", "json", "jsonl", "md", "db", "html", "png",
@@ -340,7 +341,8 @@ def _check_command(argv: list[str], expected: list[str]) -> str | None:
                 args = build_parser().parse_args(argv[1:])
         except SystemExit:
             return f"does not parse: {err.getvalue().strip()}"
-        return _run_cheap(argv, args.command, expected) if args.command in RUN_CHEAP else None
+        cheap = args.command in RUN_CHEAP and (args.command != "guidelines" or hasattr(args, "arch"))
+        return _run_cheap(argv, args.command, expected) if cheap else None
     if prog == "python":
         return _check_python(argv)
     if prog == "pip":

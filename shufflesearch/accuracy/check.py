@@ -74,8 +74,9 @@ def oracle_ceiling(acc: np.ndarray, n_sim: int = 2000, quantile: float = CEILING
     ``acc`` is (archs, seeds). Parametric bootstrap: the seed noise of one training is the
     pooled within-architecture variance s²; the truth's noise is s² / seeds. Each draw adds
     that noise to the observed means and takes τ between the two. The observed means are
-    themselves spread by noise, so this errs high (a ceiling an oracle seldom beats: the
-    README's test has it beaten in under 10% of simulated checks)."""
+    themselves spread by noise, so this errs high (a ceiling an oracle seldom beats: in
+    tests/test_fidelity.py, test_oracle_does_not_beat_the_noise_ceiling, it is beaten in under
+    10% of simulated checks)."""
     acc = np.asarray(acc, dtype=float)
     n, seeds = acc.shape
     if seeds < 2 or n < 3:

@@ -9,7 +9,7 @@ Sources (``DataSpec.name``):
                 greyscale clothing, 10 classes, MIT licence) that ships inside this package
                 (``assets/fashion.npz``, built by ``make_fashion.py``), so nothing is
                 downloaded. Chosen because it can rank architectures: on it the seed-to-seed
-                ranking of trained networks agrees (README, "The default proxy task").
+                ranking of trained networks agrees (docs/accuracy.md, "The default: Fashion-MNIST").
   "digits"      scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes);
                 ships inside the scikit-learn wheel. Every network reaches 96-98% on it, so
                 it cannot rank architectures: it serves tests and quick runs.
@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common.settings import SettingError, check_settings, setting
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 BUNDLED = ("fashion", "digits")  # sources that ship with the package or its dependencies
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -149,6 +149,11 @@ def _fashion() -> tuple[np.ndarray, np.ndarray, list[str]]:
         return z["x"].astype(np.float32)[:, None] / 255.0, z["y"].astype(np.int64), [str(c) for c in z["classes"]]
 
 
+def _task_error(rule: str, where: str = "proxy task") -> UserError:
+    """Images that cannot serve as a proxy task: the field that named them is DataSpec.name."""
+    return UserError(rule, field="name", owner="DataSpec", where=where)
+
+
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -158,13 +163,13 @@ def read_idx(path: str | Path) -> np.ndarray:
     path = Path(path)
     raw = (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")).read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise UserError(f"{path}: not an IDX file (bad magic number)")
+        raise _task_error(f"{path}: not an IDX file (bad magic number)", where="")
     nd = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(nd)]
     dt = np.dtype(_IDX_DTYPES[raw[2]])
     body = np.frombuffer(raw, dtype=dt, offset=4 + 4 * nd)
     if body.size != int(np.prod(dims)):
-        raise UserError(f"{path}: holds {body.size} values for dimensions {dims}")
+        raise _task_error(f"{path}: holds {body.size} values for dimensions {dims}", where="")
     return body.reshape(dims)
 
 
@@ -179,7 +184,7 @@ def read_idx_dir(folder: str | Path, parts: tuple[str, ...] = ("train", "t10k"))
     """Images (N, H, W) and labels (N,) of the ``parts`` present in an MNIST-style folder."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"proxy task: folder '{folder}' does not exist")
+        raise _task_error(f"folder '{folder}' does not exist")
     xs, ys = [], []
     for part in parts:
         xi, yi = _idx_file(folder, f"{part}-images-idx3-ubyte"), _idx_file(folder, f"{part}-labels-idx1-ubyte")
@@ -187,11 +192,11 @@ def read_idx_dir(folder: str | Path, parts: tuple[str, ...] = ("train", "t10k"))
             continue
         x, y = read_idx(xi), read_idx(yi)
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise UserError(f"{xi}: images {x.shape} and labels {y.shape} do not pair up")
+            raise _task_error(f"{xi}: images {x.shape} and labels {y.shape} do not pair up", where="")
         xs.append(x)
         ys.append(y.astype(np.int64))
     if not xs:
-        raise UserError(f"proxy task: '{folder}' holds no train-images-idx3-ubyte[.gz] with its labels")
+        raise _task_error(f"'{folder}' holds no train-images-idx3-ubyte[.gz] with its labels")
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -204,15 +209,15 @@ def _folder(path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray, list[s
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_dir():
-        raise UserError(f"proxy task: folder '{path}' does not exist")
+        raise _task_error(f"folder '{path}' does not exist")
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
-        raise UserError(f"proxy task: folder '{path}' needs at least 2 class sub-folders, found {len(classes)}")
+        raise _task_error(f"folder '{path}' needs at least 2 class sub-folders, found {len(classes)}")
     xs, ys = [], []
     for ci, c in enumerate(classes):
         files = sorted(f for f in (path / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise UserError(f"proxy task: class folder '{path / c}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise _task_error(f"class folder '{path / c}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
         for f in files:
             try:
                 with Image.open(f) as im:
@@ -220,33 +225,33 @@ def _folder(path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray, list[s
                     im = im.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
                     xs.append(np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0)
             except (UnidentifiedImageError, OSError) as e:
-                raise UserError(f"proxy task: cannot read image '{f}': {e}") from None
+                raise _task_error(f"cannot read image '{f}': {first_line(e)}") from None
             ys.append(ci)
     return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
 
 
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if not path.is_file():
-        raise UserError(f"proxy task: file '{path}' does not exist")
+        raise _task_error(f"file '{path}' does not exist")
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise UserError(f"proxy task: '{path}' is not a readable .npz file: {e}") from None
+        raise _task_error(f"'{path}' is not a readable .npz file: {first_line(e)}") from None
     xk = next((k for k in ("x", "images") if k in z.files), None)
     yk = next((k for k in ("y", "labels") if k in z.files), None)
     if xk is None or yk is None:
-        raise UserError(f"{path}: needs arrays 'x' (or 'images') and 'y' (or 'labels'); has {z.files}")
+        raise _task_error(f"{path}: needs arrays 'x' (or 'images') and 'y' (or 'labels'); has {z.files}", where="")
     x, y = np.asarray(z[xk]), np.asarray(z[yk])
     if y.ndim != 1 or len(y) != len(x):
-        raise UserError(f"{path}: '{yk}' must be 1-D with one label per image ({len(x)}), got shape {y.shape}")
+        raise _task_error(f"{path}: '{yk}' must be 1-D with one label per image ({len(x)}), got shape {y.shape}", where="")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
-        raise UserError(f"{path}: '{yk}' must hold non-negative integer class indices")
+        raise _task_error(f"{path}: '{yk}' must hold non-negative integer class indices", where="")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.transpose(0, 3, 1, 2)  # (N, H, W, C) → (N, C, H, W)
     if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise UserError(f"{path}: '{xk}' must be (N,H,W), (N,H,W,C) or (N,C,H,W) with 1 or 3 channels, got {x.shape}")
+        raise _task_error(f"{path}: '{xk}' must be (N,H,W), (N,H,W,C) or (N,C,H,W) with 1 or 3 channels, got {x.shape}", where="")
     x = x.astype(np.float32)
     if np.issubdtype(z[xk].dtype, np.integer) or x.max() > 1.0:
         x = x / 255.0 if x.max() > 16 else x / max(float(x.max()), 1.0)
@@ -305,10 +310,10 @@ def load_data(spec: DataSpec | Mapping[str, Any] | None = None) -> ProxyData:
         x, y, classes = _npz(Path(spec.name[len("npz:"):]).expanduser())
     num_classes = max(len(classes), int(y.max()) + 1)
     if len(np.unique(y)) < 2:
-        raise UserError(f"proxy task: {spec.name} has fewer than 2 classes")
+        raise _task_error(f"{spec.name} has fewer than 2 classes")
     tr, va, ck = stratified_split(y, spec.val_fraction, spec.seed, spec.check_fraction)
     if len(va) == 0 or len(ck) == 0 or len(tr) < 2:
-        raise UserError(f"proxy task: {spec.name} has too few images ({len(y)}) to split into "
+        raise _task_error(f"{spec.name} has too few images ({len(y)}) to split into "
                         "train, val and check")
 
     t = torch.from_numpy(np.ascontiguousarray(x))

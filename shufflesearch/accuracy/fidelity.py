@@ -2,7 +2,7 @@
 
 Rung k (1-based) is ``rungs[k-1]`` SGD steps on the proxy task; every feasible trial of a
 search trains rung 1 (there is no zero-cost rung: on held-back data the zero-cost scores
-ranked architectures below chance; README, "The fidelity ladder").
+ranked architectures below chance; docs/accuracy.md, "The fidelity ladder").
 A trial's rungs are prefixes of ONE training run: one cosine learning-rate schedule over the
 top rung's steps (``Trainer`` in training.py), so rung k+1 continues rung k's weights,
 momentum buffers, scheduler, RNG state and place in the batch order instead of restarting.

@@ -208,7 +208,7 @@ def default_score(scores: dict[str, float], ensemble: Sequence[str] = DEFAULT_EN
     return total
 
 
-# The score a search maximises by default. The validation run (README, "Accuracy proxies") found
+# The score a search maximises by default. The validation run (docs/benchmarks.md, "Zero-cost proxies on digits") found
 # no zero-cost proxy that ranks v2.yaml architectures by short-training accuracy better than
 # chance on the digits task: the NASWOT + synflow + jacob_cov ensemble had Kendall τ −0.11,
 # grad_norm/snip/synflow were negative, and MACs (τ 0.12) and #params (τ 0.10) were the highest,

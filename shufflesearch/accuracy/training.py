@@ -68,19 +68,18 @@ def train_arch(
     threads while training (None: leave torch's setting). ``device``: auto (cuda when
     available), cpu or cuda; the weights are saved on the CPU either way."""
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise UserError(f"--epochs: {epochs!r} must be an integer >= 1")
+        raise UserError(f"{epochs!r} must be an integer >= 1", field="epochs")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise UserError(f"--lr: {lr!r} must be a positive number")
+        raise UserError(f"{lr!r} must be a positive number", field="lr")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise UserError(f"--threads: {threads!r} must be an integer >= 1")
+        raise UserError(f"{threads!r} must be an integer >= 1", field="threads")
     spec = DataSpec(name=data) if isinstance(data, str) else data
     out = prepare_out_dir(Path(out_dir), UserError)
     pd = load_data(spec)
     trained_arch = arch.replace(num_classes=pd.num_classes)  # the FC the proxy task needs
     if spec.resolution < arch.total_stride:
-        raise UserError(
-            f"--resolution: {spec.resolution} is below the network's total stride {arch.total_stride}"
-        )
+        raise UserError(f"{spec.resolution} is below the network's total stride {arch.total_stride}",
+                        field="resolution", owner="DataSpec")
 
     dev = resolve_device(device)
     spe = steps_per_epoch(pd)

@@ -96,11 +96,11 @@ def validate_proxies(archs: Sequence[Arch], data: ProxyData, seeds: int = 2,
     if len(archs) < 3:
         raise UserError(f"validate needs at least 3 architectures, got {len(archs)}")
     if seeds < 1:
-        raise UserError(f"--seeds: {seeds} must be >= 1")
+        raise UserError(f"{seeds} must be >= 1", field="seeds")
     if rungs is not None:
         FidelitySettings(rungs=tuple(rungs))  # the ladder's own rules for its rungs
         if ladder_seeds < 1:
-            raise UserError(f"--ladder-seeds: {ladder_seeds} must be >= 1")
+            raise UserError(f"{ladder_seeds} must be >= 1", field="ladder_seeds")
     names = list(names or PROXIES)
     key = {"steps": steps, "lr": lr, "seeds": seeds,
            "rungs": list(rungs) if rungs is not None else None,

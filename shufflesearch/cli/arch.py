@@ -1,5 +1,5 @@
-"""Commands about one architecture: show, latency (and the latency predictor), check,
-export-arch, train. A preset name or an arch file becomes an Arch here."""
+"""Commands about one architecture: show, guidelines ARCH, export-arch, train (and latency
+ARCH, in latency.py). A preset name or an arch file becomes an Arch here."""
 
 from __future__ import annotations
 
@@ -7,25 +7,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..accuracy.data import DataSpec, load_data
+from ..accuracy.data import DataSpec
 from ..accuracy.training import train_arch
-from ..common.settings import SettingError
 from ..common.yamlio import parse_yaml
 from ..errors import UserError
 from ..guidelines.checks import check, format_report, load_calibration
-from ..measure.backends import calibration_images
 from ..measure.cache import LatencyCache
-from ..measure.drift import measure_seeded
-from ..measure.predictor import LatencyTable, build_table, random_archs, table_path, validate
 from ..measure.protocol import measure_arch
-from ..measure.target import BACKENDS, TargetSpec
-from ..model.arch import PRESETS, Arch, resolve_arch
+from ..measure.target import TargetSpec
+from ..model.arch import PRESETS, resolve_arch
 from ..model.cost import costs, format_costs
 from ..review.export import export_arch
-from ..review.transfer import FILE as TRANSFER_FILE
-from ..review.transfer import format_transfer, parse_backends, transfer
 from ..search.reader import read_section
-from ..search.space import load_space
 from .output import print_artefacts, print_json
 
 # --- show ---------------------------------------------------------------------------------
@@ -49,107 +42,6 @@ def cmd_show(args: argparse.Namespace) -> int:
         print_json({"archid": arch.archid, "arch": arch.to_dict(), **c.to_dict()})
     else:
         print(format_costs(arch, c))
-    return 0
-
-
-# --- latency --------------------------------------------------------------------------------
-
-
-def _add_latency(p: argparse.ArgumentParser) -> None:
-    p.add_argument("arch", help="a preset name or an arch file; `build-table` / `validate` (the predictor); "
-                                "or `transfer RUN` (re-time a run's front on each of --backends)")
-    p.add_argument("run", nargs="?", help="transfer: the run folder")
-    p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
-    p.add_argument("--backend", default="torch", choices=list(BACKENDS), help="runtime timed (default torch)")
-    p.add_argument("--backends", default=",".join(b for b in BACKENDS if b != "executorch"),
-                   help="transfer: comma-separated runtimes (default torch and the two onnxruntime "
-                        "ones; executorch lowers every point first, tens of seconds each)")
-    p.add_argument("--data", default="digits",
-                   help="onnxruntime-int8: calibration images from this proxy task's training split (default digits)")
-    p.add_argument("--max-seconds", type=float, default=1.0,
-                   help="time cap per measurement (default 1; transfer: per point in each runtime's window)")
-    p.add_argument("--remeasure", action="store_true", help="ignore the cache and time again")
-    p.add_argument("--n", type=int, default=50, help="validate: random architectures (default 50)")
-    p.add_argument("--space", help="build-table/validate: sample from this search space YAML")
-    p.add_argument("--seed", type=int, default=0, help="build-table/validate: sampling seed")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-
-
-def cmd_latency(args: argparse.Namespace) -> int:
-    spec = TargetSpec(args.resolution, args.batch, args.threads, args.channels_last, args.backend)
-    if args.max_seconds <= 0:
-        raise UserError(f"--max-seconds: must be > 0, got {args.max_seconds}")
-    if args.arch == "transfer":
-        return _latency_transfer(args)
-    if args.run is not None:
-        raise UserError(f"latency: unexpected argument {args.run!r} (only `latency transfer RUN` takes two)")
-    if args.arch in ("build-table", "validate"):
-        return _latency_predictor(args, spec)
-    cal = calibration_images(load_data(DataSpec(name=args.data))) if spec.backend == "onnxruntime-int8" else None
-    lat = measure_seeded(resolve_arch(args.arch), spec, cache=LatencyCache(), remeasure=args.remeasure,
-                         max_seconds=args.max_seconds, calibration=cal)
-    if args.json:
-        print_json(lat.to_dict())  # ratio, ratio_ci, estimator, reference, protocol included
-        return 0
-    src = "cached" if lat.cached else "measured"
-    where = (f"{spec.resolution}x{spec.resolution} batch {spec.batch}, {spec.threads} thread(s), "
-             f"{spec.backend}{', NHWC' if spec.channels_last else ''}; {lat.fingerprint['cpu']}")
-    if lat.ratio is None:  # a cached figure from before relative timing
-        print(f"{lat.median_ms:.3f} ms median, IQR {lat.iqr_ms:.3f} ms, n={lat.n}, {src}; {where}")
-        return 0
-    ref = lat.reference or {}
-    lo, hi = lat.ratio_ci or (float("nan"), float("nan"))
-    spread = f" ± {100 * ref['spread']:.1f}%" if ref.get("spread") is not None else ""
-    print(f"{lat.median_ms:.3f} ms = {lat.ratio:.3f} x {ref.get('arch')} ({ref.get('ms', float('nan')):.3f} ms"
-          f"{spread}, n={ref.get('n')}); ratio 95% CI {lo:.3f}-{hi:.3f}, {lat.n} rounds, {src}"
-          f"{', DRIFTED' if lat.drifted else ''}; {where}")
-    return 0
-
-
-def _latency_transfer(args: argparse.Namespace) -> int:
-    """``latency transfer RUN``: the run's front and baselines re-timed on each runtime."""
-    if not args.run:
-        raise UserError("latency transfer: give the run folder (shufflesearch latency transfer runs/NAME)")
-    say = None if (args.quiet or args.json) else (lambda m: print(m, file=sys.stderr))
-    d = transfer(args.run, parse_backends(args.backends), seconds_per_point=args.max_seconds, progress=say)
-    if args.json:
-        print_json(d)
-    else:
-        print(format_transfer(d))
-        print(f"saved {Path(args.run) / TRANSFER_FILE} (shown by `shufflesearch report`)")
-    return 0
-
-
-def _latency_predictor(args: argparse.Namespace, spec: TargetSpec) -> int:
-    """``latency build-table`` and ``latency validate``: random architectures from ``--space``
-    (else the predictor's built-in space), timed unit by unit / checked against measurement."""
-    progress = not (args.quiet or args.json)
-    path = table_path(spec)
-
-    def archs(n: int, seed: int) -> list[Arch]:
-        return load_space(args.space).sample_random(n, seed) if args.space else random_archs(n, seed)
-
-    if args.arch == "build-table":
-        old = LatencyTable.load(path) if path.exists() and not args.remeasure else None
-        t = build_table(archs(max(args.n, 1), args.seed), spec, table=old, progress=progress)
-        t.save(path)
-        info = {"table": str(path), "entries": len(t.entries), "scale": t.scale, "fingerprint": t.fingerprint}
-        if args.json:
-            print_json(info)
-        else:
-            print(f"{len(t.entries)} unit entries, scale {t.scale:.3f} → {path}")
-        return 0
-    t = LatencyTable.load(path)
-    v = validate(t, archs(args.n, args.seed + 10_000), max_seconds=args.max_seconds, progress=progress)
-    if args.json:
-        print_json(v.to_dict())
-    else:
-        print(f"{v.n} random architectures: {100 * v.within_10:.0f}% within ±10%, median |error| "
-              f"{v.median_abs_err_pct:.1f}%, table hit rate {100 * v.table_hit_rate:.0f}%")
     return 0
 
 
@@ -184,10 +76,7 @@ def _add_export_arch(p: argparse.ArgumentParser) -> None:
 def cmd_export_arch(args: argparse.Namespace) -> int:
     arch = resolve_arch(args.arch)
     quiet = args.quiet or args.json
-    try:
-        proxy = DataSpec(name=args.data)
-    except SettingError as e:  # name the flag the user typed
-        raise UserError(f"--data: {e.rule}") from None
+    data = DataSpec(name=args.data)
 
     def log(msg: str) -> None:
         print(f"export: {msg}", file=sys.stderr, flush=True)
@@ -200,7 +89,7 @@ def cmd_export_arch(args: argparse.Namespace) -> int:
         info = {"latency": lat.to_dict()}
     res = export_arch(arch, args.out, state_dict=args.weights, info=info, resolution=args.resolution,
                       onnx=args.onnx, torch_export=not args.no_pt2, log=None if quiet else log,
-                      int8=args.int8, proxy=proxy, aoti=args.aoti, executorch=args.executorch)
+                      int8=args.int8, data=data, aoti=args.aoti, executorch=args.executorch)
     if args.json:
         print_json(res.to_dict())
         return 0
@@ -209,18 +98,18 @@ def cmd_export_arch(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- check / guidelines ---------------------------------------------------------------------
+# --- guidelines ARCH ---------------------------------------------------------------------------
 
 
-def _add_check(p: argparse.ArgumentParser) -> None:
-    p.add_argument("arch", help="a preset name or an arch file (.yaml/.json)")
+def _add_guidelines(p: argparse.ArgumentParser) -> None:
+    p.add_argument("arch", metavar="ARCH", help="a preset name or an arch file (.yaml/.json)")
     p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
     p.add_argument("--settings", help="a YAML/JSON file of GuidelineSettings fields")
     p.add_argument("--all", action="store_true", help="list every finding, not the worst 8")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def cmd_guidelines(args: argparse.Namespace) -> int:
     settings = None
     if args.settings:
         try:
@@ -259,11 +148,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    try:
-        spec = DataSpec(name=args.data, resolution=args.resolution, batch=args.batch)
-    except SettingError as e:  # name the flag the user typed
-        flag = {"name": "--data", "resolution": "--resolution", "batch": "--batch"}.get(e.field)
-        raise UserError(f"{flag or e}: {e.rule}" if flag else str(e)) from None
+    spec = DataSpec(name=args.data, resolution=args.resolution, batch=args.batch)
     m = train_arch(resolve_arch(args.arch), spec, args.epochs, args.out, lr=args.lr, seed=args.seed,
                    threads=args.threads, quiet=args.quiet or args.json, device=args.device)
     if args.json:

@@ -143,7 +143,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     res = export_arch(rec.arch, args.out, info=info,
                       resolution=run.space.target.resolution, onnx=args.onnx,
                       channels_last=run.space.target.channels_last,
-                      log=None if quiet else log, int8=args.int8, proxy=run.space.data,
+                      log=None if quiet else log, int8=args.int8, data=run.space.data,
                       aoti=args.aoti, batch=run.space.target.batch, threads=run.space.target.threads,
                       executorch=args.executorch)
     if args.json:

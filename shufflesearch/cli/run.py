@@ -1,5 +1,5 @@
-"""Commands that search or study: run, validate (a space), guidelines (the device bench),
-proxies validate. A search-space file becomes a SearchSpace here."""
+"""Commands that search or study: run, space (read a space file), guidelines bench (the device
+bench), proxies validate. A search-space file becomes a SearchSpace here."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from ..accuracy.data import load_data
 from ..accuracy.fidelity import FidelitySettings
 from ..accuracy.validation import format_report as format_validation
 from ..accuracy.validation import plot_report, validate_proxies, validation_set
-from ..common.settings import SettingError
 from ..common.threads import check_workers, torch_threads
 from ..common.yamlio import read_yaml
 from ..errors import UserError
@@ -29,7 +28,7 @@ from ..search.space import load_space
 from ..search.storage import study_attr
 from .output import print_json
 
-# --- run / validate ---------------------------------------------------------------------------
+# --- run / space ------------------------------------------------------------------------------
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
@@ -45,7 +44,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    workers = check_workers(args.workers, "--workers")
+    workers = check_workers(args.workers)
     run = search(args.space, args.budget, name=args.name, runs_root=args.runs,
                  storage=args.storage, workers=workers, quiet=args.quiet)
     if run.space.fidelity is not None:  # the run's self-check, printed even when --quiet
@@ -55,12 +54,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_validate(p: argparse.ArgumentParser) -> None:
+def _add_space(p: argparse.ArgumentParser) -> None:
     p.add_argument("space", help="a search-space YAML file")
     p.add_argument("--sample", type=int, default=20, help="also sample this many architectures (default 20)")
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def cmd_space(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     archs = space.sample_random(args.sample, space.seed) if args.sample else []
     print(f"{args.space}: ok")
@@ -71,10 +70,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- guidelines ----------------------------------------------------------------------------
+# --- guidelines bench ----------------------------------------------------------------------
 
 
-def _add_guidelines(p: argparse.ArgumentParser) -> None:
+def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="x1 and x2 widths, 3 rounds (< 2 min)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, like ARM)")
     p.add_argument("--backend", default="torch", choices=list(BACKENDS),
@@ -84,7 +83,7 @@ def _add_guidelines(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def cmd_guidelines(args: argparse.Namespace) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise UserError(f"--threads: must be >= 1, got {args.threads}")
     bar = None
@@ -100,12 +99,12 @@ def cmd_guidelines(args: argparse.Namespace) -> int:
     d = res.to_dict()
     saved = []
     if args.backend == "torch":
-        # `check` and the search read the calibration of the torch inference form; another
-        # runtime's tables are shown (and written to --out) without replacing it.
+        # `guidelines ARCH` and the search read the calibration of the torch inference form;
+        # another runtime's tables are shown (and written to --out) without replacing it.
         path = save(res.calibration)
         bench_path = path.with_suffix(".bench.json")
         bench_path.write_text(json.dumps(d, indent=2))
-        saved = [str(path) + " (used by `check` and the search)", str(bench_path)]
+        saved = [str(path) + " (used by `guidelines ARCH` and the search)", str(bench_path)]
     if args.out:
         try:
             with open(args.out, "w") as f:
@@ -129,8 +128,6 @@ def cmd_guidelines(args: argparse.Namespace) -> int:
 
 
 def _add_proxies(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["validate"],
-                   help="validate: rank proxies and the fidelity ladder against the longest training")
     p.add_argument("space", help="a search-space YAML, or {proxy: {...}, fidelity: {...}, archs: [...]}")
     p.add_argument("--n", type=int, default=30, help="architectures to sample (default 30)")
     p.add_argument("--seeds", type=int, default=None,
@@ -198,14 +195,8 @@ def _validate_proxies(args: argparse.Namespace) -> int:
     names = proxy.pop("proxies", None) or None  # what to compute: no search score to serve
     spec = read_section("proxy", proxy, args.space).data  # the file's block, read as a space's
     if args.data is not None:
-        try:
-            spec = dataclasses.replace(spec, name=args.data)
-        except SettingError as e:  # name the flag the user typed
-            raise UserError(f"--data: {e.rule}") from None
-    try:
-        data = load_data(spec)
-    except UserError as e:
-        raise UserError(f"--data: {e}" if args.data else str(e)) from None
+        spec = dataclasses.replace(spec, name=args.data)
+    data = load_data(spec)
     quiet = args.quiet or args.json
     out = Path(args.out) if args.out else None
     if args.report_only and out is None:

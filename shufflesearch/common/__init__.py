@@ -7,3 +7,11 @@ setting (threads.torch_threads), output folders and whole-file replacement (file
 May import: errors only (the stages below it in the order common < model < measure <
 guidelines < accuracy < search < review < cli import it).
 """
+
+from __future__ import annotations
+
+from .settings import SettingError, check_settings, setting
+from .yamlio import Located, load_yaml, parse_yaml, read_yaml
+
+__all__ = ["Located", "SettingError", "check_settings", "load_yaml", "parse_yaml", "read_yaml",
+           "setting"]

@@ -16,16 +16,18 @@ __all__ = ["atomic_write", "prepare_out_dir"]
 
 
 def prepare_out_dir(out: Path, error: type[UserError] = UserError) -> Path:
-    """Create ``out`` if needed and prove it writable, or raise ``error`` naming it."""
+    """Create ``out`` if needed and prove it writable, or raise ``error`` naming it (as the
+    field ``out_dir``, the argument every caller takes it as)."""
     if out.exists() and not out.is_dir():
-        raise error(f"--out {out}: exists and is not a directory")
+        raise error("exists and is not a directory", field="out_dir", value=out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{uuid.uuid4().hex[:8]}"
         probe.touch()
         probe.unlink()
     except OSError as e:
-        raise error(f"--out {out}: cannot write there ({e.strerror or e.__class__.__name__})") from None
+        raise error(f"cannot write there ({e.strerror or e.__class__.__name__})", field="out_dir",
+                    value=out) from None
     return out
 
 

@@ -40,9 +40,7 @@ class SettingError(UserError):
     (what is wrong) are kept apart so that a reader can name the field as its file writes it."""
 
     def __init__(self, field: str, rule: str, owner: str = "") -> None:
-        self.field, self.rule, self.owner = field, rule, owner
-        name = ".".join(x for x in (owner, field) if x)
-        super().__init__(f"{name}: {rule}" if name else rule)
+        super().__init__(rule, field=field, owner=owner)
 
 
 @dataclass(frozen=True)

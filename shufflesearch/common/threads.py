@@ -70,9 +70,9 @@ def check_workers(value: object, name: str = "workers") -> Workers:
         try:
             value = int(text)
         except ValueError:
-            raise UserError(f"{name}: {value!r} must be auto or an integer >= 1") from None
+            raise UserError(f"{value!r} must be auto or an integer >= 1", field=name) from None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{name}: {value!r} must be auto or an integer >= 1")
+        raise UserError(f"{value!r} must be auto or an integer >= 1", field=name)
     return value
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 # Expanded YAML nodes one file may hold. A search space or an arch file has a few hundred; a
 # validation set of 1000 archs about 40k.
@@ -126,7 +126,7 @@ def _parse(text: str, source: str) -> tuple[Any, yaml.Node | None]:
         return loader.construct_document(node), node
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         at = f":{mark.line + 1}" if mark else ""
         raise UserError(f"{source}{at}: not valid YAML: {problem}") from None
     except RecursionError:

@@ -4,3 +4,10 @@ Owns: the G1-G4 checkers and their report (checks), the Tables 1-4 micro-bench (
 the per-machine cost coefficients fitted on it (calibration).
 May import: common, model, measure and errors.
 """
+
+from __future__ import annotations
+
+from .calibration import Calibration
+from .checks import Finding, GuidelineReport, GuidelineSettings
+
+__all__ = ["Calibration", "Finding", "GuidelineReport", "GuidelineSettings"]

@@ -105,7 +105,7 @@ def load(fid: str | None = None, threads: int = 1) -> Calibration | None:
         d = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{p}: unreadable calibration ({e.__class__.__name__}); delete it and "
-                        "run `shufflesearch guidelines` again") from None
+                        "run `shufflesearch guidelines bench` again") from None
     return Calibration.from_dict(d, str(p))
 
 

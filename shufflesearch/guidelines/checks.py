@@ -383,7 +383,7 @@ def load_calibration(fingerprint_id: str | None = None) -> Calibration | None:
 
 
 def format_report(name: str, r: GuidelineReport, limit: int = 8) -> str:
-    """The report grouped by guideline, worst first, with totals (for `shufflesearch check`)."""
+    """The report grouped by guideline, worst first, with totals (for `shufflesearch guidelines ARCH`)."""
     titles = {
         "G1": "G1 equal channel width minimises MAC",
         "G2": "G2 excessive group convolution increases MAC",
@@ -410,5 +410,5 @@ def format_report(name: str, r: GuidelineReport, limit: int = 8) -> str:
                     if r.elementwise_time_share is not None else ""))
     lines.append(f"deployed MAC {r.total_mac / 1e6:.3f}M elements, {r.total_ops} ops"
                  + (f"; calibration {r.calibration}" if r.calibration else "; not calibrated "
-                    "(run `shufflesearch guidelines` to calibrate this machine)"))
+                    "(run `shufflesearch guidelines bench` to calibrate this machine)"))
     return "\n".join(lines)

@@ -357,5 +357,5 @@ def bench(quick: bool = False, threads: int = 1, progress: Any = None, backend: 
     cfg = QUICK if quick else FULL
     results = run(cfg["scales"], threads, cfg["rounds"], cfg["max_seconds"], progress=progress, backend=backend)
     cal = calibrate([(m.macs, m.mac, m.ops, m.ms) for m in results], threads,
-                    source="shufflesearch guidelines" + (" --quick" if quick else ""), backend=backend)
+                    source="shufflesearch guidelines bench" + (" --quick" if quick else ""), backend=backend)
     return BenchResult(results, compare(results), cal, quick, threads, backend)

@@ -8,3 +8,12 @@ calibration rule (backends), the torch backend's compiled form (compiled) and th
 backend's lowering and program cache (executorch).
 May import: common, model and errors.
 """
+
+from __future__ import annotations
+
+from .cache import LatencyCache
+from .predictor import LatencyTable
+from .protocol import measure_arch
+from .target import BACKENDS, Latency, TargetSpec
+
+__all__ = ["BACKENDS", "Latency", "LatencyCache", "LatencyTable", "TargetSpec", "measure_arch"]

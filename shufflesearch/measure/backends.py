@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from ..common.files import atomic_write
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..model.arch import resolve_arch
 from ..model.compile import build, to_inference
 from . import executorch
@@ -219,11 +219,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     try:
         atomic_write(path, write)
     except Exception as e:
-        raise UserError(f"ONNX export failed ({_first_line(e)})") from None
-
-
-def _first_line(e: Exception) -> str:
-    return f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise UserError(f"ONNX export failed ({first_line(e)})") from None
 
 
 def _cached_export(model: nn.Module, shape: tuple[int, ...], key: str | None,
@@ -329,7 +325,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
     try:
         atomic_write(out_path, write)
     except Exception as e:
-        raise UserError(f"int8 quantisation failed ({_first_line(e)})") from None
+        raise UserError(f"int8 quantisation failed ({first_line(e)})") from None
 
 
 def classifier_nodes(model: Any) -> list[str]:

@@ -179,7 +179,7 @@ class LatencyTable:
         try:
             return cls(**json.loads(Path(path).read_text()))
         except FileNotFoundError:
-            raise UserError(f"{path}: no latency table; run `shufflesearch latency build-table` first") from None
+            raise UserError(f"{path}: no latency table; run `shufflesearch latency table build` first") from None
         except (json.JSONDecodeError, TypeError) as e:
             raise UserError(f"{path}: not a latency table ({e.__class__.__name__})") from None
 

@@ -152,7 +152,7 @@ def _guideline_lines(arch: Arch, res: int) -> list[str]:
         lines += ["Penalties: " + ", ".join(f"{k} {_fmt(v)}" for k, v in penalties.items()), ""]
     if not findings:
         return [*lines, "No findings: the network follows G1–G4 as the checkers see it."]
-    # Worst first, and not hundreds of rows: `shufflesearch check arch.yaml` lists them all.
+    # Worst first, and not hundreds of rows: `shufflesearch guidelines arch.yaml --all` lists them all.
     findings.sort(key=lambda f: -float(getattr(f, "penalty", 0) or 0))
     shown = findings[:_MAX_FINDINGS]
     lines += ["| guideline | node | penalty | finding |", "|---|---|---|---|"]
@@ -162,7 +162,7 @@ def _guideline_lines(arch: Arch, res: int) -> list[str]:
             f"{_fmt(getattr(f, 'penalty', ''))} | {getattr(f, 'message', '')} |"
         )
     if len(findings) > len(shown):
-        lines += ["", f"... and {len(findings) - len(shown)} more (`shufflesearch check arch.yaml` lists all)."]
+        lines += ["", f"... and {len(findings) - len(shown)} more (`shufflesearch guidelines arch.yaml --all` lists all)."]
     return lines
 
 

@@ -47,7 +47,7 @@ import torch
 from .. import __version__
 from ..accuracy.data import load_data
 from ..common.files import prepare_out_dir
-from ..errors import UserError
+from ..errors import Deprecated, UserError, first_line
 from ..measure import backends as B
 from ..measure.timing import time_rounds
 from ..model.arch import Arch, load_arch, resolve_arch
@@ -86,12 +86,13 @@ def export_arch(
     torch_export: bool = True,
     log: Callable[[str], None] | None = None,
     int8: bool = False,
-    proxy: Any = None,
+    data: Any = None,
     channels_last: bool = True,
     aoti: bool = False,
     batch: int = 1,
     threads: int = 1,
     executorch: bool = False,
+    proxy: Any = None,
 ) -> ExportResult:
     """Write and verify the bundle of ``arch`` (an Arch, preset name or arch file) in ``out_dir``.
 
@@ -103,8 +104,9 @@ def export_arch(
     ``onnx``: None exports ONNX when onnx/onnxruntime are installed and notes the skip
     otherwise; True makes their absence an error; False skips it.
     ``int8``: also write model.int8.onnx (needs model.onnx), calibrated on the training split
-    of ``proxy`` (a DataSpec; default the default proxy task)
-    and compared with model.onnx on its validation split.
+    of ``data`` (the proxy task, a DataSpec; default the default one) and compared with
+    model.onnx on its validation split. (``proxy`` is the old name of ``data``, read for one
+    release.)
     ``channels_last``: the memory format of the exported inference form (model.pt2); pass the
     target's ``channels_last`` so that what ships is what was timed.
     ``aoti``: also write model.aoti.pt2, the inference form compiled by AOTInductor for input
@@ -116,20 +118,23 @@ def export_arch(
     """
     say = log or (lambda _msg: None)
     arch = resolve_arch(arch)
+    if proxy is not None:
+        warnings.warn("export_arch(proxy=...) is now export_arch(data=...); the old name goes in "
+                      "the next release", Deprecated, stacklevel=2)
+        data = proxy if data is None else data
     for name, v in (("batch", batch), ("threads", threads)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ExportError(f"{name}: {v!r} must be an integer >= 1")
+            raise ExportError(f"{v!r} must be an integer >= 1", field=name)
     if not isinstance(resolution, int) or resolution < arch.total_stride:
-        raise ExportError(
-            f"resolution: {resolution!r} must be an integer >= the network's total stride {arch.total_stride}"
-        )
+        raise ExportError(f"{resolution!r} must be an integer >= the network's total stride "
+                          f"{arch.total_stride}", field="resolution")
     created = not Path(out_dir).exists()
     out = prepare_out_dir(Path(out_dir), ExportError)
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         try:
             result = _export_into(arch, stage, out, state_dict, info or {}, resolution, onnx, torch_export, say,
-                                  int8, proxy, channels_last, (batch, threads) if aoti else None,
+                                  int8, data, channels_last, (batch, threads) if aoti else None,
                                   (batch, threads) if executorch else None)
         except BaseException:
             if created:  # a failed export leaves the disk as it found it
@@ -150,7 +155,7 @@ def export_arch(
 def _export_into(
     arch: Arch, d: Path, out: Path, state_dict: Any, info: dict[str, Any], res: int,
     onnx: bool | None, torch_export: bool, say: Callable[[str], None], int8: bool = False,
-    proxy: Any = None, channels_last: bool = True, aoti: tuple[int, int] | None = None,
+    data: Any = None, channels_last: bool = True, aoti: tuple[int, int] | None = None,
     pte: tuple[int, int] | None = None,
 ) -> ExportResult:
     model = build(arch)
@@ -210,7 +215,7 @@ def _export_into(
         if "model.onnx" not in result.files:
             raise ExportError(f"{INT8}: needs model.onnx, which was skipped ({result.skipped['model.onnx']})")
         say(f"{INT8} (calibrating, comparing with model.onnx on the proxy task)")
-        result.int8 = _export_int8(d / "model.onnx", d / INT8, x, ref, scale, arch, proxy)
+        result.int8 = _export_int8(d / "model.onnx", d / INT8, x, ref, scale, arch, data)
         result.max_abs_diff[INT8] = result.int8.pop("max_abs_diff")
         result.files[INT8] = d / INT8
 
@@ -315,7 +320,7 @@ def _export_pt2(inf: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, scale:
             torch.export.save(prog, path)
             loaded = torch.export.load(path)
     except Exception as e:
-        raise ExportError(f"model.pt2: torch.export failed ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+        raise ExportError(f"model.pt2: torch.export failed ({first_line(e)})") from None
     with torch.no_grad():
         y = loaded.module()(x)
     return _max_diff(y, ref, "model.pt2", _FOLDED_TOL * scale)
@@ -337,7 +342,7 @@ def _export_onnx(inf: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, scale
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (y,) = sess.run(["logits"], {"input": x.numpy()})
     except Exception as e:
-        raise ExportError(f"model.onnx: export or onnxruntime check failed ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+        raise ExportError(f"model.onnx: export or onnxruntime check failed ({first_line(e)})") from None
     return _max_diff(torch.from_numpy(y), ref, "model.onnx", _FOLDED_TOL * scale)
 
 
@@ -359,8 +364,8 @@ def _export_aoti(model: torch.nn.Module, path: Path, res: int, batch: int, threa
         with torch.inference_mode():
             y = fn(x)
     except Exception as e:
-        raise ExportError(f"{AOTI}: AOTInductor compile or check failed ({e.__class__.__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ExportError(f"{AOTI}: AOTInductor compile or check failed "
+                          f"({first_line(e)})") from None
     compile_s = time.perf_counter() - t0
     diff = _max_diff(y, ref, AOTI, _FOLDED_TOL * (ref.abs().max().item() + 1e-30))
 
@@ -382,11 +387,11 @@ def _export_aoti(model: torch.nn.Module, path: Path, res: int, batch: int, threa
 
 
 def _export_int8(fp32: Path, path: Path, x: torch.Tensor, ref: torch.Tensor, scale: float,
-                 arch: Arch, proxy: Any) -> dict[str, Any]:
+                 arch: Arch, task: Any) -> dict[str, Any]:
     """Quantise model.onnx to int8 on the proxy task's training split, check that it runs on
     the verification batch, and measure what int8 costs and gains: top-1 agreement with
     model.onnx and accuracy on the validation split, latency of both side by side."""
-    data = load_data(proxy)
+    data = load_data(task)
     shape = tuple(x.shape[1:])  # (C, H, W): the exported size; proxy images are resized to it
     try:
         cal = B.calibration_array(B.calibration_images(data), (1, *shape))
@@ -397,7 +402,7 @@ def _export_int8(fp32: Path, path: Path, x: torch.Tensor, ref: torch.Tensor, sca
     except UserError as e:
         raise ExportError(f"{INT8}: {e}") from None
     except Exception as e:
-        raise ExportError(f"{INT8}: onnxruntime check failed ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+        raise ExportError(f"{INT8}: onnxruntime check failed ({first_line(e)})") from None
     if y.shape != tuple(ref.shape) or not np.isfinite(y).all():
         raise ExportError(f"{INT8}: output shape {y.shape} or non-finite values, expected {tuple(ref.shape)}")
     diff = float(np.abs(y - ref.numpy()).max())

@@ -287,7 +287,7 @@ def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], Non
     say = log or (lambda _m: None)
     out = Path(out)
     if out.is_dir():
-        raise UserError(f"--out {out}: is a directory; give a file name such as report.html")
+        raise UserError("is a directory; give a file name such as report.html", field="out", value=out)
     d = load_report_data(run_path, say)
     say("writing")
     page = render_html(d)
@@ -296,7 +296,8 @@ def write_report(run_path: str | Path, out: str | Path, log: Callable[[str], Non
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(page, encoding="utf-8")
     except OSError as e:
-        raise UserError(f"--out {out}: cannot write ({e.strerror or e.__class__.__name__})") from None
+        raise UserError(f"cannot write ({e.strerror or e.__class__.__name__})", field="out",
+                        value=out) from None
     return out
 
 

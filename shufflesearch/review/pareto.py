@@ -338,9 +338,10 @@ def rank_correlation(xs: Sequence[float], ys: Sequence[float]) -> RankCorrelatio
 
 def pick_trial(records: list[TrialRecord], *, trial: int | None = None, use_knee: bool = False,
                max_latency: float | None = None) -> TrialRecord:
-    """The record that `export` bundles; UserError says why there is none. Only a feasible
-    completed trial is ever picked: the knee and --max-latency choose on the feasible front,
-    and --trial N of an infeasible trial is refused with the constraints it breaks."""
+    """The record that `export` bundles; UserError says why there is none (naming the argument
+    that picked it: ``trial``, ``max_latency``). Only a feasible completed trial is ever
+    picked: the knee and ``max_latency`` choose on the feasible front, and ``trial`` of an
+    infeasible trial is refused with the constraints it breaks."""
     r = _pick(records, trial, use_knee, max_latency)
     if r.arch is None and "arch" in r.extra:  # stored in a form records.py could not read
         raise UserError(f"trial {r.trial}: this version cannot read its stored architecture")
@@ -356,19 +357,19 @@ def _pick(records: list[TrialRecord], trial: int | None, use_knee: bool,
             if r.trial == trial:
                 r = shown.get(trial, r)  # feasibility on the yardstick shown
                 if r.state != "COMPLETE":
-                    raise UserError(f"--trial {trial}: trial {r.state.lower()} "
-                                    f"({r.fail_reason or 'no reason'}); pick a completed one")
+                    raise UserError(f"trial {r.state.lower()} ({r.fail_reason or 'no reason'}); "
+                                    "pick a completed one", field="trial", value=trial)
                 if r.feasible and not r.at_top:
-                    raise UserError(f"--trial {trial}: stopped at rung {r.rung} of {r.top_rung}, so it "
-                                    "has no accuracy figure on the front's scale; pick a trial that "
-                                    "reached the top rung (`shufflesearch pareto RUN`)")
+                    raise UserError(f"stopped at rung {r.rung} of {r.top_rung}, so it has no accuracy "
+                                    "figure on the front's scale; pick a trial that reached the top "
+                                    "rung (`shufflesearch pareto RUN`)", field="trial", value=trial)
                 if not r.feasible:
-                    raise UserError(f"--trial {trial}: infeasible, it breaks {format_breaks(r.broken)} "
-                                    f"(over the limit); pick a feasible one")
+                    raise UserError(f"infeasible, it breaks {format_breaks(r.broken)} (over the limit); "
+                                    "pick a feasible one", field="trial", value=trial)
                 return r
-        raise UserError(f"--trial {trial}: no such trial (the run has trials "
-                        f"{min(r.trial for r in records)}..{max(r.trial for r in records)})"
-                        if records else f"--trial {trial}: the run has no trials yet")
+        raise UserError(f"no such trial (the run has trials {min(r.trial for r in records)}.."
+                        f"{max(r.trial for r in records)})" if records else "the run has no trials yet",
+                        field="trial", value=trial)
     front = shown_front(done)
     if not front:
         if done:
@@ -382,10 +383,10 @@ def _pick(records: list[TrialRecord], trial: int | None, use_knee: bool,
     if max_latency is not None:
         under = [r for r in front if r.latency_ms <= max_latency]
         if not under:
-            raise UserError(f"--max-latency {max_latency:g}: no trial on the front is that fast "
-                            f"(fastest: trial {front[0].trial} at {front[0].latency_ms:.3f} ms)")
+            raise UserError(f"no trial on the front is that fast (fastest: trial {front[0].trial} at "
+                            f"{front[0].latency_ms:.3f} ms)", field="max_latency", value=max_latency)
         return max(under, key=lambda r: (r.proxy, -r.latency_ms))
-    raise UserError("pick a trial: --trial N, --knee or --max-latency MS")
+    raise UserError("pick a trial: trial=N, use_knee=True or max_latency=MS")
 
 
 def export_info(rec: TrialRecord, run_name: str) -> dict[str, Any]:

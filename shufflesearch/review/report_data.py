@@ -217,7 +217,7 @@ def _unit_ms_from_table(spec: TargetSpec) -> tuple[UnitMs | None, str]:
     path = table_path(spec)
     if not path.exists():
         return None, ("Cost only: no latency table for this target on this machine "
-                      "(build one with `shufflesearch latency build-table`). The latency above "
+                      "(build one with `shufflesearch latency table build`). The latency above "
                       "each table is the measured whole-model median.")
     table = LatencyTable.load(path)
     how = ("its unit model fitted on whole-model timings" if table.joint

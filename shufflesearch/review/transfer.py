@@ -38,7 +38,8 @@ def parse_backends(text: str) -> list[str]:
     names = [b.strip() for b in text.split(",") if b.strip()]
     bad = [b for b in names if b not in BACKENDS]
     if bad or len(names) < 2 or len(set(names)) != len(names):
-        raise UserError(f"--backends: at least two distinct of {', '.join(BACKENDS)}, comma-separated; got {text!r}")
+        raise UserError(f"at least two distinct of {', '.join(BACKENDS)}, comma-separated; got {text!r}",
+                        field="backends")
     return names
 
 

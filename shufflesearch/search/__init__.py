@@ -10,3 +10,14 @@ knee (front), the end-of-run side-by-side re-timing (retime), trial records (rec
 display (progress), and ``search()`` (engine).
 May import: common, model, measure, guidelines, accuracy and errors.
 """
+
+from __future__ import annotations
+
+from .config import SpaceConfig
+from .engine import search
+from .records import GuidelineSummary, RungResult, TrialRecord
+from .runfolder import Run, load_run
+from .space import SearchSpace, load_space
+
+__all__ = ["GuidelineSummary", "Run", "RungResult", "SearchSpace", "SpaceConfig", "TrialRecord",
+           "load_run", "load_space", "search"]

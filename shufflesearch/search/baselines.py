@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from ..accuracy.data import load_data
 from ..accuracy.training import short_train
 from ..common.threads import torch_threads
+from ..errors import first_line
 from ..measure.env import compute_lock
 from ..model.arch import Arch
 from .evaluator import Evaluator
@@ -101,7 +102,7 @@ def _evaluate_baseline(run: Run, study: optuna.Study, tid: int, number: int, nam
         end_trial(study, tid, TrialState.FAIL, reason="interrupted by the user")
         raise
     except Exception as e:
-        reason = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        reason = first_line(e)
         log.warning("baseline %s failed: %s", name, reason)
         end_trial(study, tid, TrialState.FAIL, reason=reason, final=True)
         return

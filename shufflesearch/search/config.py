@@ -99,7 +99,7 @@ class TargetOptions:
     max_seconds: float = setting(1.0, lo=0.05, hi=600, doc="time cap per latency measurement")
     prefilter: float = setting(0.0, lo=0.0, hi=10.0, doc="> 0: skip measuring architectures the "
                                "latency predictor puts above the latency_ms constraint by more "
-                               "than this fraction (needs `shufflesearch latency build-table`)")
+                               "than this fraction (needs `shufflesearch latency table build`)")
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -82,7 +82,7 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
     core, at most one per trial still to run: common.threads.resolve_workers). One worker runs
     in this process; more are spawned, and this process shows their progress."""
     if budget < 0:
-        raise UserError(f"--budget must be >= 0, got {budget}")
+        raise UserError(f"must be >= 0, got {budget}", field="budget")
     asked = check_workers(workers)
     space = load_space(space_path)
     check_buildable(space, space_path)

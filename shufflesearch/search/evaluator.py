@@ -40,15 +40,15 @@ def prefilter_table(space: SearchSpace) -> LatencyTable | None:
     if not (space.target_options.prefilter and "latency_ms" in space.constraints):
         return None
     path = table_path(t)
+    build = (f"`shufflesearch latency table build --resolution {t.resolution} --batch {t.batch} "
+             f"--threads {t.threads}{' --channels-last' if t.channels_last else ''}"
+             f"{'' if t.backend == 'torch' else ' --backend ' + t.backend}`")
     if not path.exists():
-        raise UserError(f"target.prefilter needs a latency table for this target on this machine: "
-                        f"run `shufflesearch latency build-table --resolution {t.resolution} "
-                        f"--batch {t.batch} --threads {t.threads}{' --channels-last' if t.channels_last else ''}` first")
+        raise UserError("needs a latency table for this target on this machine: run "
+                        f"{build} first", field="prefilter", owner="target")
     table = LatencyTable.load(path)
     if not table.reference_ms:  # the pre-filter compares ratios to the reference
-        raise UserError(f"{path}: this latency table predates relative timing; rebuild it with "
-                        f"`shufflesearch latency build-table --resolution {t.resolution} --batch {t.batch} "
-                        f"--threads {t.threads}{' --channels-last' if t.channels_last else ''}`")
+        raise UserError(f"{path}: this latency table predates relative timing; rebuild it with {build}")
     return table
 
 
@@ -80,7 +80,7 @@ class Evaluator:
                                   calibration=calibration)
         self.table = prefilter_table(space)
         self.settings = space.guidelines.settings
-        # The calibration made for this target's thread count (`shufflesearch guidelines
+        # The calibration made for this target's thread count (`shufflesearch guidelines bench
         # --threads N` stores it under the fingerprint at N threads).
         self.calibration = load_calibration(fingerprint_id(fingerprint(self.spec.threads)))
 

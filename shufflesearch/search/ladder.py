@@ -7,7 +7,7 @@ architecture is trained once however many trials sample it):
    stops there and never trains (rung 0: not trained);
 2. every feasible trial trains rung 1, the first ``fidelity.rungs`` steps. There is no
    zero-cost rung: on held-back data the zero-cost scores ranked architectures below chance,
-   while a few training steps' SoTL ranked them well (README, "The fidelity ladder");
+   while a few training steps' SoTL ranked them well (docs/accuracy.md, "The fidelity ladder");
 3. rung k -> k+1: the trial climbs when it is in the best 1/eta of the search trials that
    finished rung k, by non-dominated sorting over (estimate at rung k, latency ratio), and
    fewer than that many have started rung k+1 (promotion.should_promote: capped successive

@@ -4,7 +4,9 @@ The evaluator fills a ``TrialRecord``; search/storage.py stores it on the Optuna
 attribute per field, ``to_user_attrs``) and reads it back (``storage.read_record``, the one
 reader of a stored trial), and pareto, report, export, progress and the end-of-run passes work
 on the typed record: ``arch`` is an ``Arch``, ``latency`` a ``Latency``, ``rungs`` maps a rung
-number to its ``RungResult``. Nothing outside storage.py touches a trial's attributes by key.
+number to its ``RungResult``. Nothing outside storage.py reads or writes a trial's user
+attributes (tests/test_layout.py checks it; faults.py reads one system attribute, the retry
+mark Optuna itself sets).
 
 Adding a field is one line in the class below (with a default, so that older runs still load).
 Keys a run holds that this version does not know (written by a newer version, or by another

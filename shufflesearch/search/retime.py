@@ -36,7 +36,7 @@ log = logging.getLogger("shufflesearch.search")
 RETIME_ATTR = "retime"
 # The window's cap by default: the space's per-measurement cap per model, at most this. A v2
 # run's front under the default MACs score held 55 points; at 0.5 s each the window took 47.5 s
-# of a 673 s run (README, A real run). The rounds are shared by every model, so a shorter
+# of a 673 s run (docs/benchmarks.md, "What relative timing costs"). The rounds are shared by every model, so a shorter
 # window still gives each ratio its >= 10 rounds; what it loses is interval width, which the
 # tie marks then show.
 RETIME_MAX_SECONDS = 15.0

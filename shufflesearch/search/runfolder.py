@@ -15,7 +15,7 @@ import yaml
 
 from ..common.files import atomic_write
 from ..common.yamlio import Located, parse_yaml
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .space import SearchSpace, parse_space
 from .storage import make_storage, set_study_attr, study_attr
 
@@ -47,9 +47,8 @@ class Run:
 
 def check_name(name: str) -> str:
     if not _NAME_RE.match(name) or ".." in name:
-        raise UserError(
-            f"--name {name!r}: use letters, digits, '.', '_' and '-' only (a run stays inside runs/)"
-        )
+        raise UserError("use letters, digits, '.', '_' and '-' only (a run stays inside runs/)",
+                        field="name", value=name)
     return name
 
 
@@ -73,12 +72,12 @@ def open_run(space: SearchSpace, name: str | None = None, runs_root: str | Path 
         try:
             old = parse_yaml(cfg.read_text(), str(cfg)) or {}
         except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not UTF-8
-            raise UserError(f"{cfg}: unreadable run config ({e.__class__.__name__}); use a new --name") from None
+            raise UserError(f"{cfg}: unreadable run config ({e.__class__.__name__}); give the run "
+                            "another name", field="name", value=name, where="") from None
         if not isinstance(old, dict) or old.get("fingerprint") != fp:
-            raise UserError(
-                f"{root} holds a run of a different search space (or a changed one); "
-                f"use a new --name, or delete {root} to start over"
-            )
+            raise UserError(f"{root} holds a run of a different search space (or a changed one); "
+                            f"give the run another name, or delete {root} to start over",
+                            field="name", value=name, where="")
         url = storage or old.get("storage")
     else:
         if not create:
@@ -101,7 +100,8 @@ def open_run(space: SearchSpace, name: str | None = None, runs_root: str | Path 
         set_study_attr(study, "space_fingerprint", fp)
         set_study_attr(study, "objectives", [n for n, _ in space.objectives])
     elif study_attr(study, "space_fingerprint") != fp:
-        raise UserError(f"storage {url} holds study '{name}' of a different search space; use a new --name")
+        raise UserError(f"storage {url} holds study '{name}' of a different search space; give the "
+                        "run another name", field="name", value=name, where="")
     return run
 
 
@@ -127,7 +127,7 @@ def load_run(path: str | Path) -> tuple[Run, optuna.Study]:
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"{root}: cannot open the study ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{root}: cannot open the study ({first_line(e)})") from None
     return run, study
 
 

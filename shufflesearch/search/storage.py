@@ -28,7 +28,7 @@ import optuna
 import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .faults import fault_point
 from .records import STATES, TrialRecord
 
@@ -95,12 +95,12 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
             # to create the tables (SQLite says "table ... already exists", PostgreSQL raises an
             # IntegrityError); the loser finds them made on the next try.
             if isinstance(e, sa.exc.OperationalError) and "already exists" not in str(e):
-                raise UserError(f"cannot open storage {url}: {str(e).splitlines()[0]}") from None
+                raise UserError(f"cannot open storage {url}: {first_line(e)}") from None
             if attempt == 4:
                 raise UserError(f"cannot open storage {url}: its tables could not be created") from None
             time.sleep(0.5 * (attempt + 1))
         except Exception as e:  # bad URL, server down, missing driver
-            raise UserError(f"cannot open storage {url}: {str(e).splitlines()[0]}") from None
+            raise UserError(f"cannot open storage {url}: {first_line(e)}") from None
     raise AssertionError("unreachable")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..model.arch import ArchError
 from .evaluator import Evaluator
 from .faults import fault_point, with_ask_faults
@@ -242,7 +242,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, space: SearchSpace, eva
         _tell_failed(study, trial, TrialState.FAIL, "out of memory")
         return None
     except Exception as e:
-        reason = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        reason = first_line(e)
         if "out of memory" in str(e).lower() or "can't allocate" in str(e).lower():
             reason = f"out of memory: {reason}"
         log.warning("trial %d failed: %s", trial.number, reason)

@@ -155,17 +155,17 @@ CASES: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
     ("arch-python-object", _file("arch.yaml", "!!python/object/apply:os.system ['touch pwned']\n"), SHOW, "arch.yaml"),
     ("arch-unknown-preset", None, ["show", "shufflenet_v3_x1_0"], "shufflenet_v3_x1_0"),
     ("check-settings-unknown-key", _file("s.yaml", "g1_tolerance: 0.1\nbogus_key: 1\n"),
-     ["check", "shufflenet_v2_x0_5", "--settings", "{d}/s.yaml"], "g1_tolerance: unknown key (did you mean"),
+     ["guidelines", "shufflenet_v2_x0_5", "--settings", "{d}/s.yaml"], "g1_tolerance: unknown key (did you mean"),
     # YAML alias bombs and self-referring aliases, in every kind of file the CLI reads: refused
     # while parsing (issue: they hung the CLI for minutes)
     ("space-alias-bomb", _file("space.yaml", S + _bomb("x_bomb")), RUN, "alias bomb"),
-    ("space-alias-bomb-validate", _file("space.yaml", _bomb("x_bomb") + S), ["validate", "{d}/space.yaml"], "alias bomb"),
+    ("space-alias-bomb-validate", _file("space.yaml", _bomb("x_bomb") + S), ["space", "{d}/space.yaml"], "alias bomb"),
     ("arch-alias-bomb", _file("arch.yaml", V1 + _bomb("x_bomb")), SHOW, "alias bomb"),
     ("arch-alias-bomb-train", _file("arch.yaml", V1 + _bomb("x_bomb")),
      ["train", "{d}/arch.yaml", "--epochs", "1", "--out", "{d}/out", "--quiet"], "alias bomb"),
     ("arch-alias-recursive", _file("arch.yaml", V1 + "x: &r [1, *r]\n"), SHOW, "refers to the node that contains it"),
     ("check-settings-alias-bomb", _file("s.yaml", _bomb("weights")),
-     ["check", "shufflenet_v2_x0_5", "--settings", "{d}/s.yaml"], "alias bomb"),
+     ["guidelines", "shufflenet_v2_x0_5", "--settings", "{d}/s.yaml"], "alias bomb"),
     ("proxies-alias-bomb", _file("set.yaml", _bomb("archs")), ["proxies", "validate", "{d}/set.yaml"], "alias bomb"),
     # nothing is unpickled unless asked; when asked (--weights), only tensors are accepted
     ("weights-malicious-pickle", _pickle,

@@ -12,7 +12,7 @@ import networkx as nx
 import pytest
 import torch
 
-from shufflesearch import check
+from shufflesearch import guideline_report
 from shufflesearch.cli import main
 from shufflesearch.errors import UserError
 from shufflesearch.guidelines.calibration import Calibration, fit, load, save
@@ -38,7 +38,7 @@ def _of(report, g):
 
 @pytest.mark.parametrize("name", V1)
 def test_v1_presets_break_g1_and_g2(name):
-    r = check(name)
+    r = guideline_report(name)
     g = op_graph(PRESETS[name], 224)
     g1 = _of(r, "G1")
     assert g1, "the 1:4 bottleneck must be flagged"
@@ -57,7 +57,7 @@ def test_v1_presets_break_g1_and_g2(name):
 
 @pytest.mark.parametrize("name", V2)
 def test_v2_presets_pass_g1_to_g3(name):
-    r = check(name)
+    r = guideline_report(name)
     assert not _of(r, "G1") and not _of(r, "G2") and not _of(r, "G3")
     assert r.penalties["G1"] == r.penalties["G2"] == r.penalties["G3"] == 0
 
@@ -72,7 +72,7 @@ def test_v1_add_counts_under_g4():
     add, relu_out = 3 * hw * c, 2 * hw * c  # add reads two tensors, writes one
     ew = relu_mid + shuffle + add + relu_out
     share = ew / (2 * pw + dw + ew)
-    r = check("shufflenet_v1_g3_x1_0")
+    r = guideline_report("shufflenet_v1_g3_x1_0")
     (f,) = [f for f in _of(r, "G4") if f.unit == "stages.0.1"]
     assert f.measured == pytest.approx(share, rel=1e-9)
     assert f.node == "stages.0.1.add" and "add" in f.message
@@ -97,11 +97,11 @@ def _branchy(n: int) -> nx.DiGraph:
 
 
 def test_four_branch_unit_is_flagged_under_g3():
-    r = check(_branchy(4))
+    r = guideline_report(_branchy(4))
     g3 = _of(r, "G3")
     assert [(f.node, f.measured, f.overhead_ops) for f in g3] == [("stages.0.0.concat", 4, 2)]
     assert r.penalties["G3"] > 0
-    assert not _of(check(_branchy(2)), "G3")  # two paths, like the V2 unit: fine
+    assert not _of(guideline_report(_branchy(2)), "G3")  # two paths, like the V2 unit: fine
 
 
 def test_long_series_is_flagged_under_g3():
@@ -114,7 +114,7 @@ def test_long_series_is_flagged_under_g3():
         g.add_edge(prev, n, src_port=0, dst_port=0)
         prev = n
     g.add_edge(prev, "stages.0.0.concat", src_port=0, dst_port=0)
-    assert [f.measured for f in _of(check(g), "G3")] == [5]
+    assert [f.measured for f in _of(guideline_report(g), "G3")] == [5]
 
 
 def _v1(groups: int) -> Arch:
@@ -123,13 +123,13 @@ def _v1(groups: int) -> Arch:
 
 
 def test_g2_penalty_grows_with_groups():
-    p = [check(_v1(g)).penalties["G2"] for g in (1, 2, 3, 4)]
+    p = [guideline_report(_v1(g)).penalties["G2"] for g in (1, 2, 3, 4)]
     assert p[0] == 0
     assert p[0] < p[1] < p[2] < p[3] <= 1
 
 
 def test_g1_penalty_grows_with_imbalance():
-    p = [check(_v1(1).replace(stages=tuple(
+    p = [guideline_report(_v1(1).replace(stages=tuple(
         Stage("v1", c, d, bottleneck=b) for c, d in ((240, 4), (480, 8), (960, 4))
     ))).penalties["G1"] for b in (0.5, 0.25, 0.125)]
     assert p[0] < p[1] < p[2]
@@ -138,7 +138,7 @@ def test_g1_penalty_grows_with_imbalance():
 @pytest.mark.parametrize("name", ["shufflenet_v1_g8_x1_0", "shufflenet_v2_x1_0"])
 def test_penalties_bounded_and_total_is_weighted_mean(name):
     s = read_section("guidelines.settings", {"weights": {"G1": 2, "G4": 0}})
-    r = check(name, settings=s)
+    r = guideline_report(name, settings=s)
     assert all(0 <= r.penalties[g] <= 1 for g in GUIDELINES)
     w = {"G1": 2, "G2": 1, "G3": 1, "G4": 0}
     assert r.total == pytest.approx(sum(w[g] * r.penalties[g] for g in GUIDELINES) / 4)
@@ -157,7 +157,7 @@ def test_settings_reject_unknown_and_bad_values():
     with pytest.raises(UserError, match="GuidelineSettings.weights: at least one weight must be > 0"):
         GuidelineSettings(weights=dict.fromkeys(GUIDELINES, 0))
     assert read_section("guidelines.settings", {"g3_max_paths": 4}).g3_max_paths == 4
-    assert not _of(check(_branchy(4), settings=GuidelineSettings(g3_max_paths=4)), "G3")
+    assert not _of(guideline_report(_branchy(4), settings=GuidelineSettings(g3_max_paths=4)), "G3")
 
 
 # --- the micro-bench's analytic costs (paper Eq. 1 and 2) ---------------------------------
@@ -224,7 +224,7 @@ def test_calibration_roundtrip_and_estimated_ms(tmp_path, monkeypatch):
     assert p == tmp_path / "calibration" / "abc123.json"
     assert load("abc123") == cal
     assert load("nothere") is None
-    r = check("shufflenet_v1_g3_x1_0", calibration=load("abc123"))
+    r = guideline_report("shufflenet_v1_g3_x1_0", calibration=load("abc123"))
     for f in r.findings:
         assert f.overhead_ms == pytest.approx(f.overhead_mac * 2.0 / 1e6 + f.overhead_ops * 0.01)
     assert r.overhead_ms == pytest.approx(sum(f.overhead_ms for f in r.findings))
@@ -238,20 +238,20 @@ def test_calibration_roundtrip_and_estimated_ms(tmp_path, monkeypatch):
 
 
 def test_cli_check_json(capsys):
-    assert main(["check", "shufflenet_v1_g2_x1_0", "--json"]) == 0
+    assert main(["guidelines", "shufflenet_v1_g2_x1_0", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert {f["guideline"] for f in d["findings"]} >= {"G1", "G2"}
     assert set(d["penalties"]) == set(GUIDELINES)
 
 
 def test_cli_check_text_and_errors(capsys, tmp_path):
-    assert main(["check", "shufflenet_v2_x0_5"]) == 0
+    assert main(["guidelines", "shufflenet_v2_x0_5"]) == 0
     out = capsys.readouterr().out
     assert "G1 equal channel width" in out and "total penalty" in out
-    assert main(["check", "no_such_net"]) == 2
+    assert main(["guidelines", "no_such_net"]) == 2
     bad = tmp_path / "s.yaml"
     bad.write_text("g1_max: 0.2\n")
-    assert main(["check", "shufflenet_v2_x0_5", "--settings", str(bad)]) == 2
+    assert main(["guidelines", "shufflenet_v2_x0_5", "--settings", str(bad)]) == 2
     assert "g1_max" in capsys.readouterr().err
 
 

@@ -243,7 +243,7 @@ def test_export_adds_a_verified_int8_model(tmp_path):
 
     m = randomised(TINY, seed=5)
     res = export_arch(TINY, tmp_path / "b", state_dict=m.state_dict(), resolution=32, torch_export=False,
-                      int8=True, proxy=DataSpec(name="digits", resolution=16))
+                      int8=True, data=DataSpec(name="digits", resolution=16))
     out = tmp_path / "b"
     assert sorted(p.name for p in out.iterdir()) == sorted([*(a for a in ARTEFACTS if a != "model.pt2"), INT8])
     r = res.int8

@@ -533,7 +533,7 @@ def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     "argv, needle",
     [
         (["latency", "missing.yaml"], "missing.yaml"),
-        (["latency", "shufflenet_v2_x0_5", "--threads", "0"], "target.threads"),
+        (["latency", "shufflenet_v2_x0_5", "--threads", "0"], "--threads: 0 is out of range"),
         (["latency", "shufflenet_v2_x0_5", "--max-seconds", "0"], "--max-seconds"),
     ],
 )

@@ -124,8 +124,9 @@ def test_changed_space_under_the_same_name_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "/abs", "", ".hidden", "x" * 200])
 def test_names_cannot_leave_runs(tmp_path, name):
-    with pytest.raises(UserError, match="--name"):
+    with pytest.raises(UserError) as e:  # named as the argument; the CLI names --name
         search(TINY, 1, name=name, runs_root=tmp_path, quiet=True)
+    assert (e.value.field, e.value.value) == ("name", name)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -174,12 +175,12 @@ def test_errors_name_the_line(tmp_path):
         load_space(p)
 
 
-def test_cli_validate_and_run_errors_exit_2_without_traceback(tmp_path):
-    r = _cli("validate", str(TINY), "--sample", "5")
+def test_cli_space_and_run_errors_exit_2_without_traceback(tmp_path):
+    r = _cli("space", str(TINY), "--sample", "5")
     assert r.returncode == 0 and "ok" in r.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(b"\x00\x01binary")
-    for args in (("validate", str(bad)), ("run", str(bad)), ("run", str(tmp_path / "missing.yaml")),
+    for args in (("space", str(bad)), ("run", str(bad)), ("run", str(tmp_path / "missing.yaml")),
                  ("run", str(TINY), "--name", "../x", "--runs", str(tmp_path))):
         r = _cli(*args)
         assert r.returncode == 2, (args, r.stderr)
@@ -385,7 +386,7 @@ def test_width_params_offer_only_valid_widths():
 
 
 def test_evaluator_finds_the_calibration_made_for_the_targets_threads(tmp_path, monkeypatch):
-    """`shufflesearch guidelines --threads 2` stores its calibration under the 2-thread
+    """`shufflesearch guidelines bench --threads 2` stores its calibration under the 2-thread
     fingerprint; a space with target.threads 2 must find it (it looked for 1 thread only)."""
     from shufflesearch.guidelines.calibration import calibrate, save
     from shufflesearch.measure.env import fingerprint, fingerprint_id
