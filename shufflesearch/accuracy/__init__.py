@@ -1,7 +1,9 @@
 """How good an architecture is on a proxy task.
 
-Owns: proxy-task data (data), the zero-cost proxies (proxies), the training loop and short
-training (training), and the proxy validation study (validation).
+Owns: proxy-task data (data) and the packaged task's builder (make_fashion), the zero-cost
+proxies (proxies), the training loop and short training (training), the fidelity ladder
+(fidelity), the run's self-check (check), and the study that validates the proxies and the
+ladder against longer training (validation).
 May import: common, model, measure, guidelines and errors. Takes Archs: a caller that has a
 search space samples it and passes the Archs in.
 """
