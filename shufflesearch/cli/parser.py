@@ -53,8 +53,8 @@ class _Group(argparse.ArgumentParser):
 
 
 def _note(old: str, new: str) -> str:
-    return (f"`shufflesearch {old}` is now `shufflesearch {new}`; the old spelling works in this "
-            "release and goes in the next")
+    return (f"{old} is now `shufflesearch {new}`; the old spelling works in this release and "
+            "goes in the next")
 
 
 class Tree:
@@ -69,8 +69,8 @@ class Tree:
         if parent not in self.subs:
             top = not parent
             self.subs[parent] = self.nodes[parent].add_subparsers(
-                dest="command" if top else "_" + parent.replace(" ", "_"), metavar="COMMAND", parser_class=_Group,
-                required=not top)
+                dest="command" if top else "_" + parent.replace(" ", "_"), metavar="COMMAND",
+                parser_class=_Group, required=not top)
         p = self.subs[parent].add_parser(word, **({"help": help_} if help_ else {}), **kw)
         if parent:
             g = self.nodes[parent]
@@ -81,7 +81,8 @@ class Tree:
         """The parser of ``path`` (made on first use, its parent groups too)."""
         if path not in self.nodes:
             parent, _, word = path.rpartition(" ")
-            self.node(parent, self.groups.get(parent, "")) if parent else None
+            if parent:
+                self.node(parent, self.groups.get(parent, ""))
             self.nodes[path] = self._child(parent, word, help_, description=help_)
         return self.nodes[path]
 
@@ -105,10 +106,15 @@ class Tree:
 
     def old(self, old: str, new: str, c: Command, extra: Callable[[argparse.ArgumentParser], None] | None) -> None:
         """The old spelling ``old`` of the command ``new``: it runs ``c`` after a note."""
-        wrapped = Command(c.help, (lambda p: (c.add(p), extra(p))) if extra else c.add, c.run)
-        self.command(old, wrapped, note=_note(old, new),
+        def add(p: argparse.ArgumentParser) -> None:
+            c.add(p)
+            if extra:
+                extra(p)
+
+        self.command(old, Command(c.help, add, c.run), note=_note(f"`shufflesearch {old}`", new),
                      help_=f"old spelling of `{new}` (goes in the next release)")
 
     def bare(self, group: str, new: str, c: Command) -> None:
         """``group`` called without a word: the old spelling of ``new``."""
-        self.command(group, c, hidden_word=BARE, note=_note(group, new) + " (without an architecture)")
+        self.command(group, c, hidden_word=BARE,
+                     note=_note(f"`shufflesearch {group}` without an architecture", new))

@@ -223,7 +223,7 @@ def test_each_run_logs_to_its_own_file(tmp_path):
 def _table_for_tiny(per_unit_ms: float, reference_ms: float = 0.01) -> None:
     """A latency table for the tiny space's target whose unit model says every unit takes
     ``per_unit_ms``, its ratios scaled by ``reference_ms`` (a stand-in for `shufflesearch
-    latency build-table`)."""
+    latency table build`)."""
     from shufflesearch.measure.env import fingerprint
     from shufflesearch.measure.predictor import LatencyTable, table_path
     spec = load_space(TINY).target  # the space's target (NHWC by default)
@@ -280,7 +280,7 @@ def test_prefilter_without_a_table_is_a_clear_error(tmp_path, monkeypatch):
     text = text.replace("baselines: []", "constraints: {latency_ms: 50}\nbaselines: []")
     space = tmp_path / "pre.yaml"
     space.write_text(text)
-    with pytest.raises(UserError, match="latency build-table"):
+    with pytest.raises(UserError, match="^target.prefilter: needs a latency table.*latency table build"):
         search(space, 1, runs_root=tmp_path / "runs", quiet=True)
     assert not (tmp_path / "runs").exists()
 
