@@ -62,6 +62,28 @@ def test_every_flag_in_the_table_belongs_to_some_command():
     assert set(FLAGS.values()) <= options, set(FLAGS.values()) - options
 
 
+def _fields_named_by_stages() -> set[str]:
+    """``Owner.field`` or ``field`` of every error call outside cli/ that names its field."""
+    out = set()
+    for f in PKG.rglob("*.py"):
+        if "cli" in f.relative_to(PKG).parts:
+            continue
+        for n in ast.walk(ast.parse(f.read_text())):
+            if isinstance(n, ast.Call):
+                kw = {k.arg: k.value.value for k in n.keywords
+                      if k.arg in ("field", "owner") and isinstance(k.value, ast.Constant)}
+                if kw.get("field"):
+                    out.add(".".join(x for x in (kw.get("owner"), kw["field"]) if x))
+    return out
+
+
+def test_every_field_a_stage_names_has_its_flag_or_none_on_purpose():
+    no_flag = {"target.prefilter"}  # a space file's key: the message names it as the file does
+    fields = _fields_named_by_stages()
+    assert {"epochs", "trial", "DataSpec.name", "out_dir", "name"} <= fields  # the scan sees them
+    assert fields - no_flag <= set(FLAGS), fields - no_flag - set(FLAGS)
+
+
 def _raise_texts(path: Path) -> list[tuple[int, str]]:
     src = path.read_text()
     return [(n.lineno, ast.get_source_segment(src, n.exc) or "") for n in ast.walk(ast.parse(src))

@@ -28,6 +28,7 @@ FLAGS = {
     "seeds": "--seeds",
     "ladder_seeds": "--ladder-seeds",
     "out_dir": "--out",
+    "out": "--out",
     "trial": "--trial",
     "max_latency": "--max-latency",
     "backends": "--backends",
