@@ -35,21 +35,21 @@ from .parser import OWN, Command, Tree
 # words -> what it does, its arguments, its function. A group that is also a command (`latency
 # ARCH` beside `latency table build`) takes the words that name none of its sub-commands.
 COMMANDS: dict[str, Command] = {
-    "run": Command("search a space: shufflesearch run search_spaces/v2.yaml --budget 200", run._add_run, run.cmd_run),
-    "space": Command("read a search-space file and sample it, without searching", run._add_space, run.cmd_space),
-    "pareto": Command("the non-dominated trials of a run (proxy vs measured latency), knee, baselines", review._add_pareto, review.cmd_pareto),
-    "report": Command("one self-contained HTML report of a run, with PNG plots beside it", review._add_report, review.cmd_report),
-    "export": Command("export a run's trial (--trial N, --knee, --max-latency MS) as a verified bundle", review._add_export, review.cmd_export),
-    "show": Command("per-unit channels, params, MACs and MAC of one architecture", arch._add_show, arch.cmd_show),
-    "latency": Command("measured latency of one architecture: ratio to a reference network, 95% CI", latency._add_latency, latency.cmd_latency),
-    "latency table build": Command("time random architectures unit by unit into the latency predictor's table", latency._add_table_build, latency.cmd_table_build),
-    "latency table validate": Command("the latency predictor's error against measurement on other random architectures", latency._add_table_validate, latency.cmd_table_validate),
-    "latency transfer": Command("re-time a run's front and baselines on each runtime", latency._add_transfer, latency.cmd_transfer),
-    "guidelines": Command("G1-G4 guideline findings of one architecture, worst first", arch._add_guidelines, arch.cmd_guidelines),
-    "guidelines bench": Command("device bench: the V2 paper's Tables 1-4 here, and the calibration", run._add_bench, run.cmd_bench),
-    "export-arch": Command("write and verify a deployable bundle of one architecture", arch._add_export_arch, arch.cmd_export_arch),
-    "train": Command("train one architecture on a proxy task; writes weights and metrics", arch._add_train, arch.cmd_train),
-    "proxies validate": Command("rank the zero-cost proxies and the fidelity ladder against longer training", run._add_proxies, run.cmd_proxies),
+    "run": Command("search a space: shufflesearch run search_spaces/v2.yaml --budget 200", run.add_run, run.cmd_run),
+    "space": Command("read a search-space file and sample it, without searching", run.add_space, run.cmd_space),
+    "pareto": Command("the non-dominated trials of a run (proxy vs measured latency), knee, baselines", review.add_pareto, review.cmd_pareto),
+    "report": Command("one self-contained HTML report of a run, with PNG plots beside it", review.add_report, review.cmd_report),
+    "export": Command("export a run's trial (--trial N, --knee, --max-latency MS) as a verified bundle", review.add_export, review.cmd_export),
+    "show": Command("per-unit channels, params, MACs and MAC of one architecture", arch.add_show, arch.cmd_show),
+    "latency": Command("measured latency of one architecture: ratio to a reference network, 95% CI", latency.add_latency, latency.cmd_latency),
+    "latency table build": Command("time random architectures unit by unit into the latency predictor's table", latency.add_table_build, latency.cmd_table_build),
+    "latency table validate": Command("the latency predictor's error against measurement on other random architectures", latency.add_table_validate, latency.cmd_table_validate),
+    "latency transfer": Command("re-time a run's front and baselines on each runtime", latency.add_transfer, latency.cmd_transfer),
+    "guidelines": Command("G1-G4 guideline findings of one architecture, worst first", arch.add_guidelines, arch.cmd_guidelines),
+    "guidelines bench": Command("device bench: the V2 paper's Tables 1-4 here, and the calibration", run.add_bench, run.cmd_bench),
+    "export-arch": Command("write and verify a deployable bundle of one architecture", arch.add_export_arch, arch.cmd_export_arch),
+    "train": Command("train one architecture on a proxy task; writes weights and metrics", arch.add_train, arch.cmd_train),
+    "proxies validate": Command("rank the zero-cost proxies and the fidelity ladder against longer training", run.add_proxies, run.cmd_proxies),
 }
 GROUPS = {  # the help of each group
     "latency": "latency of one architecture (latency ARCH), the latency predictor (latency table "

@@ -24,7 +24,7 @@ from .output import print_artefacts, print_json
 # --- show ---------------------------------------------------------------------------------
 
 
-def _add_show(p: argparse.ArgumentParser) -> None:
+def add_show(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", nargs="?", help="a preset name or an arch file (.yaml/.json)")
     p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -48,7 +48,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 # --- export-arch ------------------------------------------------------------------------------
 
 
-def _add_export_arch(p: argparse.ArgumentParser) -> None:
+def add_export_arch(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", help="a preset name or an arch file (.yaml/.json)")
     p.add_argument("--out", required=True, help="folder for the bundle (created if missing)")
     p.add_argument("--weights", help="a state_dict file (.pt) of the training form, e.g. from `train`")
@@ -101,7 +101,7 @@ def cmd_export_arch(args: argparse.Namespace) -> int:
 # --- guidelines ARCH ---------------------------------------------------------------------------
 
 
-def _add_guidelines(p: argparse.ArgumentParser) -> None:
+def add_guidelines(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", metavar="ARCH", help="a preset name or an arch file (.yaml/.json)")
     p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
     p.add_argument("--settings", help="a YAML/JSON file of GuidelineSettings fields")
@@ -129,7 +129,7 @@ def cmd_guidelines(args: argparse.Namespace) -> int:
 # --- train ------------------------------------------------------------------------------------
 
 
-def _add_train(p: argparse.ArgumentParser) -> None:
+def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", help="an arch file (e.g. an exported arch.yaml) or a preset name")
     p.add_argument("--data", default="digits", help="proxy task: digits, folder:PATH or npz:PATH (default digits)")
     p.add_argument("--epochs", type=int, required=True, help="passes over the training split")

@@ -48,7 +48,7 @@ def _max_seconds(args: argparse.Namespace) -> float:
 # --- latency ARCH -------------------------------------------------------------------------------
 
 
-def _add_latency(p: argparse.ArgumentParser) -> None:
+def add_latency(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", metavar="ARCH", help="a preset name or an arch file (.yaml/.json)")
     _add_target(p)
     p.add_argument("--data", default="digits",
@@ -98,7 +98,7 @@ def _archs(args: argparse.Namespace, n: int, seed: int) -> list[Arch]:
     return load_space(args.space).sample_random(n, seed) if args.space else random_archs(n, seed)
 
 
-def _add_table_build(p: argparse.ArgumentParser) -> None:
+def add_table_build(p: argparse.ArgumentParser) -> None:
     _add_table(p, "whose units are timed")
     p.add_argument("--remeasure", action="store_true", help="start a new table rather than extend this one")
 
@@ -117,7 +117,7 @@ def cmd_table_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_table_validate(p: argparse.ArgumentParser) -> None:
+def add_table_validate(p: argparse.ArgumentParser) -> None:
     _add_table(p, "predicted and measured (other ones than the table was built from)")
     _add_max_seconds(p, "per measurement")
 
@@ -139,7 +139,7 @@ def cmd_table_validate(args: argparse.Namespace) -> int:
 # --- latency transfer RUN --------------------------------------------------------------------------
 
 
-def _add_transfer(p: argparse.ArgumentParser) -> None:
+def add_transfer(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="a run folder, e.g. runs/v2")
     p.add_argument("--backends", default=",".join(b for b in BACKENDS if b != "executorch"),
                    help="comma-separated runtimes (default torch and the two onnxruntime ones; "

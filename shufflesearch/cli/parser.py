@@ -52,11 +52,6 @@ class _Group(argparse.ArgumentParser):
         return None
 
 
-def _note(old: str, new: str) -> str:
-    return (f"{old} is now `shufflesearch {new}`; the old spelling works in this release and "
-            "goes in the next")
-
-
 class Tree:
     """Builds the parsers of the command table under ``root``."""
 
@@ -111,10 +106,14 @@ class Tree:
             if extra:
                 extra(p)
 
-        self.command(old, Command(c.help, add, c.run), note=_note(f"`shufflesearch {old}`", new),
+        self.command(old, Command(c.help, add, c.run), note=self._note(f"`{self.root.prog} {old}`", new),
                      help_=f"old spelling of `{new}` (goes in the next release)")
 
     def bare(self, group: str, new: str, c: Command) -> None:
         """``group`` called without a word: the old spelling of ``new``."""
         self.command(group, c, hidden_word=BARE,
-                     note=_note(f"`shufflesearch {group}` without an architecture", new))
+                     note=self._note(f"`{self.root.prog} {group}` without an architecture", new))
+
+    def _note(self, old: str, new: str) -> str:
+        return (f"{old} is now `{self.root.prog} {new}`; the old spelling works in this release "
+                "and goes in the next")

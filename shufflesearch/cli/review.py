@@ -27,7 +27,7 @@ from .output import print_artefacts, print_json
 # --- pareto / report / export (review a run) ---------------------------------------------------
 
 
-def _add_pareto(p: argparse.ArgumentParser) -> None:
+def add_pareto(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a run folder, e.g. runs/v2")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print a JSON list of rows")
@@ -86,7 +86,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_report(p: argparse.ArgumentParser) -> None:
+def add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a run folder, e.g. runs/v2")
     p.add_argument("--out", help="the HTML file (default RUN/report.html)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -101,7 +101,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_export(p: argparse.ArgumentParser) -> None:
+def add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a run folder, e.g. runs/v2")
     pick = p.add_mutually_exclusive_group(required=True)
     pick.add_argument("--trial", type=int, help="this trial number (see `shufflesearch pareto RUN`)")

@@ -31,7 +31,7 @@ from .output import print_json
 # --- run / space ------------------------------------------------------------------------------
 
 
-def _add_run(p: argparse.ArgumentParser) -> None:
+def add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("space", help="a search-space YAML file, e.g. search_spaces/v2.yaml")
     p.add_argument("--budget", type=int, default=200, help="completed search trials to reach (default 200)")
     p.add_argument("--name", help="run name: the folder runs/NAME (default: the space file's stem)")
@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_space(p: argparse.ArgumentParser) -> None:
+def add_space(p: argparse.ArgumentParser) -> None:
     p.add_argument("space", help="a search-space YAML file")
     p.add_argument("--sample", type=int, default=20, help="also sample this many architectures (default 20)")
 
@@ -73,7 +73,7 @@ def cmd_space(args: argparse.Namespace) -> int:
 # --- guidelines bench ----------------------------------------------------------------------
 
 
-def _add_bench(p: argparse.ArgumentParser) -> None:
+def add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="x1 and x2 widths, 3 rounds (< 2 min)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, like ARM)")
     p.add_argument("--backend", default="torch", choices=list(BACKENDS),
@@ -127,7 +127,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # --- proxies ------------------------------------------------------------------------------
 
 
-def _add_proxies(p: argparse.ArgumentParser) -> None:
+def add_proxies(p: argparse.ArgumentParser) -> None:
     p.add_argument("space", help="a search-space YAML, or {proxy: {...}, fidelity: {...}, archs: [...]}")
     p.add_argument("--n", type=int, default=30, help="architectures to sample (default 30)")
     p.add_argument("--seeds", type=int, default=None,

@@ -35,16 +35,16 @@ def test_show_prints_the_papers_figures(capsys):
     assert "shufflenet_v1_g3_x1_0" in capsys.readouterr().out.split()
 
 
-def test_check_finds_g2_only_in_a_grouped_v1(capsys):
-    assert cli_arch.cmd_check(parse("check", "shufflenet_v1_g8_x1_0", "--json")) == 0
+def test_guidelines_finds_g2_only_in_a_grouped_v1(capsys):
+    assert cli_arch.cmd_guidelines(parse("guidelines", "shufflenet_v1_g8_x1_0", "--json")) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["penalties"]["G2"] > 0
-    assert cli_arch.cmd_check(parse("check", "shufflenet_v1_g1_x1_0", "--json")) == 0
+    assert cli_arch.cmd_guidelines(parse("guidelines", "shufflenet_v1_g1_x1_0", "--json")) == 0
     assert json.loads(capsys.readouterr().out)["penalties"]["G2"] == 0  # no groups, nothing to flag
 
 
-def test_validate_reads_the_space_and_samples_it(capsys):
-    assert cli_run.cmd_validate(parse("validate", str(TINY), "--sample", "3")) == 0
+def test_space_reads_the_space_and_samples_it(capsys):
+    assert cli_run.cmd_space(parse("space", str(TINY), "--sample", "3")) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{TINY}: ok"
     assert out[-1] == "  sampled 3 distinct valid architectures out of 3 asked"

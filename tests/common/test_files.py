@@ -100,7 +100,8 @@ def test_a_folder_that_cannot_be_made_is_named_in_the_callers_error(tmp_path: Pa
         pass
 
     (tmp_path / "f").write_text("x")
-    with pytest.raises(OutError, match=r"--out .*f/sub: cannot write there \("):
+    with pytest.raises(OutError, match=r"^out_dir .*f/sub: cannot write there \(") as e:
         F.prepare_out_dir(tmp_path / "f" / "sub", OutError)
+    assert (e.value.field, e.value.value) == ("out_dir", tmp_path / "f" / "sub")  # the CLI: --out
     out = F.prepare_out_dir(tmp_path / "d")
     assert list(out.iterdir()) == []  # the write probe is gone

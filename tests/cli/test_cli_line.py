@@ -17,11 +17,13 @@ import shufflesearch
 from shufflesearch.cli import COMMANDS, OLD, build_parser, main
 from shufflesearch.cli import latency as cli_latency
 from shufflesearch.cli.flags import FLAGS, error_line
+from shufflesearch.cli.parser import OWN, Command, Tree
 from shufflesearch.common.settings import SettingError
 from shufflesearch.errors import Deprecated, UserError, first_line
+from tests.conftest import SPACES
 
 PKG = Path(shufflesearch.__file__).parent
-TINY = str(Path(__file__).parent / "spaces" / "tiny.yaml")
+TINY = str(SPACES / "tiny.yaml")
 STAGES = ("common", "model", "measure", "guidelines", "accuracy", "search", "review")
 
 
@@ -134,6 +136,29 @@ def test_library_names_the_field_and_cli_the_flag(tmp_path, capsys):
 
 def _parsed(*argv: str):
     return build_parser().parse_args(list(argv))
+
+
+def test_a_group_sends_words_it_does_not_know_to_its_own_form():
+    root = argparse.ArgumentParser(prog="tool")
+    tree = Tree(root, {"g": "a group"})
+
+    def add_own(p):
+        p.add_argument("thing")
+        p.add_argument("--level", type=int)
+
+    own = Command("the group's own form", add_own, lambda a: 1)
+    sub = Command("a sub-command", lambda p: p.add_argument("--fast", action="store_true"), lambda a: 2)
+    tree.node("g", "a group")
+    tree.command("g", own, hidden_word=OWN)
+    tree.command("g sub", sub)
+    tree.old("g quick", "g sub", sub, None)
+    assert root.parse_args(["g", "box"]).thing == "box"
+    assert root.parse_args(["g", "--level", "3", "box"]).level == 3  # an option's value is no word
+    got = root.parse_args(["g", "sub", "--fast"])
+    assert got._run(got) == 2 and got.fast and got._note is None
+    old = root.parse_args(["g", "quick"])
+    assert old._run(old) == 2 and old._note.startswith("`tool g quick` is now `tool g sub`")
+    assert root.parse_args(["g", "--level", "1", "sub"]).thing == "sub"  # a word after an option: the form's
 
 
 @pytest.mark.parametrize("argv, run, note", [
