@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ..common.files import atomic_write
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .env import cache_dir, compute_lock, package_version
 from .target import stable_hash
 
@@ -115,15 +115,8 @@ def lower(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[bytes, dict[
             nodes = _delegation(edge.exported_program().graph_module)
             data = edge.to_executorch().buffer
     except Exception as e:
-        raise UserError(f"ExecuTorch lowering failed ({_headline(e)})") from None
+        raise UserError(f"ExecuTorch lowering failed ({first_line(e)})") from None  # graph dumps
     return data, {"lower_s": time.perf_counter() - t0, **nodes, "size_kb": len(data) / 1024}
-
-
-def _headline(e: Exception) -> str:
-    """The type and first line of an error from ExecuTorch's passes, whose messages run to
-    many lines (graph dumps): a one-line UserError quotes this much of it."""
-    text = str(e).strip()
-    return f"{e.__class__.__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _delegation(gm: torch.fx.GraphModule) -> dict[str, int]:
