@@ -2,8 +2,7 @@
 
 What is done with a fenced block depends on its language and on an optional HTML comment on the
 line before it (`<!-- docs-test: WORD -->`); the conventions are written up for authors in
-docs/layout.md, "The documentation". Pages: README.md and docs/*.md (not docs/pending/, which
-holds notes not yet folded into the site).
+docs/layout.md, "The documentation". Pages: README.md and docs/*.md.
 """
 
 from __future__ import annotations
