@@ -8,9 +8,12 @@ of: each estimator of the ratio (median of per-round ratios, ratio of minima, ra
 medians, all computed from the SAME rounds), the reported ms (ratio x the reference schedule's
 figure) and, for comparison, the candidate's own absolute median (protocol 1's figure).
 ``--burn`` runs a CPU-burning process on the other core during both passes.
+``--train`` runs a training process there instead, as a second search worker trains: the proxy
+task's SGD steps under the shared compute lock, stepping aside while a timing holds the lock
+(measure/env.py), so this shows whether timing beside ``--workers`` keeps its quality.
 Goals (issue 13): tau >= 0.95 and spread <= 3% quiet; tau >= 0.9 with the burner.
 
-    python bench/latency_stability.py [--n 20] [--resolution 224] [--max-seconds 1.0] [--burn]
+    python bench/latency_stability.py [--n 20] [--resolution 224] [--max-seconds 1.0] [--burn | --train]
 """
 
 from __future__ import annotations
@@ -41,6 +44,22 @@ def _burner() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
+_TRAINER = """
+from shufflesearch.accuracy.data import load_data
+from shufflesearch.accuracy.training import fresh_model, train_model
+from shufflesearch.model.arch import preset
+data = load_data()
+while True:  # V2 1x on the default proxy task, stepping aside for every timing, as a worker does
+    train_model(fresh_model(preset("shufflenet_v2_x1_0"), data, 0), data, steps=100, device="cpu")
+"""
+
+
+def _trainer() -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", _TRAINER])
+    time.sleep(5.0)  # imports and the task loaded: training by the first window
+    return p
+
+
 def _spread(a: list[float], b: list[float]) -> list[float]:
     return [abs(x - y) / ((x + y) / 2) for x, y in zip(a, b)]
 
@@ -53,11 +72,14 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--space", help="sample from this search space instead of the built-in one")
-    ap.add_argument("--burn", action="store_true", help="a CPU-burning process on the other core meanwhile")
+    load = ap.add_mutually_exclusive_group()
+    load.add_argument("--burn", action="store_true", help="a CPU-burning process on the other core meanwhile")
+    load.add_argument("--train", action="store_true",
+                      help="a training process that steps aside for timings, as a second worker")
     a = ap.parse_args()
     spec = TargetSpec(resolution=a.resolution, threads=a.threads)
     archs = sample(a.n, a.seed, a.space)
-    burner = _burner() if a.burn else None
+    burner = _burner() if a.burn else _trainer() if a.train else None
     t0 = time.time()
     figures: dict[str, list[list[float]]] = {k: [[], []] for k in (*ESTIMATORS, "reported_ms", "absolute_ms")}
     schedule = ReferenceSchedule(spec)  # no cache: this bench's own reference figure
@@ -78,7 +100,8 @@ def main() -> None:
             burner.wait()
     print(f"\nfingerprint: {fingerprint(a.threads)}")
     print(f"{a.n} architectures, {a.resolution}x{a.resolution} batch 1, {a.threads} thread(s), max {a.max_seconds}s "
-          f"per window, {'with a CPU burner' if a.burn else 'no burner'}, load average at the end "
+          f"per window, {'with a CPU burner' if a.burn else 'beside a training worker' if a.train else 'no burner'}, "
+          f"load average at the end "
           f"{os.getloadavg()[0]:.1f}, {time.time() - t0:.0f}s in all")
     fig = schedule.figure() or {}
     print(f"reference figure {fig.get('ms', float('nan')):.3f} ms, spread {100 * fig.get('spread', float('nan')):.1f}% "

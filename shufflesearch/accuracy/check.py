@@ -5,22 +5,31 @@ seeds 100, 101, ... apart from the ladder's) and scores them on the proxy task's
 split, images the ladder never scores; ``check_report`` is the pure statistics: Kendall τ of
 each estimator against the mean accuracy over seeds, with a bootstrap CI, beside the noise
 ceiling on the same footing (``oracle_ceiling``). Used by the search (search/ladder.run_check)
-and by ``proxies validate`` (validation.py)."""
+and by ``proxies validate`` (validation.py).
+
+The retrainings are independent, seeded and one-threaded, so ``train_checks`` spreads them over
+``workers`` spawned processes (one (architecture, seed) each, the largest first) and gives back
+exactly what one process would: a search with K workers checks with K processes, not one while
+the others' cores sit idle."""
 
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..common.stats import bootstrap_ci, kendall_tau, kendall_tau_rows
+from ..common.threads import torch_threads, train_threads
 from ..errors import UserError
 from ..measure.env import compute_lock
 from ..model.arch import Arch, resolve_arch
+from ..model.cost import costs
 from .data import ProxyData
 from .training import evaluate, fresh_model, train_model
 
@@ -43,6 +52,63 @@ def check_training(arch: Arch | str, data: ProxyData, steps: int, seeds: Sequenc
         losses.append(h["train_loss_sum"])
     return {"val_acc": accs, "train_loss_sum": losses, "split": "check", "seeds": list(seeds),
             "steps": steps, "seconds": seconds}
+
+
+# --- the retrainings, in one process or several ------------------------------------------------
+
+_CHILD: dict[str, Any] = {}  # in a spawned check process: the task, sent once per process
+
+
+def _child_init(data: ProxyData, threads: int) -> None:
+    _CHILD.update(data=data, threads=threads)
+
+
+def _child_train(arch: Arch, steps: int, seed: int, lr: float,
+                 device: str | torch.device | None) -> dict[str, Any]:
+    with torch_threads(_CHILD["threads"]):
+        return check_training(arch, _CHILD["data"], steps, [seed], lr=lr, device=device)
+
+
+def _merge(parts: Sequence[dict[str, Any]], steps: int) -> dict[str, Any]:
+    """One architecture's per-seed results (in seed order) as ``check_training`` returns them."""
+    return {"val_acc": [a for p in parts for a in p["val_acc"]],
+            "train_loss_sum": [v for p in parts for v in p["train_loss_sum"]], "split": "check",
+            "seeds": [s for p in parts for s in p["seeds"]], "steps": steps,
+            "seconds": float(sum(p["seconds"] for p in parts))}
+
+
+def train_checks(archs: Sequence[Arch], data: ProxyData, steps: int, seeds: Sequence[int], *,
+                 lr: float = 0.05, device: str | torch.device | None = "auto",
+                 workers: int = 1) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(archid, ``check_training`` result) for each of ``archs``, as each one finishes.
+
+    ``workers`` > 1 (and more than one retraining to do): the (architecture, seed) pairs go to
+    that many spawned processes, each training on ``train_threads()`` threads, the largest
+    architectures first so that none is left alone at the end; an architecture is given back
+    when all its seeds are in. Each pair is seeded, so the figures are the ones a single process
+    trains (tests/accuracy/test_fidelity.py). Ctrl-C stops the processes; what was given back
+    before it stays given back."""
+    jobs = [(a, s) for a in archs for s in seeds]
+    if workers <= 1 or len(jobs) <= 1:
+        for a in archs:
+            yield a.archid, check_training(a, data, steps, seeds, lr=lr, device=device)
+        return
+    jobs.sort(key=lambda j: -costs(j[0], data.resolution).macs)
+    parts: dict[str, dict[int, dict[str, Any]]] = {a.archid: {} for a in archs}
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                               initializer=_child_init, initargs=(data, train_threads()))
+    try:
+        running: dict[Future, tuple[Arch, int]] = {
+            pool.submit(_child_train, a, steps, s, lr, device): (a, s) for a, s in jobs}
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                a, s = running.pop(f)
+                parts[a.archid][s] = f.result()
+                if len(parts[a.archid]) == len(seeds):
+                    yield a.archid, _merge([parts[a.archid][x] for x in seeds], steps)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def check_seeds(n: int) -> list[int]:
@@ -160,14 +226,15 @@ def check_estimator(archs: Sequence[Arch | str], estimates: Mapping[str, Sequenc
                     lr: float = 0.05, device: str | torch.device | None = "auto",
                     done: Mapping[str, Mapping[str, Any]] | None = None,
                     on_trained: Callable[[str, dict[str, Any]], None] | None = None,
-                    n_boot: int = 1000) -> dict[str, Any]:
+                    n_boot: int = 1000, workers: int = 1) -> dict[str, Any]:
     """The run's self-check: retrain ``archs`` at ``steps`` with ``seeds`` seeds
     (``check_seeds``) and compare with the search's ``estimates`` (``check_report``).
 
     ``estimates``: a sequence (one estimator, named by ``estimator``) or a mapping
     ``{"val_acc": [...], "sotl": [...]}``, one value per arch. ``done`` (archid -> a
     ``check_training`` result) skips architectures already retrained; ``on_trained(archid,
-    result)`` is called after each new one, for the caller to store it."""
+    result)`` is called after each new one, for the caller to store it. ``workers``: processes
+    the retrainings are spread over (``train_checks``)."""
     archs = [resolve_arch(a) for a in archs]
     if len(archs) < 3:
         raise UserError(f"check: needs at least 3 architectures to rank, got {len(archs)}")
@@ -176,15 +243,17 @@ def check_estimator(archs: Sequence[Arch | str], estimates: Mapping[str, Sequenc
             raise UserError("check: estimator auto needs both val_acc and sotl estimates")
         estimates = {estimator: list(estimates)}
     done = dict(done or {})
-    results = []
-    for a in archs:
-        r = done.get(a.archid)
-        if r is None or r.get("steps") != steps or len(r.get("val_acc", [])) != seeds:
-            r = check_training(a, data, steps, check_seeds(seeds), lr=lr, device=device)
-            done[a.archid] = r
-            if on_trained is not None:
-                on_trained(a.archid, r)
-        results.append(r)
+
+    def usable(r: Mapping[str, Any] | None) -> bool:
+        return r is not None and r.get("steps") == steps and len(r.get("val_acc", [])) == seeds
+
+    todo = list({a.archid: a for a in archs if not usable(done.get(a.archid))}.values())
+    for archid, r in train_checks(todo, data, steps, check_seeds(seeds), lr=lr, device=device,
+                                  workers=workers):
+        done[archid] = r
+        if on_trained is not None:
+            on_trained(archid, r)
+    results = [done[a.archid] for a in archs]
     rep = check_report(estimates, [r["val_acc"] for r in results], estimator, n_boot=n_boot)
     rep.update({"steps": steps, "archids": [a.archid for a in archs],
                 "seconds": float(sum(r["seconds"] for r in results))})

@@ -203,8 +203,10 @@ def check_picks(records: list[TrialRecord], top: int) -> list[TrialRecord]:
     return picks
 
 
-def run_check(run: Run, data: ProxyData | None = None, quiet: bool = True) -> dict[str, Any] | None:
-    """The self-check at the end of a ladder run (accuracy.fidelity.check_estimator): each
+def run_check(run: Run, data: ProxyData | None = None, quiet: bool = True,
+              workers: int = 1) -> dict[str, Any] | None:
+    """The self-check at the end of a ladder run (accuracy.check.check_estimator, its
+    retrainings spread over ``workers`` processes, as many as the search ran): each
     retraining is stored in the study's ``check_runs`` as it finishes, so an interrupted check
     resumes; the report goes to the study's ``check`` and is returned (None without a ladder or
     with ``check.top: 0``; a report with ``skipped`` when fewer than 3 architectures qualify;
@@ -233,7 +235,7 @@ def run_check(run: Run, data: ProxyData | None = None, quiet: bool = True) -> di
     with torch_threads(train_threads()):
         rep = check_estimator([r.arch for r in picks], estimates, data,
                               fs.check.steps, fs.check.seeds, estimator=fs.estimator,
-                              device=fs.device, done=runs, on_trained=store)
+                              device=fs.device, done=runs, on_trained=store, workers=workers)
     rep["trials"] = [r.trial for r in picks]
     rep["baselines"] = [r.baseline for r in picks if r.baseline]
     set_study_attr(study, "check", rep)

@@ -358,6 +358,18 @@ def test_check_estimator_trains_stores_and_reuses(data):
         check_estimator(TINY[:2], [0.1, 0.2], data, steps=2, seeds=1, estimator="val_acc")
 
 
+def test_check_in_two_processes_gives_what_one_gives(data):
+    """The check's retrainings spread over spawned processes come back whole (every seed of
+    every architecture, in seed order) and equal to one process's, figure for figure."""
+    one = dict(chk.train_checks(TINY, data, 2, [100, 101], device="cpu"))
+    two = dict(chk.train_checks(TINY, data, 2, [100, 101], device="cpu", workers=2))
+    assert set(two) == {a.archid for a in TINY}
+    for archid, r in one.items():
+        assert two[archid]["seeds"] == [100, 101] and two[archid]["steps"] == 2
+        assert two[archid]["val_acc"] == r["val_acc"]
+        assert two[archid]["train_loss_sum"] == r["train_loss_sum"]
+
+
 def test_two_workers_on_one_folder_train_once(data, tmp_path):
     import threading
 

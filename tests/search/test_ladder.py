@@ -435,7 +435,7 @@ def test_the_check_comes_before_the_retiming(tmp_path, monkeypatch):
     from shufflesearch.search import engine
 
     calls: list[str] = []
-    monkeypatch.setattr(engine, "run_check", lambda run, quiet=True: calls.append("check"))
+    monkeypatch.setattr(engine, "run_check", lambda run, **_: calls.append("check"))
     monkeypatch.setattr(engine, "retime_run", lambda run, say=None: calls.append("retime"))
     monkeypatch.setattr(engine, "short_train_front", lambda run, quiet=True: calls.append("short"))
     search(TINY, 0, runs_root=tmp_path / "runs", quiet=True)
