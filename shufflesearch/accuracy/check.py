@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -60,13 +60,16 @@ _CHILD: dict[str, Any] = {}  # in a spawned check process: the task, sent once p
 
 
 def _child_init(data: ProxyData, threads: int) -> None:
+    # Ctrl-C is the parent's to handle: it stops these processes at once (Pool.terminate)
+    # rather than each printing a traceback from the middle of a training step.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _CHILD.update(data=data, threads=threads)
 
 
-def _child_train(arch: Arch, steps: int, seed: int, lr: float,
-                 device: str | torch.device | None) -> dict[str, Any]:
+def _child_train(job: tuple[Arch, int, int, float, str | torch.device | None]) -> tuple[str, int, dict[str, Any]]:
+    arch, steps, seed, lr, device = job
     with torch_threads(_CHILD["threads"]):
-        return check_training(arch, _CHILD["data"], steps, [seed], lr=lr, device=device)
+        return arch.archid, seed, check_training(arch, _CHILD["data"], steps, [seed], lr=lr, device=device)
 
 
 def _merge(parts: Sequence[dict[str, Any]], steps: int) -> dict[str, Any]:
@@ -86,29 +89,26 @@ def train_checks(archs: Sequence[Arch], data: ProxyData, steps: int, seeds: Sequ
     that many spawned processes, each training on ``train_threads()`` threads, the largest
     architectures first so that none is left alone at the end; an architecture is given back
     when all its seeds are in. Each pair is seeded, so the figures are the ones a single process
-    trains (tests/accuracy/test_fidelity.py). Ctrl-C stops the processes; what was given back
-    before it stays given back."""
-    jobs = [(a, s) for a in archs for s in seeds]
+    trains (tests/accuracy/test_fidelity.py). Ctrl-C stops the processes at once; what was given
+    back before it stays given back."""
+    jobs = [(a, steps, s, lr, device) for a in archs for s in seeds]
     if workers <= 1 or len(jobs) <= 1:
         for a in archs:
             yield a.archid, check_training(a, data, steps, seeds, lr=lr, device=device)
         return
     jobs.sort(key=lambda j: -costs(j[0], data.resolution).macs)
     parts: dict[str, dict[int, dict[str, Any]]] = {a.archid: {} for a in archs}
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
-                               initializer=_child_init, initargs=(data, train_threads()))
+    pool = mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_child_init,
+                                        initargs=(data, train_threads()))
     try:
-        running: dict[Future, tuple[Arch, int]] = {
-            pool.submit(_child_train, a, steps, s, lr, device): (a, s) for a, s in jobs}
-        while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for f in finished:
-                a, s = running.pop(f)
-                parts[a.archid][s] = f.result()
-                if len(parts[a.archid]) == len(seeds):
-                    yield a.archid, _merge([parts[a.archid][x] for x in seeds], steps)
+        for archid, seed, r in pool.imap_unordered(_child_train, jobs):
+            parts[archid][seed] = r
+            if len(parts[archid]) == len(seeds):
+                yield archid, _merge([parts[archid][x] for x in seeds], steps)
+        pool.close()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.terminate()  # after close(): the processes have ended; on an error: stop them now
+        pool.join()
 
 
 def check_seeds(n: int) -> list[int]:

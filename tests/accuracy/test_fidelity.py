@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -368,6 +369,11 @@ def test_check_in_two_processes_gives_what_one_gives(data):
         assert two[archid]["seeds"] == [100, 101] and two[archid]["steps"] == 2
         assert two[archid]["val_acc"] == r["val_acc"]
         assert two[archid]["train_loss_sum"] == r["train_loss_sum"]
+    # Stopping early (Ctrl-C in the caller, an error storing a result) leaves no process behind.
+    first = chk.train_checks(TINY, data, 2, [100, 101], device="cpu", workers=2)
+    assert next(first)[0] in two
+    first.close()
+    assert mp.active_children() == []
 
 
 def test_two_workers_on_one_folder_train_once(data, tmp_path):
