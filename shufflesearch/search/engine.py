@@ -118,7 +118,9 @@ def search(space_path: str | Path, budget: int, name: str | None = None, runs_ro
     say = None if quiet else (lambda m: print(f"run {run.name}: {m}", flush=True))
     # The self-check first: under `estimator: auto` it picks the estimator the front is drawn
     # with, and the re-timing, the short training and every review then follow that front.
-    end_step(run, budget, "check", lambda: _check(run, quiet, n), say)
+    # Its retrainings take as many processes as asked for, also when a resumed run has no
+    # trial left to run and so started one worker.
+    end_step(run, budget, "check", lambda: _check(run, quiet, resolve_workers(asked)), say)
     # The front that is shown and exported rests on figures taken side by side (retime.py).
     end_step(run, budget, "retime", lambda: retime_run(run, say=say), say)
     end_step(run, budget, "short_train", lambda: short_train_front(run, quiet=quiet), say)
@@ -155,7 +157,7 @@ def _prune(run: Run) -> None:
 
 def _check(run: Run, quiet: bool, workers: int) -> None:
     """The fidelity ladder's self-check (nothing in a zero-cost run), its retrainings spread
-    over as many processes as the search's workers; with ``check.top: 0`` the study says that
+    over ``workers`` processes; with ``check.top: 0`` the study says that
     it was switched off, so no review reads "not run yet" forever."""
     fs = run.space.fidelity
     if fs is not None and fs.check.top <= 0:

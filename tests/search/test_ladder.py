@@ -429,6 +429,19 @@ def test_estimator_switch_redraws_the_front():
     assert all(r.estimator == "val_acc" for r in recs)
 
 
+def test_the_check_takes_the_processes_asked_for_when_no_trial_is_left(tmp_path, monkeypatch):
+    """A resumed run with its budget met starts one worker, but its check still spreads over
+    what --workers asks for; --workers 1 keeps it in one process."""
+    from shufflesearch.search import engine
+
+    got: list[int] = []
+    monkeypatch.setattr(engine, "run_check", lambda run, **kw: got.append(kw["workers"]))
+    monkeypatch.setattr("shufflesearch.common.threads.usable_cores", lambda: 4)
+    search(TINY, 0, runs_root=tmp_path / "runs", quiet=True)  # auto: 4 cores, no trial to run
+    search(TINY, 0, name="one", runs_root=tmp_path / "runs", quiet=True, workers=1)
+    assert got == [4, 1]
+
+
 def test_the_check_comes_before_the_retiming(tmp_path, monkeypatch):
     """The re-timing (and so the shown, picked and exported front) follows the estimator the
     check chooses: the check runs first."""
