@@ -68,10 +68,15 @@ def test_tiny_search_stores_everything_and_resumes_to_exactly_the_budget(tmp_pat
         assert load_space(TINY).sample(optuna.trial.FixedTrial(t.params)).archid == r.archid
 
 
-def test_baselines_are_evaluated_first_and_not_counted(tmp_path):
-    text = TINY.read_text().replace("baselines: []", "baselines: [shufflenet_v2_x0_5]")
+def _tiny_with_baseline(tmp_path: Path) -> Path:
+    """The tiny space with V2 0.5x as its baseline."""
     space = tmp_path / "withbase.yaml"
-    space.write_text(text)
+    space.write_text(TINY.read_text().replace("baselines: []", "baselines: [shufflenet_v2_x0_5]"))
+    return space
+
+
+def test_baselines_are_evaluated_first_and_not_counted(tmp_path):
+    space = _tiny_with_baseline(tmp_path)
     run = search(space, 2, runs_root=tmp_path / "runs", workers=1, quiet=True)
     _, study = load_run(run.root)
     trials = study.get_trials(states=(TrialState.COMPLETE,))
@@ -468,9 +473,7 @@ def test_a_run_ends_with_its_front_and_baselines_retimed_side_by_side(tmp_path):
     from shufflesearch.search.front import on_one_reference, pareto_front, shown_front
     from shufflesearch.search.retime import load_retime, records_with_retime
 
-    text = TINY.read_text().replace("baselines: []", "baselines: [shufflenet_v2_x0_5]")
-    space = tmp_path / "withbase.yaml"
-    space.write_text(text)
+    space = _tiny_with_baseline(tmp_path)
     run = search(space, 3, runs_root=tmp_path / "runs", workers=1, quiet=True)
     _, study = load_run(run.root)
     rt = load_retime(study)
