@@ -39,8 +39,8 @@ def check_training(arch: Arch | str, data: ProxyData, steps: int, seeds: Sequenc
     """Retrain ``arch`` from scratch for ``steps`` steps (its own schedule) once per seed and
     score it on the ``check`` split, images the ladder never scores (data.py). Returns
     ``val_acc`` (one accuracy per seed, on the check split), ``train_loss_sum`` (per seed),
-    ``split``, ``seeds``, ``steps``, ``seconds``. The search calls it one architecture at a time and stores each result, so an
-    interrupted check resumes."""
+    ``split``, ``seeds``, ``steps``, ``seconds``. ``train_checks`` calls it per architecture,
+    or per (architecture, seed) in spawned processes and merges the seeds (``_merge``)."""
     accs, losses, seconds = [], [], 0.0
     for s in seeds:
         model = fresh_model(resolve_arch(arch), data, s)
@@ -96,7 +96,8 @@ def train_checks(archs: Sequence[Arch], data: ProxyData, steps: int, seeds: Sequ
         for a in archs:
             yield a.archid, check_training(a, data, steps, seeds, lr=lr, device=device)
         return
-    jobs.sort(key=lambda j: -costs(j[0], data.resolution).macs)
+    macs = {a.archid: costs(a, data.resolution).macs for a in archs}  # once per architecture
+    jobs.sort(key=lambda j: -macs[j[0].archid])
     parts: dict[str, dict[int, dict[str, Any]]] = {a.archid: {} for a in archs}
     pool = mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_child_init,
                                         initargs=(data, train_threads()))
